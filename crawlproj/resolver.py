@@ -1,0 +1,47 @@
+"""A DNS resolver that answers reserved test names locally, so no /etc/hosts edit is needed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from scrapy.exceptions import NotConfigured
+from scrapy.resolver import CachingThreadedResolver
+from twisted.internet import defer
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from twisted.internet.base import ReactorBase
+
+
+class SyntheticResolver(CachingThreadedResolver):
+    """Resolves names under ``SYNTHWEB_RESOLVE_SUFFIXES`` to ``SYNTHWEB_RESOLVE_ADDRESS``.
+
+    Every other name goes to the normal (caching, threaded) resolver. Set it as
+    ``TWISTED_DNS_RESOLVER``; with no suffixes configured it behaves exactly like Scrapy's default.
+    """
+
+    def __init__(self, reactor: ReactorBase, cache_size: int, timeout: float,
+                 suffixes: tuple[str, ...] = (), address: str = "127.0.0.1"):
+        super().__init__(reactor, cache_size, timeout)
+        self.suffixes = suffixes
+        self.address = address
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, reactor: ReactorBase) -> Any:
+        settings = crawler.settings
+        suffixes = tuple(s.lower().lstrip(".") for s in settings.getlist("SYNTHWEB_RESOLVE_SUFFIXES"))
+        for suffix in suffixes:
+            if not suffix or " " in suffix:
+                raise NotConfigured(f"SYNTHWEB_RESOLVE_SUFFIXES: bad suffix {suffix!r}")
+        cache_size = settings.getint("DNSCACHE_SIZE") if settings.getbool("DNSCACHE_ENABLED") else 0
+        return cls(reactor, cache_size, settings.getfloat("DNS_TIMEOUT"), suffixes,
+                   settings.get("SYNTHWEB_RESOLVE_ADDRESS"))
+
+    def matches(self, name: str) -> bool:
+        name = name.lower().rstrip(".")
+        return any(name == s or name.endswith("." + s) for s in self.suffixes)
+
+    def getHostByName(self, name: str, timeout: Any = ()) -> defer.Deferred[str]:
+        if self.suffixes and self.matches(name):
+            return defer.succeed(self.address)
+        return super().getHostByName(name, timeout)

@@ -1,0 +1,224 @@
+"""The broad-crawl spider: follow links from seeds within a scope, one item per fetched page.
+
+    scrapy crawl broad -a seeds=seeds.txt           # a file, one URL a line, '#' comments
+    scrapy crawl broad -a seeds=http://a.test/,http://b.test/
+    scrapy crawl broad -a seeds=redis               # the list or set "broad:start_urls"
+
+Arguments (``-a``) override the matching ``BROAD_*`` settings: ``scope``, ``allowed_domains``,
+``allow``, ``deny`` (comma lists) and ``max_depth`` (Scrapy's ``DEPTH_LIMIT``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import scrapy
+from scrapy.http import Response, TextResponse
+
+from crawlproj.items import PageItem
+from crawlproj.urls import BadURL, canonicalize, host_of, registered_domain
+
+logger = logging.getLogger(__name__)
+
+SCOPES = ("domain", "allowed", "any")
+
+
+def _split(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value)
+
+
+def _seed_url(raw: str) -> str:
+    """A seed is a URL or, in the scrapy-redis JSON format, an object with a "url"."""
+    raw = raw.strip()
+    if raw.startswith("{"):
+        data = json.loads(raw)
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            raise BadURL(f"JSON seed without a 'url' string: {raw[:200]!r}")
+        raw = data["url"]
+    return canonicalize(raw)
+
+
+class BroadSpider(scrapy.Spider):
+    name = "broad"
+    # Error pages become items too; redirects stay with RedirectMiddleware.
+    handle_httpstatus_list = list(range(400, 600))
+
+    def __init__(self, seeds: str | None = None, scope: str | None = None,
+                 allowed_domains: str | None = None, allow: str | None = None,
+                 deny: str | None = None, max_depth: str | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.seeds_arg = seeds
+        self.scope_arg = scope
+        self.allowed_arg = allowed_domains
+        self.allow_arg = allow
+        self.deny_arg = deny
+        self.max_depth_arg = max_depth
+
+    @classmethod
+    def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> BroadSpider:
+        if kwargs.get("max_depth") is not None:
+            try:
+                depth = int(kwargs["max_depth"])
+            except ValueError:
+                raise ValueError(f"spider argument max_depth: expected an integer, got {kwargs['max_depth']!r}") from None
+            crawler.settings.set("DEPTH_LIMIT", depth, priority="spider")
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        spider._configure(crawler.settings)
+        return spider
+
+    def _configure(self, settings: Any) -> None:
+        self.scope = (self.scope_arg or settings.get("BROAD_SCOPE")).lower()
+        if self.scope not in SCOPES:
+            raise ValueError(f"BROAD_SCOPE (or -a scope): expected one of {SCOPES}, got {self.scope!r}")
+        self.scope_domains = {d.lower().lstrip(".") for d in
+                              (_split(self.allowed_arg) or settings.getlist("BROAD_ALLOWED_DOMAINS"))}
+        self.allow_res = self._compile("BROAD_ALLOW", _split(self.allow_arg) or settings.getlist("BROAD_ALLOW"))
+        self.deny_res = self._compile("BROAD_DENY", _split(self.deny_arg) or settings.getlist("BROAD_DENY"))
+        self.item_headers = settings.getlist("BROAD_ITEM_HEADERS")
+        self.redis_url = settings.get("BROAD_REDIS_URL")
+        self.redis_key = settings.get("BROAD_REDIS_START_URLS_KEY") % {"name": self.name}
+        if self.scope == "allowed" and not self.scope_domains:
+            raise ValueError("BROAD_SCOPE is 'allowed' but BROAD_ALLOWED_DOMAINS (-a allowed_domains) is empty")
+
+    @staticmethod
+    def _compile(setting: str, patterns: list[str]) -> list[re.Pattern[str]]:
+        compiled = []
+        for pattern in patterns:
+            try:
+                compiled.append(re.compile(pattern))
+            except re.error as exc:
+                raise ValueError(f"{setting}: bad regular expression {pattern!r}: {exc}") from exc
+        return compiled
+
+    # -- seeds ------------------------------------------------------------------------------------
+
+    async def start(self) -> AsyncIterator[Any]:
+        raw_seeds = await self._raw_seeds()
+        count = 0
+        for raw in raw_seeds:
+            try:
+                url = _seed_url(raw)
+            except (BadURL, ValueError) as exc:
+                self.crawler.stats.inc_value("broad/seeds/invalid")
+                logger.error("Ignoring bad seed %r: %s", raw[:200], exc, extra={"spider": self})
+                continue
+            if self.scope == "domain":
+                self.scope_domains.add(registered_domain(host_of(url)))
+            count += 1
+            yield scrapy.Request(url, callback=self.parse, errback=self.on_error)
+        self.crawler.stats.set_value("broad/seeds/count", count)
+        if not count:
+            logger.warning("No seeds: pass -a seeds=FILE|URL,URL|redis", extra={"spider": self})
+
+    async def _raw_seeds(self) -> list[str]:
+        arg = self.seeds_arg
+        if not arg:
+            return []
+        if arg == "redis" or arg.startswith(("redis://", "rediss://", "unix://")):
+            return await self._redis_seeds(self.redis_url if arg == "redis" else arg)
+        if "://" not in arg and os.path.exists(arg):
+            with open(arg, encoding="utf-8") as f:
+                return [line for line in (raw.strip() for raw in f) if line and not line.startswith("#")]
+        return _split(arg)
+
+    async def _redis_seeds(self, url: str) -> list[str]:
+        # redis.asyncio runs on the asyncio reactor's loop: no thread, no blocking call.
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(url)
+        try:
+            kind = (await client.type(self.redis_key)).decode()
+            if kind == "list":
+                raw = await client.lpop(self.redis_key, await client.llen(self.redis_key))
+            elif kind == "set":
+                raw = await client.spop(self.redis_key, await client.scard(self.redis_key))
+            elif kind == "none":
+                raw = []
+            else:
+                raise ValueError(f"Redis key {self.redis_key!r} is a {kind}, expected a list or a set")
+        finally:
+            await client.aclose()
+        return [r.decode("utf-8", "replace") for r in raw or []]
+
+    # -- pages ------------------------------------------------------------------------------------
+
+    def in_scope(self, url: str) -> bool:
+        if self.scope == "any":
+            return True
+        host = host_of(url)
+        return any(host == d or host.endswith("." + d) for d in self.scope_domains)
+
+    def wanted(self, url: str) -> bool:
+        if self.allow_res and not any(r.search(url) for r in self.allow_res):
+            return False
+        return not any(r.search(url) for r in self.deny_res)
+
+    def extract_links(self, response: TextResponse) -> list[str]:
+        return response.xpath("//a/@href").getall()
+
+    def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
+        links: list[str] = []
+        is_html = isinstance(response, TextResponse) and b"html" in (
+            response.headers.get(b"Content-Type") or b"html")
+        if is_html and response.status == 200:
+            links = self.extract_links(response)  # type: ignore[arg-type]
+        yield self.make_item(response, len(links))
+        seen: set[str] = set()
+        for href in links:
+            try:
+                url = canonicalize(response.urljoin(href))
+            except (BadURL, ValueError):
+                self.crawler.stats.inc_value("broad/links/invalid")
+                continue
+            if url in seen:
+                continue
+            seen.add(url)
+            if not self.in_scope(url):
+                self.crawler.stats.inc_value("broad/links/out_of_scope")
+                continue
+            if not self.wanted(url):
+                self.crawler.stats.inc_value("broad/links/denied")
+                continue
+            yield scrapy.Request(url, callback=self.parse, errback=self.on_error)
+
+    def make_item(self, response: Response, outlinks: int) -> PageItem:
+        title = None
+        if isinstance(response, TextResponse) and response.status < 600:
+            try:
+                title = response.xpath("//title/text()").get()
+            except ValueError:  # not markup after all
+                title = None
+        redirects = response.request.meta.get("redirect_urls") if response.request else None
+        headers = {}
+        for name in self.item_headers:
+            value = response.headers.get(name)
+            if value is not None:
+                headers[name] = value.decode("latin-1")
+        return PageItem(
+            url=redirects[0] if redirects else response.url,
+            final_url=response.url,
+            status=response.status,
+            headers=headers,
+            title=title.strip() if title else None,
+            content_length=len(response.body),
+            content_hash=hashlib.sha1(response.body).hexdigest(),
+            outlinks=outlinks,
+            depth=response.meta.get("depth", 0),
+            fetched_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        )
+
+    def on_error(self, failure: Any) -> None:
+        self.crawler.stats.inc_value(f"broad/errors/{failure.type.__name__}")
+        logger.info("Failed %s: %s", failure.request.url if hasattr(failure, "request") else "?",
+                    failure.getErrorMessage(), extra={"spider": self})

@@ -1,0 +1,133 @@
+"""Fixtures that start real servers on free ports and stop them afterwards.
+
+- ``synthweb``: a factory for synthetic-web server processes (with access logs).
+- ``redis_url``: Debian's redis-server, one per session.
+- ``mongo_uri``: ``MONGO_URI`` if set, else the nx-27017 MongoDB-protocol server in memory.
+- ``zmq_context``: linger 0; a socket left open makes ``term()`` hang, which fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crawlproj.synthweb.model import WebSpec
+from crawlproj.synthweb.process import SynthWebProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns a truthy value or ``timeout`` passes (then fail)."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # the service may not be up yet
+            last_exc = exc
+        # not a synchronisation sleep: the poll interval of a deadline-bound wait
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last error: {last_exc!r}")
+
+
+@pytest.fixture
+def synthweb(tmp_path: Path) -> Iterator[Callable[..., SynthWebProcess]]:
+    started: list[SynthWebProcess] = []
+
+    def start(spec: WebSpec = WebSpec(), **kwargs: Any) -> SynthWebProcess:
+        log = tmp_path / f"access-{len(started)}.log"
+        proc = SynthWebProcess(spec, access_log=log, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(binary):
+        pytest.fail("redis-server is not installed (the README test command installs it)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        wait_until(client.ping, 20, "redis-server to answer PING")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+def _nx_binary() -> str:
+    for candidate in (os.environ.get("NX27017_BIN"), str(ROOT / ".venv-mongo" / "bin" / "nx-27017"),
+                      shutil.which("nx-27017")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    pytest.fail("nx-27017 not found: set MONGO_URI or NX27017_BIN (the README test command installs it)")
+
+
+@pytest.fixture(scope="session")
+def mongo_uri() -> Iterator[str]:
+    import pymongo
+
+    uri = os.environ.get("MONGO_URI")
+    proc = None
+    if not uri:
+        port = free_port()
+        proc = subprocess.Popen([_nx_binary(), "--db", "memory", "--host", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        uri = f"mongodb://127.0.0.1:{port}/"
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(uri, serverSelectionTimeoutMS=500)
+    try:
+        wait_until(lambda: client.admin.command("ping"), 30, f"a MongoDB-protocol server at {uri}")
+        yield uri
+    finally:
+        client.close()
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture
+def zmq_context() -> Iterator[Any]:
+    import zmq
+
+    ctx = zmq.Context()
+    ctx.setsockopt(zmq.LINGER, 0)
+    yield ctx
+    done = threading.Event()
+
+    def term() -> None:
+        ctx.term()
+        done.set()
+
+    threading.Thread(target=term, daemon=True).start()
+    if not done.wait(5):
+        pytest.fail("ZeroMQ context did not terminate within 5 s: a socket was left open")

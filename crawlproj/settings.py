@@ -38,3 +38,11 @@ DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
     "crawlproj.middlewares.robotstxt.FixedRobotsTxtMiddleware": 100,
 }
+
+EXTENSIONS = {
+    "crawlproj.extensions.progress.Progress": 500,
+}
+
+# -- Progress -------------------------------------------------------------------------------------
+PROGRESS_INTERVAL = 0.0  # seconds between progress lines on stderr; 0 = none
+PROGRESS_STATS_FILE = ""  # write the final stats as JSON here at close; "" = don't

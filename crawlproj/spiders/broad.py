@@ -5,7 +5,8 @@
     scrapy crawl broad -a seeds=redis               # the list or set "broad:start_urls"
 
 Arguments (``-a``) override the matching ``BROAD_*`` settings: ``scope``, ``allowed_domains``,
-``allow``, ``deny`` (comma lists) and ``max_depth`` (Scrapy's ``DEPTH_LIMIT``).
+``allow``, ``deny`` (comma lists) and ``max_depth`` (default: Scrapy's ``DEPTH_LIMIT``; here 0
+means "the seeds only", where ``DEPTH_LIMIT = 0`` means no limit).
 """
 
 from __future__ import annotations
@@ -67,12 +68,6 @@ class BroadSpider(scrapy.Spider):
 
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> BroadSpider:
-        if kwargs.get("max_depth") is not None:
-            try:
-                depth = int(kwargs["max_depth"])
-            except ValueError:
-                raise ValueError(f"spider argument max_depth: expected an integer, got {kwargs['max_depth']!r}") from None
-            crawler.settings.set("DEPTH_LIMIT", depth, priority="spider")
         spider = super().from_crawler(crawler, *args, **kwargs)
         spider._configure(crawler.settings)
         return spider
@@ -88,6 +83,14 @@ class BroadSpider(scrapy.Spider):
         self.item_headers = settings.getlist("BROAD_ITEM_HEADERS")
         self.redis_url = settings.get("BROAD_REDIS_URL")
         self.redis_key = settings.get("BROAD_REDIS_START_URLS_KEY") % {"name": self.name}
+        self.max_depth: int | None = settings.getint("DEPTH_LIMIT") or None  # Scrapy: 0 = no limit
+        if self.max_depth_arg is not None:
+            try:
+                self.max_depth = int(self.max_depth_arg)
+            except ValueError:
+                raise ValueError(f"-a max_depth: expected an integer, got {self.max_depth_arg!r}") from None
+            if self.max_depth < 0:
+                raise ValueError(f"-a max_depth: expected >= 0, got {self.max_depth}")
         if self.scope == "allowed" and not self.scope_domains:
             raise ValueError("BROAD_SCOPE is 'allowed' but BROAD_ALLOWED_DOMAINS (-a allowed_domains) is empty")
 
@@ -174,6 +177,8 @@ class BroadSpider(scrapy.Spider):
         if is_html and response.status == 200:
             links = self.extract_links(response)  # type: ignore[arg-type]
         yield self.make_item(response, len(links))
+        if self.max_depth is not None and response.meta.get("depth", 0) >= self.max_depth:
+            return
         seen: set[str] = set()
         for href in links:
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -67,13 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=DEMO_SPEC.seed)
     p.add_argument("--workdir", default=None)
     p.set_defaults(func=demo)
-    p = sub.add_parser("synthweb", help="serve the synthetic web on 127.0.0.1", add_help=False)
-    p.set_defaults(func=None)
+    # Services with their own argument parsers: the rest of the command line goes to them.
+    services = {
+        "synthweb": ("crawlproj.synthweb.server", "serve the synthetic web on 127.0.0.1"),
+        "dispatcher": ("crawlproj.dispatcher.server", "run the ZeroMQ dispatcher"),
+    }
+    for name, (_module, help_text) in services.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     args, rest = parser.parse_known_args(argv)
-    if args.command == "synthweb":
-        from crawlproj.synthweb.server import main as synthweb_main
-
-        return synthweb_main(rest)
+    if args.command in services:
+        module = importlib.import_module(services[args.command][0])
+        return int(module.main(rest) or 0)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)

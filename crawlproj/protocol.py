@@ -1,0 +1,129 @@
+"""The dispatcher <-> node wire protocol: message types and their msgpack encoding.
+
+One module, imported by the dispatcher and by the nodes (DESIGN.md: "one fact, one place").
+Transport: the dispatcher binds a ZeroMQ ROUTER, each node connects a DEALER whose routing id is
+its node name. Every message is one frame (after the ROUTER's identity frame): a msgpack map
+``{"v": PROTOCOL_VERSION, "t": <type>, ...}``. Nothing is pickled. A frame that is too large, not
+msgpack, not a map, of another version, of an unknown type, or missing a field raises
+:class:`ProtocolError`; receivers count it and drop it, they never crash.
+
+Messages (node -> dispatcher)
+    register   {node, pid, host, capacity}           join, or rejoin after a restart
+    heartbeat  {node}                                 liveness; answered with "heartbeat"
+    pull       {node, credit}                         "I can take ``credit`` more requests"
+    push       {node, requests: [wire request]}      discovered links (not yet deduplicated)
+    ack        {node, leases: [lease id]}            these leased requests reached a final fate
+    release    {node, leases: [lease id]}            give these back unfetched (revoke, shutdown)
+    handoff    {node, partitions, state}             politeness state of revoked partitions
+    stats      {node, stats: {name: number}}         periodic node statistics
+    bye        {node}                                 graceful leave
+
+Messages (dispatcher -> node)
+    welcome    {node, partitions, assigned, heartbeat_interval, lease_timeout, epoch}
+    heartbeat  {epoch}
+    batch      {leases: [[lease id, wire request], ...]}   never more than the credit asked for
+    assign     {partitions: [int], state}             you now own these (with handed-over state)
+    revoke     {partitions: [int]}                    stop serving these; release or finish, then handoff
+    finished   {}                                     frontier empty and no lease open: close
+    error      {reason}                               the last message was refused
+
+A *wire request* is a map: ``u`` URL (canonical), ``f`` fingerprint (20 bytes), ``k`` politeness
+key, ``p`` partition, and optionally ``m`` method, ``h`` headers, ``b`` body, ``cb``/``eb``
+callback/errback names, ``pr`` priority, ``d`` depth, ``meta`` (msgpack-safe values only).
+Nodes compute ``f``, ``k`` and ``p`` with :mod:`crawlproj.urls`, so the dispatcher routes and
+deduplicates without parsing URLs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 8 * 1024 * 1024  # a batch of a few thousand requests fits easily
+
+NODE_TYPES = {
+    "register": ("node", "pid", "host", "capacity"),
+    "heartbeat": ("node",),
+    "pull": ("node", "credit"),
+    "push": ("node", "requests"),
+    "ack": ("node", "leases"),
+    "release": ("node", "leases"),
+    "handoff": ("node", "partitions", "state"),
+    "stats": ("node", "stats"),
+    "bye": ("node",),
+}
+DISPATCHER_TYPES = {
+    "welcome": ("node", "partitions", "assigned", "heartbeat_interval", "lease_timeout", "epoch"),
+    "heartbeat": ("epoch",),
+    "batch": ("leases",),
+    "assign": ("partitions", "state"),
+    "revoke": ("partitions",),
+    "finished": (),
+    "error": ("reason",),
+}
+WIRE_REQUEST_FIELDS = ("u", "f", "k", "p")
+
+
+class ProtocolError(ValueError):
+    """A frame that does not decode to a valid message of this protocol version."""
+
+
+def encode(mtype: str, **fields: Any) -> bytes:
+    fields["v"] = PROTOCOL_VERSION
+    fields["t"] = mtype
+    data = msgpack.packb(fields, use_bin_type=True)
+    if len(data) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"{mtype} message of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+    return data
+
+
+def decode(frame: bytes, allowed: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """Decode and validate one frame against ``allowed`` (NODE_TYPES or DISPATCHER_TYPES)."""
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        msg = msgpack.unpackb(frame, raw=False, strict_map_key=True,
+                              max_buffer_size=MAX_FRAME_BYTES)
+    except Exception as exc:  # msgpack raises several unrelated exception types
+        raise ProtocolError(f"undecodable frame: {type(exc).__name__}") from exc
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"frame is a {type(msg).__name__}, expected a map")
+    version = msg.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+    mtype = msg.get("t")
+    required = allowed.get(mtype) if isinstance(mtype, str) else None
+    if required is None:
+        raise ProtocolError(f"unknown message type {mtype!r}")
+    missing = [name for name in required if name not in msg]
+    if missing:
+        raise ProtocolError(f"{mtype} message without {', '.join(missing)}")
+    return msg
+
+
+def decode_from_node(frame: bytes) -> dict[str, Any]:
+    return decode(frame, NODE_TYPES)
+
+
+def decode_from_dispatcher(frame: bytes) -> dict[str, Any]:
+    return decode(frame, DISPATCHER_TYPES)
+
+
+def check_wire_request(req: Any, partitions: int) -> dict[str, Any]:
+    """Validate one wire request; raises ProtocolError naming what is wrong."""
+    if not isinstance(req, dict):
+        raise ProtocolError(f"wire request is a {type(req).__name__}, expected a map")
+    for name in WIRE_REQUEST_FIELDS:
+        if name not in req:
+            raise ProtocolError(f"wire request without {name!r}")
+    if not isinstance(req["u"], str) or not isinstance(req["k"], str):
+        raise ProtocolError("wire request url and key must be strings")
+    fp = req["f"]
+    if not isinstance(fp, bytes) or len(fp) != 20:
+        raise ProtocolError("wire request fingerprint must be 20 bytes")
+    part = req["p"]
+    if not isinstance(part, int) or not 0 <= part < partitions:
+        raise ProtocolError(f"wire request partition {part!r} outside 0..{partitions - 1}")
+    return req

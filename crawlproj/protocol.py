@@ -17,6 +17,7 @@ Messages (node -> dispatcher)
     handoff    {node, partitions, state}             politeness state of revoked partitions
     stats      {node, stats: {name: number}}         periodic node statistics
     bye        {node}                                 graceful leave
+    status     {}                                     any peer (a monitor too): ask for "state"
 
 Messages (dispatcher -> node)
     welcome    {node, partitions, assigned, heartbeat_interval, lease_timeout, epoch}
@@ -26,6 +27,7 @@ Messages (dispatcher -> node)
     revoke     {partitions: [int]}                    stop serving these; release or finish, then handoff
     finished   {}                                     frontier empty and no lease open: close
     error      {reason}                               the last message was refused
+    state      {state: {...}}                         answer to "status": nodes, frontier, leases...
 
 A *wire request* is a map: ``u`` URL (canonical), ``f`` fingerprint (20 bytes), ``k`` politeness
 key, ``p`` partition, and optionally ``m`` method, ``h`` headers, ``b`` body, ``cb``/``eb``
@@ -53,6 +55,7 @@ NODE_TYPES = {
     "handoff": ("node", "partitions", "state"),
     "stats": ("node", "stats"),
     "bye": ("node",),
+    "status": (),
 }
 DISPATCHER_TYPES = {
     "welcome": ("node", "partitions", "assigned", "heartbeat_interval", "lease_timeout", "epoch"),
@@ -62,6 +65,7 @@ DISPATCHER_TYPES = {
     "revoke": ("partitions",),
     "finished": (),
     "error": ("reason",),
+    "state": ("state",),
 }
 WIRE_REQUEST_FIELDS = ("u", "f", "k", "p")
 

@@ -46,3 +46,20 @@ EXTENSIONS = {
 # -- Progress -------------------------------------------------------------------------------------
 PROGRESS_INTERVAL = 0.0  # seconds between progress lines on stderr; 0 = none
 PROGRESS_STATS_FILE = ""  # write the final stats as JSON here at close; "" = don't
+
+# -- DispatcherScheduler (SCHEDULER = "crawlproj.scheduling.scheduler.DispatcherScheduler") ------
+DISPATCHER_ENDPOINT = "tcp://127.0.0.1:5570"  # the dispatcher's ROUTER socket
+DISPATCHER_NODE_NAME = ""  # stable node name; "" = <hostname>-<scrapyd job id, or pid>
+DISPATCHER_QUEUE_TARGET = 512  # leased requests kept queued + in flight (credit asked for up to it)
+DISPATCHER_PUSH_BATCH = 500  # discovered requests (and acks) per message
+DISPATCHER_FLUSH_INTERVAL = 0.05  # seconds between flushes of pushes and acks
+DISPATCHER_RECENT_LINKS = 200000  # fingerprints remembered to drop repeats before pushing
+DISPATCHER_HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats
+DISPATCHER_TIMEOUT = 10.0  # no word from the dispatcher this long: register again
+DISPATCHER_STATS_INTERVAL = 2.0  # seconds between stats reports to the dispatcher
+POLITENESS_KEY = "domain"  # "domain" (registered domain, eTLD+1) or "host"
+
+SPIDER_MIDDLEWARES = {
+    # no-op unless requests are leased from the dispatcher; outermost so it sees final output
+    "crawlproj.scheduling.leases.LeaseTrackerMiddleware": 10,
+}

@@ -1,0 +1,1 @@
+"""The Scrapy side of the dispatcher: scheduler, wire format of requests, lease bookkeeping."""

@@ -1,0 +1,193 @@
+"""When is a leased request's fate final? Lease bookkeeping shared by the scheduler and a spider
+middleware, through public Scrapy hooks only.
+
+A leased request is final when one of these has happened and everything it produced is settled:
+
+- its response went through the callback: the callback's output (as it leaves the outermost
+  spider middleware) is exhausted or raised, every item it yielded has been scraped, dropped or
+  failed in the pipelines (``item_*`` signals), and every request it yielded has reached the
+  scheduler (so discovered links are pushed before the ack);
+- its download failed for good, or a downloader middleware filtered it (robots.txt, offsite):
+  the errback installed by the scheduler ran (it calls the spider's own errback, if any, and
+  tracks that output the same way);
+- it was redirected to another politeness key: the scheduler pushes the target and ends it.
+
+Retries and same-key redirects carry the lease on (``request.replace`` copies meta).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from scrapy import Request, signals
+from scrapy.http import Response
+from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+LEASE = "_lease"  # meta: lease id of a request leased from the dispatcher
+PARENT = "_parent"  # meta: lease id of the response that discovered this request
+
+
+class _Lease:
+    __slots__ = ("lease_id", "items", "requests", "output_done")
+
+    def __init__(self, lease_id: int):
+        self.lease_id = lease_id
+        self.items = 0
+        self.requests = 0
+        self.output_done = False
+
+
+def _lease_of(source: Any) -> int | None:
+    """Lease id carried by a Response or a Failure (scraper sets ``failure.request``)."""
+    request = getattr(source, "request", None)
+    if request is None:
+        return None
+    return request.meta.get(LEASE)
+
+
+class LeaseBook:
+    """Counts what each in-flight lease produced until it settles; then calls ``on_final``."""
+
+    ATTR = "_crawlproj_lease_book"
+
+    def __init__(self, crawler: Crawler):
+        self.crawler = crawler
+        self.active: dict[int, _Lease] = {}
+        self.on_final: Callable[[int], None] = lambda lease_id: None
+        for sig in (signals.item_scraped, signals.item_dropped, signals.item_error):
+            crawler.signals.connect(self._item_settled, signal=sig)
+
+    @classmethod
+    def of(cls, crawler: Crawler) -> LeaseBook:
+        book = getattr(crawler, cls.ATTR, None)
+        if book is None:
+            book = cls(crawler)
+            setattr(crawler, cls.ATTR, book)
+        return book
+
+    def begin(self, lease_id: int) -> None:
+        if lease_id not in self.active:
+            self.active[lease_id] = _Lease(lease_id)
+
+    def _get(self, lease_id: int | None) -> _Lease | None:
+        return self.active.get(lease_id) if lease_id is not None else None
+
+    def _check(self, lease: _Lease) -> None:
+        if lease.output_done and lease.items <= 0 and lease.requests <= 0:
+            del self.active[lease.lease_id]
+            self.on_final(lease.lease_id)
+
+    def produced(self, lease_id: int, element: Any) -> None:
+        lease = self._get(lease_id)
+        if lease is None:
+            return
+        if isinstance(element, Request):
+            element.meta[PARENT] = lease_id
+            lease.requests += 1
+        elif element is not None:
+            lease.items += 1
+
+    def output_done(self, lease_id: int | None) -> None:
+        lease = self._get(lease_id)
+        if lease is not None and not lease.output_done:
+            lease.output_done = True
+            self._check(lease)
+
+    def request_arrived(self, parent: int) -> None:
+        """A request discovered by ``parent`` reached the scheduler (and was pushed or dropped)."""
+        lease = self._get(parent)
+        if lease is not None:
+            lease.requests -= 1
+            self._check(lease)
+
+    def end(self, lease_id: int) -> None:
+        """Final without output (redirected to another key, undecodable...)."""
+        lease = self.active.pop(lease_id, None)
+        if lease is not None:
+            self.on_final(lease_id)
+
+    def _item_settled(self, item: Any = None, response: Any = None, **kwargs: Any) -> None:
+        lease = self._get(_lease_of(response))
+        if lease is not None:
+            lease.items -= 1
+            self._check(lease)
+
+    # -- wrapping output --------------------------------------------------------------------------
+
+    def track(self, lease_id: int, result: Iterable[Any]) -> Iterable[Any]:
+        try:
+            for element in result:
+                self.produced(lease_id, element)
+                yield element
+        finally:
+            self.output_done(lease_id)
+
+    async def track_async(self, lease_id: int, result: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        try:
+            async for element in result:
+                self.produced(lease_id, element)
+                yield element
+        finally:
+            self.output_done(lease_id)
+
+    def errback(self, spider: Any) -> Callable[[Failure], Any]:
+        """The errback the scheduler installs on leased requests."""
+
+        def lease_errback(failure: Failure) -> Any:
+            lease_id = _lease_of(failure)
+            own = failure.request.meta.get("_eb") if hasattr(failure, "request") else None
+            if own is None:
+                self.output_done(lease_id)
+                return failure  # Scrapy logs it as it would without an errback
+            try:
+                output = getattr(spider, own)(failure)
+            except Exception:
+                self.output_done(lease_id)
+                raise
+            if output is None or isinstance(output, Failure) or lease_id is None:
+                self.output_done(lease_id)
+                return output
+            if isinstance(output, AsyncIterator):
+                return self.track_async(lease_id, output)
+            return self.track(lease_id, output)
+
+        return lease_errback
+
+
+class LeaseTrackerMiddleware:
+    """Outermost spider middleware: sees the output of leased responses as the engine gets it."""
+
+    def __init__(self, crawler: Crawler):
+        self.book = LeaseBook.of(crawler)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> LeaseTrackerMiddleware:
+        return cls(crawler)
+
+    def process_spider_output(self, response: Response, result: Iterable[Any]) -> Iterable[Any]:
+        lease_id = response.meta.get(LEASE) if response.request is not None else None
+        if lease_id is None:
+            return result
+        return self.book.track(lease_id, result)
+
+    async def process_spider_output_async(self, response: Response,
+                                          result: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        lease_id = response.meta.get(LEASE) if response.request is not None else None
+        if lease_id is None:
+            async for element in result:
+                yield element
+            return
+        async for element in self.book.track_async(lease_id, result):
+            yield element
+
+    def process_spider_exception(self, response: Response, exception: Exception) -> None:
+        # The callback raised and no middleware before us turned it into output: final.
+        if response.request is not None:
+            self.book.output_done(response.meta.get(LEASE))

@@ -1,0 +1,536 @@
+"""DispatcherScheduler: a Scrapy scheduler that leases its requests from the ZeroMQ dispatcher.
+
+    SCHEDULER = "crawlproj.scheduling.scheduler.DispatcherScheduler"
+
+The node registers under a stable name, owns the partitions the dispatcher assigns it, pulls
+leased requests with credit, keeps them in per-politeness-key queues and hands Scrapy only a
+request whose key is neither busy nor inside its delay. Discovered requests are filtered through
+a bounded recently-sent set and pushed in batches; a leased request is acked when its fate is
+final (crawlproj.scheduling.leases). On revoke it releases what it has not started, finishes
+what it has, and hands the partitions' politeness state over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from scrapy import Request, signals
+from scrapy.core.scheduler import BaseScheduler
+from scrapy.utils.reactor import is_asyncio_reactor_installed
+
+from crawlproj.scheduling.keyqueue import KeyQueues
+from crawlproj.scheduling.leases import LEASE, PARENT, LeaseBook
+from crawlproj.scheduling.link import DispatcherLink
+from crawlproj.scheduling.wire import Unserializable, WireCodec
+from crawlproj.urls import BadURL
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
+    from scrapy.spiders import Spider
+
+logger = logging.getLogger(__name__)
+
+WAKE = "_wake"  # meta: a queued request re-injected through engine.crawl() to wake the engine
+OWN_ERRBACK = "_eb"  # meta: name of the spider's own errback of a leased request
+KEY = "_key"
+PART = "_part"
+
+
+def default_node_name() -> str:
+    """<host>-<scrapyd job id>, or <host>-<pid> outside scrapyd."""
+    job = os.environ.get("SCRAPY_JOB")
+    return f"{socket.gethostname()}-{job or os.getpid()}"
+
+
+class RecentlySent:
+    """Bounded set of fingerprints pushed lately: two generations, swapped when one fills up."""
+
+    def __init__(self, capacity: int):
+        self.half = max(1, capacity // 2)
+        self.new: set[bytes] = set()
+        self.old: set[bytes] = set()
+
+    def add(self, fp: bytes) -> bool:
+        """True if ``fp`` was not seen lately (and remember it)."""
+        if fp in self.new or fp in self.old:
+            return False
+        self.new.add(fp)
+        if len(self.new) >= self.half:
+            self.old, self.new = self.new, set()
+        return True
+
+
+class Settings:
+    """DISPATCHER_* settings, read and validated once."""
+
+    def __init__(self, s: BaseSettings):
+        self.endpoint = s.get("DISPATCHER_ENDPOINT")
+        if not isinstance(self.endpoint, str) or "://" not in self.endpoint:
+            raise ValueError(f"DISPATCHER_ENDPOINT: expected a ZeroMQ endpoint like "
+                             f"tcp://host:port, got {self.endpoint!r}")
+        self.node_name = s.get("DISPATCHER_NODE_NAME") or default_node_name()
+        self.queue_target = self._positive_int(s, "DISPATCHER_QUEUE_TARGET")
+        self.push_batch = self._positive_int(s, "DISPATCHER_PUSH_BATCH")
+        self.recent_links = self._positive_int(s, "DISPATCHER_RECENT_LINKS")
+        self.flush_interval = self._positive_float(s, "DISPATCHER_FLUSH_INTERVAL")
+        self.heartbeat_interval = self._positive_float(s, "DISPATCHER_HEARTBEAT_INTERVAL")
+        self.timeout = self._positive_float(s, "DISPATCHER_TIMEOUT")
+        self.stats_interval = self._positive_float(s, "DISPATCHER_STATS_INTERVAL")
+        self.delay = s.getfloat("DOWNLOAD_DELAY")
+        if self.delay < 0:
+            raise ValueError(f"DOWNLOAD_DELAY: expected seconds >= 0, got {self.delay}")
+        self.key_by = s.get("POLITENESS_KEY")
+        if self.key_by not in ("domain", "host"):
+            raise ValueError(f"POLITENESS_KEY: expected 'domain' or 'host', got {self.key_by!r}")
+
+    @staticmethod
+    def _positive_int(s: BaseSettings, name: str) -> int:
+        try:
+            value = s.getint(name)
+        except ValueError:
+            raise ValueError(f"{name}: expected a positive integer, got {s.get(name)!r}") from None
+        if value <= 0:
+            raise ValueError(f"{name}: expected a positive integer, got {value}")
+        return value
+
+    @staticmethod
+    def _positive_float(s: BaseSettings, name: str) -> float:
+        try:
+            value = s.getfloat(name)
+        except ValueError:
+            raise ValueError(f"{name}: expected a positive number, got {s.get(name)!r}") from None
+        if value <= 0:
+            raise ValueError(f"{name}: expected a positive number, got {value}")
+        return value
+
+
+class DispatcherScheduler(BaseScheduler):
+    def __init__(self, crawler: Crawler, config: Settings):
+        if not is_asyncio_reactor_installed():
+            raise ValueError("TWISTED_REACTOR: DispatcherScheduler needs the asyncio reactor "
+                             "(twisted.internet.asyncioreactor.AsyncioSelectorReactor)")
+        self.crawler = crawler
+        self.stats = crawler.stats
+        self.config = config
+        self.node = config.node_name
+        self.book = LeaseBook.of(crawler)
+        self.book.on_final = self._lease_final
+        self.queues: KeyQueues[Request] = KeyQueues()
+        self.recent = RecentlySent(config.recent_links)
+        self.partitions = 0  # P, from the dispatcher's welcome
+        self.owned: set[int] = set()
+        self.revoking: set[int] = set()
+        self.inflight: dict[int, tuple[str, int]] = {}  # lease id -> (key, partition), given to Scrapy
+        self.started_at: dict[str, float] = {}  # key -> when its current fetch reached the downloader
+        self.busy_by: dict[str, int] = {}  # key -> lease id of the request holding it
+        self._early: list[Request] = []  # start requests that came before the welcome
+        self.requested = 0  # credit asked for and not yet served
+        self.push_buffer: list[dict[str, Any]] = []
+        self.ack_buffer: list[int] = []
+        self.epoch: Any = None
+        self.registered = False
+        self.finished = False
+        self.closing = False
+        self.codec: WireCodec | None = None
+        self.link: DispatcherLink | None = None
+        self.spider: Spider | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake_handle: asyncio.TimerHandle | None = None
+        self._welcomed = asyncio.Event()
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> DispatcherScheduler:
+        scheduler = cls(crawler, Settings(crawler.settings))
+        crawler.signals.connect(scheduler._reached_downloader, signal=signals.request_reached_downloader)
+        crawler.signals.connect(scheduler._left_downloader, signal=signals.request_left_downloader)
+        return scheduler
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    async def open(self, spider: Spider) -> None:  # type: ignore[override]
+        self.spider = spider
+        self.link = DispatcherLink(self.config.endpoint, self.node, self._on_message, self.stats)
+        self.link.start()
+        self._register()
+        loop = asyncio.get_event_loop()
+        self._tasks = [loop.create_task(self._every(self.config.flush_interval, self._flush)),
+                       loop.create_task(self._every(self.config.heartbeat_interval, self._heartbeat)),
+                       loop.create_task(self._every(self.config.stats_interval, self._send_stats))]
+        logger.info("Node %s connecting to the dispatcher at %s", self.node, self.config.endpoint)
+        try:
+            await asyncio.wait_for(self._welcomed.wait(), self.config.timeout)
+        except asyncio.TimeoutError:
+            logger.warning("No welcome from the dispatcher at %s after %.0f s; still trying",
+                           self.config.endpoint, self.config.timeout)
+
+    async def _every(self, interval: float, func: Any) -> None:
+        while True:
+            await asyncio.sleep(interval)  # a timer, not synchronisation
+            try:
+                func()
+            except Exception:
+                logger.exception("Error in the scheduler's periodic %s", func.__name__)
+
+    def close(self, reason: str) -> None:
+        self.closing = True
+        for task in self._tasks:
+            task.cancel()
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
+        if self.link is None:
+            return
+        released = [r.meta[LEASE] for r in self.queues.clear()]
+        self._flush()
+        if released:
+            self.link.send("release", node=self.node, leases=released)
+        if self.registered and self.partitions:
+            parts = sorted(self.owned | self.revoking)
+            self.link.send("handoff", node=self.node, partitions=parts,
+                           state=self._export_state(set(parts)))
+            self.link.send("bye", node=self.node)
+        self._send_stats()
+        logger.info("Node %s closing (%s): released %d queued leases, %d still in flight",
+                    self.node, reason, len(released), len(self.inflight))
+        self.link.close()
+
+    def has_pending_requests(self) -> bool:
+        if len(self.queues) or self.inflight or self.push_buffer or self.ack_buffer:
+            return True
+        return not self.finished
+
+    def __len__(self) -> int:
+        return len(self.queues)
+
+    # -- Scrapy hands us requests ------------------------------------------------------------------
+
+    def enqueue_request(self, request: Request) -> bool:
+        meta = request.meta
+        if meta.pop(WAKE, False):
+            self.queues.push(meta[KEY], request, front=True)
+            self.queues.release(meta[KEY], 0.0)  # it was ready when taken out for the wake-up
+            return True
+        parent = meta.pop(PARENT, None)
+        lease_id = meta.get(LEASE)
+        if parent is None and lease_id is not None:
+            return self._continue(request, lease_id)
+        try:
+            return self._discover(request)
+        finally:
+            if parent is not None:
+                self.book.request_arrived(parent)
+
+    def _continue(self, request: Request, lease_id: int) -> bool:
+        """A retry or redirect of a leased request: keep it here if it stays on its key."""
+        key = request.meta[KEY]
+        assert self.codec is not None
+        try:
+            _, _, new_key, _ = self.codec.route(request.url)
+        except BadURL:
+            new_key = None
+        if new_key == key:
+            self.stats.inc_value("dispatcher/continued")
+            self.queues.push(key, request, front=True)
+            self._wake_soon()
+            return True
+        # Redirected to another key, maybe another node's: push it, the lease ends here.
+        for name in (LEASE, KEY, PART):
+            request.meta.pop(name, None)
+        self._discover(request)
+        self.stats.inc_value("dispatcher/redirected_away")
+        self.inflight.pop(lease_id, None)
+        self.book.end(lease_id)
+        return True
+
+    def _discover(self, request: Request) -> bool:
+        codec = self.codec
+        if codec is None:
+            # Start requests can come before the dispatcher's welcome (P unknown yet).
+            self._early.append(request)
+            return True
+        try:
+            _, fp, key, part = codec.route(request.url)
+        except BadURL as exc:
+            self.stats.inc_value("dispatcher/bad_url")
+            logger.warning("Not pushing %s: %s", request.url[:300], exc)
+            return False
+        if not self.recent.add(fp) and not request.dont_filter:
+            self.stats.inc_value("dispatcher/recently_sent")
+            return False
+        try:
+            wire = codec.encode(request, fp, key, part)
+        except Unserializable as exc:
+            self.stats.inc_value("dispatcher/unserializable")
+            logger.error("LOST REQUEST %s: it cannot be sent to the dispatcher: %s", request.url, exc)
+            return False
+        self.push_buffer.append(wire)
+        self.stats.inc_value("dispatcher/discovered")
+        if len(self.push_buffer) >= self.config.push_batch:
+            self._flush()
+        return True
+
+    def next_request(self) -> Request | None:
+        now = time.time()
+        popped = self.queues.pop_ready(now)
+        if popped is None:
+            self._arm_wake()
+            self._pull()
+            return None
+        key, request = popped
+        lease_id = request.meta[LEASE]
+        self.busy_by[key] = lease_id
+        self.inflight[lease_id] = (key, request.meta[PART])
+        self.book.begin(lease_id)
+        self.stats.inc_value("dispatcher/handed_to_scrapy")
+        self._pull()
+        return request
+
+    # -- politeness ---------------------------------------------------------------------------
+
+    def _delay_for(self, key: str) -> float:
+        politeness = getattr(self.crawler, "_crawlproj_politeness", None)
+        if politeness is not None:
+            return float(politeness.delay_for(key))
+        return self.config.delay
+
+    def _reached_downloader(self, request: Request, spider: Any = None) -> None:
+        key = request.meta.get(KEY)
+        if key is not None and LEASE in request.meta:
+            self.started_at[key] = time.time()
+
+    def _left_downloader(self, request: Request, spider: Any = None) -> None:
+        key = request.meta.get(KEY)
+        if key is not None:
+            self._release_key(key, request.meta.get(LEASE))
+
+    def _release_key(self, key: str, lease_id: int | None) -> None:
+        """The key's fetch by ``lease_id`` ended (or never reached the downloader)."""
+        if lease_id is None or self.busy_by.get(key) != lease_id:
+            return
+        del self.busy_by[key]
+        started = self.started_at.pop(key, None)
+        ready = started + self._delay_for(key) if started is not None else 0.0
+        self.queues.release(key, ready)
+        self._wake_soon()
+
+    def _arm_wake(self) -> None:
+        """Wake the engine when the earliest delayed key becomes ready."""
+        when = self.queues.next_ready_time()
+        if when is None or self._wake_handle is not None:
+            return
+        loop = asyncio.get_event_loop()
+        self._wake_handle = loop.call_later(max(0.0, when - time.time()), self._wake)
+
+    def _wake_soon(self) -> None:
+        if self._wake_handle is None:
+            self._wake_handle = asyncio.get_event_loop().call_soon(self._wake)
+
+    def _wake(self) -> None:
+        """Re-inject one ready request through the public engine.crawl(), which makes the engine
+        ask us for requests now instead of at its next 5-second heartbeat."""
+        self._wake_handle = None
+        if self.closing or self.spider is None:
+            return
+        popped = self.queues.pop_ready(time.time())
+        if popped is None:
+            self._arm_wake()
+            return
+        key, request = popped
+        request.meta[WAKE] = True
+        self.crawler.engine.crawl(request)
+
+    # -- leases -----------------------------------------------------------------------------------
+
+    def _lease_final(self, lease_id: int) -> None:
+        where = self.inflight.pop(lease_id, None)
+        self.ack_buffer.append(lease_id)
+        self.stats.inc_value("dispatcher/acked")
+        if where is not None:
+            key, part = where
+            # filtered before the downloader (robots.txt...): no left-downloader signal came
+            self._release_key(key, lease_id)
+            if part in self.revoking:
+                self._maybe_handoff()
+        if len(self.ack_buffer) >= self.config.push_batch:
+            self._flush()
+
+    # -- talking to the dispatcher ------------------------------------------------------------------
+
+    def _register(self) -> None:
+        assert self.link is not None
+        self.link.send("register", node=self.node, pid=os.getpid(), host=socket.gethostname(),
+                       capacity=self.config.queue_target)
+
+    def _flush(self) -> None:
+        """Pushes before acks: a response's discovered links are stored before its lease ends."""
+        if self.link is None or not self.registered:
+            return
+        while self.push_buffer:
+            batch, self.push_buffer = self.push_buffer[: self.config.push_batch], self.push_buffer[self.config.push_batch:]
+            self.link.send("push", node=self.node, requests=batch)
+            self.stats.inc_value("dispatcher/pushed", len(batch))
+        if self.ack_buffer:
+            acks, self.ack_buffer = self.ack_buffer, []
+            self.link.send("ack", node=self.node, leases=acks)
+
+    def _pull(self) -> None:
+        if self.link is None or not self.registered or self.finished or self.closing:
+            return
+        have = len(self.queues) + len(self.inflight) + self.requested
+        want = self.config.queue_target - have
+        if want >= max(1, self.config.queue_target // 4):
+            self.requested += want
+            self.link.send("pull", node=self.node, credit=want)
+
+    def _heartbeat(self) -> None:
+        assert self.link is not None
+        loop = asyncio.get_event_loop()
+        if self.registered and loop.time() - self.link.last_heard > self.config.timeout:
+            logger.warning("No word from the dispatcher for %.0f s: registering again", self.config.timeout)
+            self.registered = False
+        if not self.registered:
+            self._register()
+            return
+        self.link.send("heartbeat", node=self.node)
+        self._pull()
+
+    def _send_stats(self) -> None:
+        if self.link is None or not self.registered:
+            return
+        wanted = ("response_received_count", "item_scraped_count", "downloader/request_count",
+                  "dispatcher/acked", "dispatcher/pushed", "dispatcher/discovered")
+        stats = {k: self.stats.get_value(k, 0) for k in wanted}
+        stats.update(queued=len(self.queues), inflight=len(self.inflight), keys=self.queues.keys,
+                     owned=len(self.owned))
+        self.link.send("stats", node=self.node, stats=stats)
+
+    def _on_message(self, msg: dict[str, Any]) -> None:
+        handler = getattr(self, f"_on_{msg['t']}", None)
+        if handler is None:
+            self.stats.inc_value(f"dispatcher/unexpected/{msg['t']}")
+            return
+        handler(msg)
+
+    def _on_welcome(self, msg: dict[str, Any]) -> None:
+        partitions = int(msg["partitions"])
+        if self.codec is None:
+            assert self.spider is not None
+            self.codec = WireCodec(self.spider, partitions, self.config.key_by, self.stats)
+        elif partitions != self.partitions:
+            logger.error("The dispatcher now uses %d partitions instead of %d", partitions, self.partitions)
+            self.codec.partitions = partitions
+        self.partitions = partitions
+        if self.epoch is not None and msg["epoch"] != self.epoch:
+            # The dispatcher restarted: it forgot every lease and credit. What we queued but did
+            # not start will be leased again (to us or another node); drop our copies.
+            dropped = self.queues.clear()
+            self.stats.inc_value("dispatcher/dropped_on_restart", len(dropped))
+            logger.warning("Dispatcher restarted (epoch %s): dropped %d queued leases", msg["epoch"], len(dropped))
+        self.epoch = msg["epoch"]
+        self.owned = set(msg["assigned"])
+        self.registered = True
+        self.requested = 0
+        self._welcomed.set()
+        early, self._early = self._early, []
+        for request in early:
+            self._discover(request)
+        logger.info("Node %s registered: %d of %d partitions", self.node, len(self.owned), partitions)
+        self._flush()
+        self._pull()
+
+    def _on_heartbeat(self, msg: dict[str, Any]) -> None:
+        if self.epoch is not None and msg["epoch"] != self.epoch:
+            self.registered = False
+            self._register()
+
+    def _on_batch(self, msg: dict[str, Any]) -> None:
+        assert self.codec is not None and self.spider is not None
+        errback = self.book.errback(self.spider)
+        for lease_id, wire in msg["leases"]:
+            self.requested = max(0, self.requested - 1)
+            try:
+                request = self.codec.decode(wire)
+            except Exception as exc:
+                self.stats.inc_value("dispatcher/undecodable")
+                logger.error("Undecodable leased request %r: %r; acking it as final", wire, exc)
+                self.ack_buffer.append(lease_id)
+                continue
+            key, part = wire["k"], wire["p"]
+            meta = request.meta
+            meta[LEASE] = lease_id
+            meta[KEY] = key
+            meta[PART] = part
+            if request.errback is not None:
+                meta[OWN_ERRBACK] = request.errback.__name__
+            request.errback = errback
+            self.queues.push(key, request)
+        self.stats.inc_value("dispatcher/leased", len(msg["leases"]))
+        self._wake_soon()
+
+    def _on_assign(self, msg: dict[str, Any]) -> None:
+        parts = set(msg["partitions"])
+        self.owned |= parts
+        self._import_state(msg.get("state") or {})
+        logger.info("Assigned %d partitions (now %d)", len(parts), len(self.owned))
+        self._pull()
+
+    def _on_revoke(self, msg: dict[str, Any]) -> None:
+        parts = set(msg["partitions"])
+        self.owned -= parts
+        self.revoking |= parts
+        released = self._take_partitions(parts)
+        if released:
+            assert self.link is not None
+            self.link.send("release", node=self.node, leases=[r.meta[LEASE] for r in released])
+        logger.info("Revoked %d partitions: released %d queued leases", len(parts), len(released))
+        self._maybe_handoff()
+
+    def _take_partitions(self, parts: set[int]) -> list[Request]:
+        keys = {key for key, req in self.queues.items() if req.meta[PART] in parts}
+        return self.queues.remove(keys.__contains__)
+
+    def _maybe_handoff(self) -> None:
+        busy = {part for _, part in self.inflight.values()}
+        done = {p for p in self.revoking if p not in busy}
+        if not done or self.link is None:
+            return
+        self._flush()  # acks of the finished requests go before the handoff
+        self.revoking -= done
+        self.link.send("handoff", node=self.node, partitions=sorted(done), state=self._export_state(done))
+
+    def _on_finished(self, msg: dict[str, Any]) -> None:
+        if not self.finished:
+            logger.info("The dispatcher reports the crawl finished")
+        self.finished = True
+        engine = self.crawler.engine
+        if self.spider is not None and engine is not None and engine.spider_is_idle():
+            # close now rather than at the engine's next idle check (up to 5 s away)
+            asyncio.ensure_future(engine.close_spider_async(reason="finished"))
+
+    def _on_error(self, msg: dict[str, Any]) -> None:
+        reason = str(msg.get("reason"))
+        logger.warning("Dispatcher refused a message: %s", reason)
+        if "register" in reason:
+            self.registered = False
+            self._register()
+
+    def _on_state(self, msg: dict[str, Any]) -> None:
+        pass
+
+    # -- politeness state handoff ----------------------------------------------------------------
+
+    def _export_state(self, parts: set[int]) -> dict[str, Any]:
+        politeness = getattr(self.crawler, "_crawlproj_politeness", None)
+        if politeness is None:
+            return {}
+        return politeness.export_partitions(parts, self.partitions)
+
+    def _import_state(self, state: dict[str, Any]) -> None:
+        politeness = getattr(self.crawler, "_crawlproj_politeness", None)
+        if politeness is not None and state:
+            politeness.import_state(state)

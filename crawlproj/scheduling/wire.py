@@ -1,0 +1,111 @@
+"""Scrapy Request <-> wire request (see crawlproj.protocol), callbacks by name, msgpack-safe meta."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgpack
+from scrapy import Request, Spider
+
+from crawlproj.urls import canonicalize, fingerprint, partition_of, politeness_key
+
+logger = logging.getLogger(__name__)
+
+# Meta keys that describe one download attempt or belong to this node's bookkeeping; they are
+# not part of the request's identity and do not travel.
+LOCAL_META = frozenset({
+    "depth", "download_slot", "download_latency", "download_timeout", "redirect_times",
+    "redirect_ttl", "redirect_urls", "redirect_reasons", "retry_times", "handle_httpstatus_list",
+    "handle_httpstatus_all", "dont_obey_robotstxt", "_lease", "_key", "_part", "_parent", "_wake",
+})
+
+
+class Unserializable(ValueError):
+    """A request that cannot travel to the dispatcher (its callback is not a spider method...)."""
+
+
+def _method_name(func: Any, spider: Spider, what: str) -> str | None:
+    if func is None:
+        return None
+    name = getattr(func, "__name__", None)
+    if name and getattr(func, "__self__", None) is spider and getattr(spider, name, None) == func:
+        return name
+    raise Unserializable(f"{what} {func!r} is not a method of spider {spider.name!r}")
+
+
+def _carryable(value: Any) -> bool:
+    try:
+        msgpack.packb(value, use_bin_type=True)
+        return True
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+class WireCodec:
+    """Encodes requests for the dispatcher and rebuilds them on the node that leases them."""
+
+    def __init__(self, spider: Spider, partitions: int, key_by: str = "domain", stats: Any = None):
+        self.spider = spider
+        self.partitions = partitions
+        self.key_by = key_by
+        self.stats = stats
+
+    def route(self, url: str) -> tuple[str, bytes, str, int]:
+        """(canonical URL, fingerprint, politeness key, partition); raises BadURL."""
+        canonical = canonicalize(url)
+        key = politeness_key(canonical, self.key_by)
+        return canonical, fingerprint(canonical), key, partition_of(key, self.partitions)
+
+    def encode(self, request: Request, fp: bytes, key: str, part: int) -> dict[str, Any]:
+        wire: dict[str, Any] = {"u": request.url, "f": fp, "k": key, "p": part}
+        cb = _method_name(request.callback, self.spider, "callback")
+        if cb is not None and cb != "parse":
+            wire["cb"] = cb
+        eb = _method_name(request.errback, self.spider, "errback")
+        if eb is not None:
+            wire["eb"] = eb
+        if request.method != "GET":
+            wire["m"] = request.method
+        if request.body:
+            wire["b"] = request.body
+        if request.headers:
+            wire["h"] = {k.decode("latin-1"): [v.decode("latin-1") for v in vs]
+                         for k, vs in request.headers.items()}
+        if request.priority:
+            wire["pr"] = request.priority
+        depth = request.meta.get("depth")
+        if depth:
+            wire["d"] = depth
+        if request.dont_filter:
+            wire["df"] = 1
+        if request.cb_kwargs:
+            if not _carryable(request.cb_kwargs):
+                raise Unserializable(f"cb_kwargs of {request.url} cannot be encoded with msgpack")
+            wire["kw"] = request.cb_kwargs
+        meta = {}
+        for name, value in request.meta.items():
+            if name in LOCAL_META:
+                continue
+            if _carryable(value):
+                meta[name] = value
+            elif self.stats is not None:
+                self.stats.inc_value("dispatcher/meta_dropped")
+                logger.warning("Meta key %r of %s cannot travel (msgpack) and is dropped",
+                               name, request.url)
+        if meta:
+            wire["meta"] = meta
+        return wire
+
+    def decode(self, wire: dict[str, Any]) -> Request:
+        spider = self.spider
+        callback = getattr(spider, wire["cb"]) if "cb" in wire else None
+        errback = getattr(spider, wire["eb"]) if "eb" in wire else None
+        meta = dict(wire.get("meta") or {})
+        meta["depth"] = wire.get("d", 0)
+        headers = wire.get("h")
+        return Request(
+            wire["u"], callback=callback, errback=errback, method=wire.get("m", "GET"),
+            headers=headers, body=wire.get("b"), priority=wire.get("pr", 0), meta=meta,
+            cb_kwargs=wire.get("kw"), dont_filter=bool(wire.get("df")),
+        )

@@ -1,0 +1,95 @@
+"""Pure logic of the node side: per-key queues, the recently-sent filter, request wire format."""
+
+from __future__ import annotations
+
+import pytest
+from scrapy import Request, Spider
+
+from crawlproj.protocol import check_wire_request
+from crawlproj.scheduling.keyqueue import KeyQueues
+from crawlproj.scheduling.scheduler import RecentlySent
+from crawlproj.scheduling.wire import Unserializable, WireCodec
+
+
+def test_a_busy_or_delayed_key_never_blocks_the_others():
+    q: KeyQueues[str] = KeyQueues()
+    for i in range(3):
+        q.push("slow.test", f"slow{i}")
+    q.push("fast.test", "fast0")
+    q.push("fast.test", "fast1")
+    assert q.pop_ready(now=0) == ("slow.test", "slow0")
+    # slow.test is busy: the next request comes from another key
+    assert q.pop_ready(now=0) == ("fast.test", "fast0")
+    assert q.pop_ready(now=0) is None  # both keys busy
+    q.release("slow.test", ready_at=10.0)  # fetch ended, delay until t=10
+    q.release("fast.test", ready_at=1.0)
+    assert q.pop_ready(now=0.5) is None
+    assert q.next_ready_time() == 1.0
+    assert q.pop_ready(now=1.0) == ("fast.test", "fast1")
+    assert q.pop_ready(now=5.0) is None
+    assert q.pop_ready(now=10.0) == ("slow.test", "slow1")
+    assert len(q) == 1
+
+
+def test_hold_never_moves_a_ready_time_earlier_and_remove_takes_keys_out():
+    q: KeyQueues[int] = KeyQueues()
+    q.hold("a.test", 5.0)
+    q.push("a.test", 1)
+    q.hold("a.test", 2.0)
+    assert q.pop_ready(now=4.0) is None
+    q.push("b.test", 2)
+    q.push("b.test", 3, front=True)
+    assert q.remove(lambda key: key == "b.test") == [3, 2]
+    assert len(q) == 1
+    assert q.pop_ready(now=5.0) == ("a.test", 1)
+
+
+def test_recently_sent_is_bounded_and_exact_for_recent_entries():
+    recent = RecentlySent(capacity=4)
+    assert recent.add(b"a") and recent.add(b"b")
+    assert not recent.add(b"a")
+    for fp in (b"c", b"d", b"e", b"f"):
+        recent.add(fp)
+    assert len(recent.new) + len(recent.old) <= 4
+    assert recent.add(b"a")  # forgotten after two generations: the dispatcher dedups exactly
+
+
+class _Spider(Spider):
+    name = "wiretest"
+
+    def parse(self, response):  # pragma: no cover - never called
+        pass
+
+    def parse_detail(self, response):  # pragma: no cover
+        pass
+
+    def on_error(self, failure):  # pragma: no cover
+        pass
+
+
+def test_requests_travel_with_callbacks_by_name_and_carryable_meta():
+    spider = _Spider()
+    codec = WireCodec(spider, partitions=1024)
+    req = Request("http://Site0001.test:8080/p/1?b=2&a=1#frag", callback=spider.parse_detail,
+                  errback=spider.on_error, priority=3, meta={"depth": 2, "tag": "x", "obj": object()},
+                  cb_kwargs={"n": 1}, headers={"X-Test": "1"})
+    canonical, fp, key, part = codec.route(req.url)
+    assert canonical == "http://site0001.test:8080/p/1?a=1&b=2"
+    assert key == "site0001.test"
+    wire = check_wire_request(codec.encode(req, fp, key, part), 1024)
+    assert wire["cb"] == "parse_detail" and wire["eb"] == "on_error" and wire["d"] == 2
+    assert "obj" not in wire["meta"] and wire["meta"]["tag"] == "x"
+    back = codec.decode(wire)
+    assert back.url == req.url and back.callback == spider.parse_detail
+    assert back.errback == spider.on_error and back.priority == 3
+    assert back.meta["depth"] == 2 and back.cb_kwargs == {"n": 1}
+    assert back.headers.get("X-Test") == b"1"
+
+
+def test_a_callback_that_is_not_a_spider_method_cannot_travel():
+    spider = _Spider()
+    codec = WireCodec(spider, partitions=8)
+    req = Request("http://a.test/", callback=lambda r: None)
+    _, fp, key, part = codec.route(req.url)
+    with pytest.raises(Unserializable):
+        codec.encode(req, fp, key, part)

@@ -88,8 +88,8 @@ def decode(frame: bytes, allowed: dict[str, tuple[str, ...]]) -> dict[str, Any]:
     if len(frame) > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
     try:
-        msg = msgpack.unpackb(frame, raw=False, strict_map_key=True,
-                              max_buffer_size=MAX_FRAME_BYTES)
+        # unpackb sizes its limits from len(frame), checked above; it has no max_buffer_size.
+        msg = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated exception types
         raise ProtocolError(f"undecodable frame: {type(exc).__name__}") from exc
     if not isinstance(msg, dict):

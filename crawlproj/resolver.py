@@ -35,7 +35,7 @@ class SyntheticResolver(CachingThreadedResolver):
                 raise NotConfigured(f"SYNTHWEB_RESOLVE_SUFFIXES: bad suffix {suffix!r}")
         cache_size = settings.getint("DNSCACHE_SIZE") if settings.getbool("DNSCACHE_ENABLED") else 0
         return cls(reactor, cache_size, settings.getfloat("DNS_TIMEOUT"), suffixes,
-                   settings.get("SYNTHWEB_RESOLVE_ADDRESS"))
+                   settings.get("SYNTHWEB_RESOLVE_ADDRESS", "127.0.0.1"))
 
     def matches(self, name: str) -> bool:
         name = name.lower().rstrip(".")

@@ -77,6 +77,7 @@ class WebSpec:
     base_latency_ms: int = 0
     subdomain_share: float = 0.1  # share of hosts that are "blog." of the previous domain
     crawl_delay: float = 0.5  # Crawl-delay served by "crawl_delay" hosts
+    robots_variants: bool = True  # False: every host allows everything (throughput benchmarks)
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,9 @@ class Web:
                 domain += 1
                 name = f"site{domain:04d}.test"
             pages = min(spec.max_pages, int(spec.min_pages * rng.paretovariate(spec.pareto_alpha)))
-            if i < len(ROBOTS_VARIANTS):
+            if not spec.robots_variants:
+                robots = "allow"
+            elif i < len(ROBOTS_VARIANTS):
                 robots = ROBOTS_VARIANTS[i]
             else:
                 robots = rng.choice(COMMON_ROBOTS)

@@ -1,0 +1,187 @@
+"""Run the dispatcher as a child process: the one way tests, benchmarks and runners start it.
+
+    with DispatcherProcess(tmp_path / "store", "--partitions", "64") as d:
+        d.endpoint            # "tcp://127.0.0.1:PORT"
+        d.status()["frontier"]
+        d.kill(); d.restart()  # kill -9, then the same store and port again
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import IO, Any
+
+import zmq
+
+from crawlproj.protocol import decode_from_dispatcher, encode
+
+from .errors import DispatcherError, StartError
+from .server import LISTENING_PREFIX
+
+STARTUP_TIMEOUT = 30.0  # seconds for the LISTENING line
+STOP_TIMEOUT = 10.0  # seconds a SIGTERM gets before SIGKILL
+STATUS_TIMEOUT = 5.0
+REBIND_TIMEOUT = 10.0  # a restart on the same port retries this long if the port is still busy
+LOG_TAIL_BYTES = 4000
+
+
+class DispatcherProcess:
+    """A running ``python -m crawlproj.dispatcher``; a context manager.
+
+    ``args`` are extra command-line options (``--partitions``, ``--seeds``...). Its log (stderr)
+    goes to ``log_path`` (default: ``dispatcher.log`` beside the store directory).
+    """
+
+    def __init__(self, store: str | os.PathLike[str], *args: str, port: int = 0,
+                 host: str = "127.0.0.1", env: dict[str, str] | None = None,
+                 log_path: str | os.PathLike[str] | None = None,
+                 startup_timeout: float = STARTUP_TIMEOUT) -> None:
+        self.store = Path(store)
+        self.args = list(args)
+        self.host = host
+        self.env = env
+        self.startup_timeout = startup_timeout
+        self.log_path = Path(log_path) if log_path else self.store.parent / f"{self.store.name}.log"
+        self._ctx: zmq.Context[Any] | None = None
+        self._log: IO[bytes] | None = None
+        self.proc: subprocess.Popen[str] | None = None
+        self.endpoint = ""
+        self.port = port
+        self.starts = 0
+        self._start(port)
+
+    # -- process control ---------------------------------------------------------------------------
+
+    def _start(self, port: int, extra: list[str] | None = None) -> None:
+        bind = f"tcp://{self.host}:{port if port else '*'}"
+        cmd = [sys.executable, "-m", "crawlproj.dispatcher", "--bind", bind, "--store",
+               str(self.store), *self.args, *(extra or [])]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        env = {**os.environ, **(self.env or {})}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                     env=env)
+        self.starts += 1
+        self.endpoint = self._read_endpoint()
+        self.port = int(self.endpoint.rsplit(":", 1)[1])
+
+    def _read_endpoint(self) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
+            if not ready:
+                break
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith(LISTENING_PREFIX):
+                return line[len(LISTENING_PREFIX):].strip()
+        rc = self.proc.poll()
+        if rc is None:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self._close_pipes()
+        raise StartError(f"dispatcher did not start (exit code {rc}); log tail:\n{self.log_tail()}")
+
+    def log_tail(self, size: int = LOG_TAIL_BYTES) -> str:
+        try:
+            data = self.log_path.read_bytes()
+        except OSError:
+            return ""
+        return data[-size:].decode("utf-8", "replace")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM (clean shutdown: commit, close); SIGKILL if it does not exit in time."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._close_pipes()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """kill -9: no commit, no goodbye."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self._close_pipes()
+
+    def restart(self, *extra: str) -> None:
+        """Start again on the same store and port (stopping it first if it still runs)."""
+        if self.running():
+            self.terminate()
+        deadline = time.monotonic() + REBIND_TIMEOUT
+        while True:
+            try:
+                self._start(self.port, list(extra))
+                return
+            except StartError:
+                if time.monotonic() >= deadline or "cannot bind" not in self.log_tail():
+                    raise
+
+    def _close_pipes(self) -> None:
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # -- talking to it ------------------------------------------------------------------------------
+
+    def context(self) -> zmq.Context[Any]:
+        if self._ctx is None:
+            self._ctx = zmq.Context()
+            self._ctx.setsockopt(zmq.LINGER, 0)
+        return self._ctx
+
+    def status(self, timeout: float = STATUS_TIMEOUT) -> dict[str, Any]:
+        """The dispatcher's "state" map, by a status round trip on a fresh DEALER."""
+        sock = self.context().socket(zmq.DEALER)
+        try:
+            sock.setsockopt(zmq.ROUTING_ID, f"monitor-{uuid.uuid4().hex[:12]}".encode())
+            sock.connect(self.endpoint)
+            sock.send(encode("status"))
+            if not sock.poll(timeout * 1000, zmq.POLLIN):
+                raise DispatcherError(f"no answer to status from {self.endpoint} in {timeout} s")
+            msg = decode_from_dispatcher(sock.recv())
+        finally:
+            sock.close(0)
+        if msg["t"] != "state":
+            raise DispatcherError(f"status answered with {msg['t']}: {msg}")
+        state: dict[str, Any] = msg["state"]
+        return state
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.terminate()
+        self._close_pipes()
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def __enter__(self) -> DispatcherProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,103 @@
+"""Seed sources: command line, a file, a Redis key (scrapy-redis convention).
+
+Each yields plain URL strings; the dispatcher canonicalizes them and computes fingerprint, key
+and partition with :mod:`crawlproj.urls`, exactly as the nodes do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from crawlproj.urls import BadURL, canonicalize, fingerprint, partition_of, politeness_key
+
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+REDIS_BATCH = 1000  # seeds popped from Redis per round trip
+REDIS_TIMEOUT = 5.0  # seconds for one Redis command
+
+
+def wire_seed(url: str, partitions: int, key_by: str) -> dict[str, Any]:
+    """The wire request of a seed URL; raises BadURL."""
+    canonical = canonicalize(url)
+    key = politeness_key(canonical, key_by)
+    return {"u": canonical, "f": fingerprint(canonical), "k": key,
+            "p": partition_of(key, partitions)}
+
+
+def parse_seed_item(item: bytes | str) -> str | None:
+    """A scrapy-redis start URL entry: a plain URL or JSON ``{"url": ...}``; None if neither."""
+    text = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            return None
+        url = obj.get("url") if isinstance(obj, dict) else None
+        return url if isinstance(url, str) else None
+    return text or None
+
+
+def read_seeds_file(path: str) -> Iterator[str]:
+    """One URL (or JSON object) a line; blank lines and '#' comments skipped."""
+    try:
+        with Path(path).open(encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    url = parse_seed_item(line)
+                    if url:
+                        yield url
+    except OSError as exc:
+        raise ConfigError(f"cannot read the seeds file {path}: {exc}") from exc
+
+
+class RedisSeeds:
+    """Pops seeds from a Redis list or set, atomically per batch (as scrapy-redis does)."""
+
+    def __init__(self, url: str, key: str, batch: int = REDIS_BATCH) -> None:
+        import redis
+
+        self.url = url
+        self.key = key
+        self.batch = batch
+        self.client = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT,
+                                           socket_connect_timeout=REDIS_TIMEOUT)
+
+    def pop(self) -> list[str]:
+        """Up to one batch of seed URLs (empty when the key is empty or missing)."""
+        kind = self.client.type(self.key)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind == "list":
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.lrange(self.key, 0, self.batch - 1)
+                pipe.ltrim(self.key, self.batch, -1)
+                items, _ = pipe.execute()
+        elif kind == "set":
+            items = self.client.spop(self.key, self.batch) or []
+        elif kind == "none":
+            return []
+        else:
+            logger.error("Redis key %r is a %s; seeds must be in a list or a set", self.key, kind)
+            return []
+        urls = []
+        for item in items:
+            url = parse_seed_item(item)
+            if url is None:
+                logger.warning("Ignored a Redis seed entry that is neither a URL nor "
+                               "JSON with a url: %r", item[:200])
+            else:
+                urls.append(url)
+        return urls
+
+    def close(self) -> None:
+        self.client.close()
+
+
+__all__ = ["BadURL", "RedisSeeds", "parse_seed_item", "read_seeds_file", "wire_seed"]

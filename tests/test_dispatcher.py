@@ -1,0 +1,393 @@
+"""The dispatcher service against real processes and sockets, driven by simulated nodes.
+
+Every test starts ``python -m crawlproj.dispatcher`` on a free port (DispatcherProcess) and talks
+to it through DEALER sockets (SimNode). The crawled "web" is the link structure of a small
+synthetic web (crawlproj.synthweb.model.Web), without HTTP, so the expected set of URLs is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from crawlproj.dispatcher.errors import StartError
+from crawlproj.dispatcher.frontier import Frontier
+from crawlproj.dispatcher.partitions import Rendezvous, rendezvous_owner
+from crawlproj.dispatcher.process import DispatcherProcess
+from crawlproj.dispatcher.server import encode_batch
+from crawlproj.dispatcher.simnode import SimNode, drive, web_links, web_reachable
+from crawlproj.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, decode_from_dispatcher, encode
+from crawlproj.synthweb.model import Web, WebSpec
+from crawlproj.urls import canonicalize, fingerprint, partition_of
+
+from conftest import wait_until
+
+SMALL_WEB = WebSpec(seed=5, hosts=25, min_pages=4, max_pages=30)
+FAST_HEARTBEATS = ("--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.0")
+HEARTBEAT = 0.2  # what the simulated nodes use with FAST_HEARTBEATS
+CRAWL_TIMEOUT = 30.0
+P_SMALL = 64
+
+
+@pytest.fixture(scope="module")
+def web() -> Web:
+    return Web(SMALL_WEB)
+
+
+@pytest.fixture(scope="module")
+def seeds(web: Web) -> list[str]:
+    return [f"http://{h}{p}" for h, p in web.seeds()]
+
+
+@pytest.fixture(scope="module")
+def truth(web: Web, seeds: list[str]) -> set[str]:
+    return web_reachable(web, seeds)
+
+
+@pytest.fixture
+def dispatcher(tmp_path: Path) -> Iterator[Callable[..., DispatcherProcess]]:
+    started: list[DispatcherProcess] = []
+
+    def start(*args: str, store: str = "store", **kwargs: Any) -> DispatcherProcess:
+        proc = DispatcherProcess(tmp_path / store, *args, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
+
+
+@pytest.fixture
+def nodes(zmq_context: zmq.Context[Any]) -> Iterator[Callable[..., SimNode]]:
+    made: list[SimNode] = []
+
+    def make(endpoint: str, name: str, **kwargs: Any) -> SimNode:
+        node = SimNode(zmq_context, endpoint, name, **kwargs)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.close()
+
+
+def register(all_nodes: list[SimNode], timeout: float = 10.0) -> None:
+    for node in all_nodes:
+        node.register()
+    drive(all_nodes, lambda: all(n.registered for n in all_nodes), timeout, crawl=False,
+          heartbeat_interval=HEARTBEAT)
+
+
+def settled(d: DispatcherProcess, crew: list[SimNode], parts: int) -> bool:
+    """No handoff pending and the running nodes' own views cover every partition once."""
+    owned = [p for n in crew if not n.stopped for p in n.owned]
+    if len(owned) != parts or set(owned) != set(range(parts)):
+        return False
+    state = d.status()
+    return state["pending_handoffs"] == 0 and state["unowned_partitions"] == 0
+
+
+def leased_urls(all_nodes: list[SimNode]) -> Counter[str]:
+    return Counter(url for node in all_nodes for _, url in node.leased)
+
+
+# -- pure parts ---------------------------------------------------------------------------------------
+
+
+def test_rendezvous_moves_only_what_the_new_node_wins() -> None:
+    parts = 1024
+    rdv = Rendezvous(parts)
+    before = rdv.table(["a", "b"])
+    after = rdv.table(["a", "b", "c"])
+    moved = [p for p in range(parts) if before[p] != after[p]]
+    assert all(after[p] == "c" for p in moved)
+    sigma = math.sqrt(parts * (1 / 3) * (2 / 3))
+    assert abs(len(moved) - parts / 3) < 4 * sigma
+    assert after == [rendezvous_owner(p, ["c", "a", "b"]) for p in range(parts)]
+    assert rdv.table([]) == [None] * parts
+
+
+def test_frontier_priority_fifo_bounded_readahead_and_dedup(tmp_path: Path) -> None:
+    fr = Frontier(tmp_path / "s", 4, readahead=3, hot_seen=4)
+
+    def wire(i: int, pr: int = 0) -> dict[str, Any]:
+        url = f"http://x.test/{i}"
+        return {"u": url, "f": fingerprint(url), "k": "x.test", "p": 1, "pr": pr}
+
+    new, touched = fr.add([wire(i) for i in range(10)] + [wire(3), wire(4)])
+    assert (new, touched) == (10, [1])
+    assert fr.memory_rows() == 3  # the rest waits in SQLite
+    fr.add([wire(100, pr=5)])  # jumps the queue
+    fr.commit()
+    # Hot set rotated away: the seen table settles these, exactly.
+    assert fr.add([wire(i) for i in range(10)]) == (0, [])
+    order = []
+    while (row := fr.take(1)) is not None:
+        order.append(msgpack.unpackb(row[2])["u"])
+        if len(order) == 2:
+            fr.give_back(1, row)  # a released lease comes first again
+    assert order[0] == "http://x.test/100"
+    assert order[1] == order[2] == "http://x.test/0"
+    assert order[3:] == [f"http://x.test/{i}" for i in range(1, 10)]
+    assert fr.size == 11 and fr.available(1) == 0
+    fr.close()
+    again = Frontier(tmp_path / "s", 4)
+    assert again.epoch == 2 and again.size == 11 and again.seen_count == 11
+    again.close()
+
+
+def test_batch_frame_decodes_like_the_protocol_encoder() -> None:
+    req = {"u": "http://a.test/", "f": b"\x01" * 20, "k": "a.test", "p": 3}
+    frame = encode_batch([(7, msgpack.packb(req, use_bin_type=True)), (2 ** 41, msgpack.packb(req))])
+    assert decode_from_dispatcher(frame) == decode_from_dispatcher(
+        encode("batch", leases=[[7, req], [2 ** 41, req]]))
+
+
+# -- service ------------------------------------------------------------------------------------------
+
+
+def test_simulated_nodes_crawl_to_completion_exactly_once(dispatcher, nodes, web, seeds, truth):
+    d = dispatcher("--partitions", str(P_SMALL), "--seeds", ",".join(seeds), *FAST_HEARTBEATS)
+    crew = [nodes(d.endpoint, f"node{i}", capacity=7) for i in range(3)]
+    register(crew)
+    drive(crew, lambda: all(n.finished for n in crew), CRAWL_TIMEOUT, links_of=web_links(web),
+          heartbeat_interval=HEARTBEAT)
+    leased = leased_urls(crew)
+    assert set(leased) == truth
+    assert max(leased.values()) == 1, "a URL was leased twice without any fault"
+    assert sorted(u for n in crew for u in n.acked) == sorted(truth)
+    for node in crew:
+        assert node.violations == [], "a node received a request of a partition it does not own"
+        assert node.max_batch_over_credit <= 0, "a batch exceeded the credit asked for"
+        assert node.leased, "every node took part"
+    state = d.status()
+    assert state["finished"] and state["frontier"] == 0 and state["leases"] == 0
+    assert state["seen"] == len(truth)
+    assert state["counters"]["acked"] == len(truth)
+    assert state["counters"]["new"] + state["counters"]["seeds_new"] == len(truth)
+    assert sum(n["owned"] for n in state["nodes"].values()) == P_SMALL
+
+
+def test_credit_is_never_exceeded(dispatcher, nodes, seeds):
+    d = dispatcher("--partitions", "8", "--seeds", ",".join(seeds), *FAST_HEARTBEATS)
+    node = nodes(d.endpoint, "solo", capacity=0)
+    register([node])
+    for want, total in ((3, 3), (2, 5), (1, 6)):
+        node.pull(want)
+        drive([node], lambda: len(node.leased) >= total, 5, crawl=False, heartbeat_interval=HEARTBEAT)
+        state = d.status()["nodes"]["solo"]
+        assert (len(node.leased), state["leases"], state["credit"]) == (total, total, 0)
+    assert node.max_batch_over_credit <= 0
+    # Distinct politeness keys first: round-robin over the node's non-empty partitions.
+    keys = {req["k"] for req in node.leases.values()}
+    assert len(keys) >= 5
+
+
+def test_join_and_graceful_leave_move_about_one_nth(dispatcher, nodes, web, seeds, truth):
+    parts = 300
+    d = dispatcher("--partitions", str(parts), "--seeds", ",".join(seeds), *FAST_HEARTBEATS)
+    a, b = nodes(d.endpoint, "alpha", capacity=2), nodes(d.endpoint, "beta", capacity=2)
+    links = web_links(web)
+    register([a, b])
+    drive([a, b], lambda: settled(d, [a, b], parts), 10, links_of=links, heartbeat_interval=HEARTBEAT)
+    before = {"alpha": set(a.owned), "beta": set(b.owned)}
+    assert before["alpha"] | before["beta"] == set(range(parts))
+
+    # A third node joins mid-crawl: only the partitions it wins move, only to it.
+    c = nodes(d.endpoint, "gamma", capacity=2)
+    c.register()
+    crew = [a, b, c]
+    drive(crew, lambda: c.registered and bool(c.owned) and settled(d, crew, parts), 10, links_of=links, heartbeat_interval=HEARTBEAT)
+    moved = set(c.owned)
+    expected = {p for p in range(parts) if rendezvous_owner(p, ["alpha", "beta", "gamma"]) == "gamma"}
+    assert moved == expected
+    sigma = math.sqrt(parts * (1 / 3) * (2 / 3))
+    assert abs(len(moved) - parts / 3) < 4 * sigma
+    assert a.owned == before["alpha"] - moved and b.owned == before["beta"] - moved
+    # Handoff state passed through, from the node that held each partition.
+    handed = set()
+    for got, state in c.assigns:
+        assert state["from"] in ("alpha", "beta")
+        assert set(got) <= before[state["from"]] and set(got) <= set(state["partitions"])
+        handed |= set(got)
+    assert handed | set(c.welcomes[-1]["assigned"]) == moved
+
+    # Graceful leave: gamma's partitions go back where rendezvous puts them, with its state.
+    seen_assigns = {n.name: len(n.assigns) for n in (a, b)}
+    c.bye()
+    c.stopped = True
+    drive(crew, lambda: settled(d, crew, parts), 10, links_of=links, heartbeat_interval=HEARTBEAT)
+    assert a.owned == before["alpha"] and b.owned == before["beta"]
+    back = [(got, state) for n in (a, b) for got, state in n.assigns[seen_assigns[n.name]:]]
+    assert back and all(state["from"] == "gamma" for _, state in back)
+    assert set().union(*(set(got) for got, _ in back)) == moved
+
+    drive(crew, lambda: a.finished and b.finished, CRAWL_TIMEOUT, links_of=links,
+          heartbeat_interval=HEARTBEAT)
+    acked = Counter(u for n in crew for u in n.acked)
+    assert set(acked) == truth
+    for node in crew:
+        assert node.violations == []
+
+
+def test_dead_node_leases_return_and_go_to_others(dispatcher, nodes, web, seeds, truth):
+    d = dispatcher("--partitions", str(P_SMALL), "--seeds", ",".join(seeds), *FAST_HEARTBEATS)
+    a, b = nodes(d.endpoint, "steady", capacity=10), nodes(d.endpoint, "doomed", capacity=10)
+    register([a, b])
+    drive([a, b], lambda: len(b.leases) >= 3, 10, crawl=False, heartbeat_interval=HEARTBEAT)
+    lost = {req["u"] for req in b.leases.values()}
+    b.stopped = True  # no heartbeat, no ack from now on
+    drive([a, b], lambda: a.finished, CRAWL_TIMEOUT, links_of=web_links(web),
+          heartbeat_interval=HEARTBEAT)
+    assert lost <= set(a.acked)
+    assert set(a.acked) | set(b.acked) == truth
+    state = d.status()
+    assert not state["nodes"]["doomed"]["alive"]
+    assert state["counters"]["returned_dead"] >= len(lost)
+    assert state["nodes"]["steady"]["owned"] == P_SMALL
+
+
+def test_node_restart_under_same_name_returns_its_leases(dispatcher, nodes, seeds):
+    d = dispatcher("--partitions", "8", "--seeds", ",".join(seeds), *FAST_HEARTBEATS)
+    first = nodes(d.endpoint, "phoenix", capacity=4)
+    register([first])
+    drive([first], lambda: len(first.leases) >= 4, 5, crawl=False, heartbeat_interval=HEARTBEAT)
+    held = set(first.leases)
+    first.stopped = True
+    first.close()
+    second = nodes(d.endpoint, "phoenix", capacity=4)  # ROUTER_HANDOVER: takes over the identity
+    register([second])
+    drive([second], lambda: held <= set(second.leases), 5, crawl=False, heartbeat_interval=HEARTBEAT)
+    assert d.status()["counters"]["returned_restart"] >= len(held)
+
+
+def test_lease_expiry_returns_requests(dispatcher, nodes, seeds):
+    d = dispatcher("--partitions", "8", "--seeds", ",".join(seeds[:5]), "--lease-timeout", "0.5",
+                   *FAST_HEARTBEATS)
+    node = nodes(d.endpoint, "slow", capacity=0)
+    register([node])
+    node.pull(5)
+    drive([node], lambda: len(node.leased) == 5, 5, crawl=False, heartbeat_interval=HEARTBEAT)
+    first = {lid for lid, _ in node.leased}
+    wait_until(lambda: d.status()["counters"].get("expired", 0) >= 5, 5, "leases to expire")
+    node.leases.clear()
+    node.pull(5)
+    drive([node], lambda: len(node.leased) == 10, 5, crawl=False, heartbeat_interval=HEARTBEAT)
+    assert {lid for lid, _ in node.leased[5:]} == first  # same rows (lease id = row id) again
+
+
+def test_kill_9_mid_crawl_then_restart_resumes(dispatcher, nodes, web, seeds, truth):
+    d = dispatcher("--partitions", str(P_SMALL), "--seeds", ",".join(seeds), *FAST_HEARTBEATS)
+    crew = [nodes(d.endpoint, f"n{i}", capacity=3) for i in range(2)]
+    links = web_links(web)
+    register(crew)
+    drive(crew, lambda: sum(len(n.acked) for n in crew) >= len(truth) // 3, CRAWL_TIMEOUT,
+          links_of=links, heartbeat_interval=HEARTBEAT)
+    d.kill()
+    d.restart()
+    drive(crew, lambda: all(n.finished for n in crew), CRAWL_TIMEOUT, links_of=links,
+          heartbeat_interval=HEARTBEAT)
+    acked = {u for n in crew for u in n.acked}
+    assert acked == truth, f"lost: {sorted(truth - acked)[:5]}"
+    state = d.status()
+    assert state["epoch"] == 2 and state["frontier"] == 0 and state["finished"]
+    assert state["seen"] == len(truth)
+    assert any("unknown node: register" in n.errors for n in crew)
+
+
+def test_bad_frames_are_counted_dropped_and_the_service_keeps_serving(
+        dispatcher, nodes, zmq_context, web, seeds, truth):
+    d = dispatcher("--partitions", str(P_SMALL), "--seeds", ",".join(seeds), *FAST_HEARTBEATS)
+    rogue = zmq_context.socket(zmq.DEALER)
+    rogue.setsockopt(zmq.ROUTING_ID, b"rogue")
+    rogue.connect(d.endpoint)
+    good_url = canonicalize("http://site0001.test/new")
+    good = {"u": good_url, "f": fingerprint(good_url), "k": "site0001.test",
+            "p": partition_of("site0001.test", P_SMALL)}
+    frames = [
+        b"\xc1 not msgpack",
+        b"x" * (MAX_FRAME_BYTES + 1),
+        msgpack.packb([1, 2, 3]),
+        msgpack.packb({"v": PROTOCOL_VERSION + 1, "t": "heartbeat", "node": "rogue"}),
+        msgpack.packb({"v": PROTOCOL_VERSION, "t": "teleport", "node": "rogue"}),
+        msgpack.packb({"v": PROTOCOL_VERSION, "t": "pull"}),
+        encode("push", node="rogue", requests=[
+            {**good, "f": b"short"}, {**good, "p": (good["p"] + 1) % P_SMALL},
+            {"u": good_url}, "not a map", {**good, "pr": "high"}, good]),
+    ]
+    try:
+        for frame in frames:
+            rogue.send(frame)
+        replies = []
+        while len(replies) < len(frames) + 1:  # the push also answers "unknown node: register"
+            assert rogue.poll(5000), f"only {len(replies)} replies"
+            replies.append(decode_from_dispatcher(rogue.recv()))
+    finally:
+        rogue.close(0)
+    assert all(r["t"] == "error" for r in replies)
+    state = d.status()
+    assert state["bad_frames"] == {"undecodable": 1, "oversized": 1, "not_a_map": 1, "version": 1,
+                                   "unknown_type": 1, "missing_field": 1, "request": 1}
+    assert state["counters"]["bad_requests"] == 5
+    assert state["counters"]["new"] == 1  # the one valid request of the push is kept
+    # ... and a normal crawl still completes.
+    crew = [nodes(d.endpoint, "honest", capacity=10)]
+    register(crew)
+    drive(crew, lambda: crew[0].finished, CRAWL_TIMEOUT, links_of=web_links(web),
+          heartbeat_interval=HEARTBEAT)
+    assert set(crew[0].acked) == truth | {good_url}
+
+
+def test_partition_count_is_fixed_per_store(dispatcher):
+    d = dispatcher("--partitions", "64")
+    assert d.terminate() == 0
+    with pytest.raises(StartError, match="64 partitions"):
+        dispatcher("--partitions", "32")
+
+
+def test_redis_seeds_in_keep_alive_mode(dispatcher, nodes, redis_url):
+    import redis
+
+    key = "disp-test:start_urls"
+    client = redis.Redis.from_url(redis_url)
+    client.delete(key)
+    client.rpush(key, "http://a.seed.test/", json.dumps({"url": "http://b.seed.test/x"}), "bogus")
+    d = dispatcher("--partitions", "16", "--keep-alive", "--seeds-redis", redis_url,
+                   "--seeds-key", key, "--seeds-poll-interval", "0.1", *FAST_HEARTBEATS)
+    node = nodes(d.endpoint, "keeper", capacity=10)
+    register([node])
+
+    def no_links(url: str) -> list[str]:
+        return []
+
+    drive([node], lambda: len(node.acked) == 2, 10, links_of=no_links, heartbeat_interval=HEARTBEAT)
+    client.sadd(key + ":unused", "x")  # another key is not read
+    client.rpush(key, "http://c.seed.test/")
+    drive([node], lambda: len(node.acked) == 3, 10, links_of=no_links, heartbeat_interval=HEARTBEAT)
+    assert sorted(node.acked) == ["http://a.seed.test/", "http://b.seed.test/x",
+                                  "http://c.seed.test/"]
+    state = d.status()
+    assert not node.finished and not state["finished"] and state["frontier"] == 0
+    assert state["counters"]["seeds_invalid"] == 1 and client.llen(key) == 0
+    client.close()
+
+
+def test_environment_overrides_sigterm_and_the_cli(dispatcher, tmp_path):
+    d = dispatcher(env={"CRAWLPROJ_DISPATCHER_PARTITIONS": "32"})
+    assert d.status()["partitions"] == 32
+    assert d.terminate() == 0
+    assert "Dispatcher stopped" in d.log_tail()
+    out = subprocess.run([sys.executable, "-m", "crawlproj.cli", "dispatcher", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--partitions" in out.stdout

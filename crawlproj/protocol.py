@@ -29,6 +29,23 @@ Messages (dispatcher -> node)
     error      {reason}                               the last message was refused
     state      {state: {...}}                         answer to "status": nodes, frontier, leases...
 
+Semantics, as the dispatcher (crawlproj.dispatcher.server) implements them
+    - welcome.partitions is P, the crawl's partition count; welcome.assigned lists the partitions
+      the node owns at once (empty politeness state). Every later partition comes in an
+      "assign", with the state its previous owner handed off (or {}). The state is opaque and
+      passed through whole: when one handoff's partitions go to several nodes, each gets it all.
+    - A node sends the push of a page's links before that page's ack: the dispatcher applies
+      messages in arrival order within one transaction stream, so a crash never keeps an ack
+      while losing the links it covered (at-least-once, nothing lost).
+    - error "unknown node: register" (after a dispatcher restart, or after the node was declared
+      dead): the node stops serving its partitions, drops its queued leases and registers again.
+      A push, ack or release of an unknown node is still applied.
+    - A register under the name of a live node means that node restarted: its open leases go back
+      to the frontier at once. A handoff of partitions that were not revoked means the node is
+      leaving (bye follows).
+    - Lease ids are frontier row ids, stable across dispatcher restarts. Optional ``df`` (Scrapy's
+      dont_filter) in a wire request skips deduplication.
+
 A *wire request* is a map: ``u`` URL (canonical), ``f`` fingerprint (20 bytes), ``k`` politeness
 key, ``p`` partition, and optionally ``m`` method, ``h`` headers, ``b`` body, ``cb``/``eb``
 callback/errback names, ``pr`` priority, ``d`` depth, ``meta`` (msgpack-safe values only).

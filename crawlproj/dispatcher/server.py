@@ -38,7 +38,7 @@ from crawlproj.protocol import (
 from crawlproj.urls import BadURL, partition_of
 
 from .errors import ConfigError, DispatcherError
-from .frontier import DEFAULT_HOT_SEEN, DEFAULT_READAHEAD, Frontier, Row
+from .frontier import DEFAULT_COMMIT_INTERVAL, DEFAULT_HOT_SEEN, DEFAULT_READAHEAD, Frontier, Row
 from .partitions import Rendezvous
 from .seeds import RedisSeeds, read_seeds_file, wire_seed
 
@@ -57,7 +57,8 @@ DEFAULT_SEEDS_POLL = 1.0  # seconds between Redis seed polls
 
 MAX_BATCH_LEASES = 1000  # leases per "batch" frame
 BATCH_FRAME_SLACK = 64  # bytes kept free under MAX_FRAME_BYTES for the batch's own header
-RECV_BUDGET = 2000  # frames handled per round before serving, timers and commit
+RECV_BUDGET = 2000  # frames handled per round before serving, timers and commit ...
+RECV_BUDGET_SECONDS = 0.05  # ... or this much time, whichever comes first
 POLL_MAX_SECONDS = 0.1  # longest poll: bounds the reaction time to SIGTERM and timers
 MAX_CREDIT = 1_000_000  # outstanding credit a node may hold
 FINGERPRINT_BYTES = 20  # SHA-1, crawlproj.urls.fingerprint
@@ -106,6 +107,7 @@ class Config:
     key_by: str = "domain"
     readahead: int = DEFAULT_READAHEAD
     hot_seen: int = DEFAULT_HOT_SEEN
+    commit_interval: float = DEFAULT_COMMIT_INTERVAL
     restart_hold: float | None = None  # None: heartbeat_timeout when resuming a store
 
     def validate(self) -> None:
@@ -116,6 +118,8 @@ class Config:
                               f"(got {self.heartbeat_interval} and {self.heartbeat_timeout})")
         if self.lease_timeout <= 0:
             raise ConfigError(f"--lease-timeout must be > 0, got {self.lease_timeout}")
+        if self.commit_interval <= 0:
+            raise ConfigError(f"--commit-interval must be > 0, got {self.commit_interval}")
         if self.key_by not in ("domain", "host"):
             raise ConfigError(f"--key-by must be 'domain' or 'host', got {self.key_by!r}")
         if not self.bind.startswith("tcp://") and not self.bind.startswith("ipc://"):
@@ -161,7 +165,8 @@ class Dispatcher:
         self.started = time.time()
         self.started_mono = time.monotonic()
         self.frontier = Frontier(config.store, config.partitions, readahead=config.readahead,
-                                 hot_seen=config.hot_seen)
+                                 hot_seen=config.hot_seen,
+                                 commit_interval=config.commit_interval)
         self.epoch = self.frontier.epoch
         self._own_context = context is None
         self.ctx: zmq.Context[Any] = context if context is not None else zmq.Context()
@@ -290,12 +295,16 @@ class Dispatcher:
 
     def _drain(self) -> None:
         recv = self.sock.recv_multipart
+        clock = time.monotonic
+        until = clock() + RECV_BUDGET_SECONDS
         for _ in range(RECV_BUDGET):
             try:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             self._handle(frames)
+            if clock() >= until:
+                return
 
     # -- frames ----------------------------------------------------------------------------------
 
@@ -908,6 +917,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests per partition kept in memory")
     p.add_argument("--hot-seen", type=int, default=int(_env("hot_seen", DEFAULT_HOT_SEEN)),
                    help="recent fingerprints kept in memory before asking SQLite")
+    p.add_argument("--commit-interval", type=float,
+                   default=float(_env("commit_interval", DEFAULT_COMMIT_INTERVAL)),
+                   help="longest time writes stay uncommitted (default %(default)s s); a crash "
+                        "loses nothing either way (at-least-once), only re-crawls more")
     p.add_argument("--restart-hold", type=float, default=_env("restart_hold", None),
                    help="seconds to wait for nodes to re-register before assigning partitions "
                         "when resuming a store (default: the heartbeat time-out)")
@@ -923,7 +936,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         lease_timeout=args.lease_timeout, keep_alive=args.keep_alive, seeds=seeds,
         seeds_file=args.seeds_file, seeds_redis=args.seeds_redis, seeds_key=args.seeds_key,
         seeds_poll_interval=args.seeds_poll_interval, key_by=args.key_by,
-        readahead=args.readahead, hot_seen=args.hot_seen,
+        readahead=args.readahead, hot_seen=args.hot_seen, commit_interval=args.commit_interval,
         restart_hold=None if args.restart_hold is None else float(args.restart_hold),
     )
 

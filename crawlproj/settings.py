@@ -63,3 +63,26 @@ SPIDER_MIDDLEWARES = {
     # no-op unless requests are leased from the dispatcher; outermost so it sees final output
     "crawlproj.scheduling.leases.LeaseTrackerMiddleware": 10,
 }
+
+# -- robots.txt and politeness (crawlproj.middlewares.robots_throttle, crawlproj.politeness) -----
+# Replaces Scrapy's robots middleware (FixedRobotsTxtMiddleware steps aside when this is on).
+# robots.txt is obeyed when ROBOTSTXT_OBEY is on; the politeness key is POLITENESS_KEY.
+DOWNLOADER_MIDDLEWARES["crawlproj.middlewares.robots_throttle.RobotsThrottleMiddleware"] = 100
+ROBOTS_THROTTLE_ENABLED = True  # robots.txt per RFC 9309 + one fetch at a time per politeness key
+ROBOTS_THROTTLE_DELAY = None  # seconds between fetches on one key; None = DOWNLOAD_DELAY
+ROBOTS_THROTTLE_KEY_DELAYS: dict[str, float] = {}  # per-key delay overrides {key: seconds}
+ROBOTS_THROTTLE_ADAPTIVE = False  # also wait latency x FACTOR after an answer (like AutoThrottle)
+ROBOTS_THROTTLE_ADAPTIVE_FACTOR = 1.0  # adaptive delay = this x observed download latency
+ROBOTS_THROTTLE_ADAPTIVE_MAX_DELAY = 30.0  # cap of the adaptive delay, seconds
+ROBOTS_THROTTLE_MEMORY = 100000  # politeness keys kept in memory (LRU); the rest stay in SQLite
+ROBOTS_CRAWL_DELAY_MAX = 30.0  # cap of a robots.txt Crawl-delay, seconds
+ROBOTS_CACHE_TTL = 86400.0  # seconds a robots.txt copy is used (RFC 9309: at most 24 h)
+ROBOTS_CACHE_MEMORY = 10000  # parsed robots.txt files kept in memory (LRU)
+ROBOTS_RETRY_DELAY = 5.0  # seconds before the first retry of a 5xx / unreachable robots.txt (doubles)
+ROBOTS_RETRY_MAX_DELAY = 3600.0  # cap of the doubling retry back-off, seconds
+ROBOTS_HOLD_TIME = 10.0  # seconds a request waits for a failing robots.txt before it is dropped
+ROBOTS_FALLBACK_AFTER = 30 * 86400.0  # unreachable this long: use the last good copy (RFC 9309)
+ROBOTS_STATE_FILE = ""  # SQLite state file; "" = <CRAWLPROJ_STATE_DIR>/<node name>/politeness.sqlite3
+ROBOTS_STORE_FLUSH_INTERVAL = 0.5  # seconds between batched writes of the state file
+CRAWLPROJ_STATE_DIR = "state"  # where nodes keep their local state files
+CRAWLPROJ_NODE_NAME = ""  # "" = DISPATCHER_NODE_NAME, else <hostname>-<scrapyd job or pid>

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from crawlproj.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
-from crawlproj.synthweb.model import SCRAPY_DEFAULT_OUTCOME, WebSpec
+from crawlproj.synthweb.model import RFC9309_OUTCOME, WebSpec
 
 FAST = {"DOWNLOAD_TIMEOUT": 2, "LOG_LEVEL": "INFO", "LOGSTATS_INTERVAL": 0}
 
@@ -37,20 +37,17 @@ def test_crawl_of_50_hosts_equals_ground_truth(synthweb, tmp_path):
     items, log = crawl(tmp_path, {"seeds": str(seeds)})
 
     fetched = list(proc.fetched())
-    # Hosts whose robots.txt answered 2xx or 404: the crawl equals the ground truth there.
-    # (Scrapy's robots middleware treats 5xx and time-outs as "allow all"; the ground truth is
-    # computed with that same policy so reachability through such hosts matches.)
-    checked = {h.name for h in web.hosts if h.robots not in ("server_error", "unavailable", "timeout")}
-    truth = {u for u in web.ground_truth(outcome=SCRAPY_DEFAULT_OUTCOME) if u[0] in checked}
-    got = {u for u in fetched if u[0] in checked}
+    # RobotsThrottleMiddleware (on by default) follows RFC 9309: 2xx rules, 4xx allow all,
+    # 5xx and time-outs disallow all. The crawl equals the ground truth on every host.
+    checked = {h.name for h in web.hosts}
+    truth = web.ground_truth(outcome=RFC9309_OUTCOME)
+    got = set(fetched)
     assert len(truth) > 1000
     assert got == truth, (sorted(truth - got)[:10], sorted(got - truth)[:10])
 
-    # No robots-disallowed path was ever requested, on any host with rules.
+    # No robots-disallowed path was ever requested, on any host.
     for host, path in fetched:
-        h = web.by_name[host]
-        if h.robots in ("disallow", "redirect", "oversized"):
-            assert web.robots_allowed(h, path), (host, path)
+        assert web.robots_allowed(web.by_name[host], path), (host, path)
 
     # Without faults no page is fetched twice, except 5xx answers that Scrapy retries.
     counts: dict[tuple[str, str], int] = {}

@@ -16,16 +16,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware
+from scrapy.exceptions import NotConfigured
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.defer import Deferred
 
 if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
     from scrapy.http import Request
     from scrapy.robotstxt import RobotParser
 
 
 class FixedRobotsTxtMiddleware(RobotsTxtMiddleware):
+    def __init__(self, crawler: Crawler):
+        if crawler.settings.getbool("ROBOTS_THROTTLE_ENABLED"):
+            raise NotConfigured("RobotsThrottleMiddleware replaces it (ROBOTS_THROTTLE_ENABLED)")
+        super().__init__(crawler)
+
     async def robot_parser(self, request: Request) -> RobotParser | None:
         pending = self._parsers.get(urlparse_cached(request).netloc)
         if isinstance(pending, Deferred):

@@ -1,0 +1,353 @@
+"""robots.txt (RFC 9309) and per-key politeness for Scrapy's downloader; replaces RobotsTxtMiddleware.
+
+For every http(s) request:
+
+1. Its politeness key (:func:`crawlproj.urls.politeness_key`: registered domain, or host) becomes
+   its ``download_slot``. This middleware keeps that downloader slot at one fetch in flight and
+   sets its delay before each request enters it (as AutoThrottle adjusts slot delays), to the
+   key's effective delay from :class:`crawlproj.politeness.Politeness`. The delay counts from
+   the previous answer on the key, so it holds as the server sees it; a key's last fetch time
+   from an earlier run (the state file) is waited out the same way, on the reactor's timers.
+2. Its authority's robots.txt verdict comes from the node's cache (memory, then SQLite). A missing,
+   expired or due-for-retry copy is fetched once, through ``crawler.engine.download_async`` with
+   the same slot (so it obeys the same politeness), redirects followed here (up to 5, rules
+   applied to the original authority), at most 500 KiB read. Requests arriving meanwhile wait
+   on the one fetch, each on a Deferred of its own.
+3. 2xx: obey the rules. 4xx: allow all. 5xx or network error: disallow all and retry with
+   exponential back-off; requests are held (up to ``ROBOTS_HOLD_TIME``) across retries and go
+   on when robots.txt answers. A request robots.txt forbids, or whose hold runs out, ends with
+   IgnoreRequest (its errback sees it; stats ``robots/forbidden``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import ParseResult, urlsplit
+
+from scrapy import Request, signals
+from scrapy.core.downloader import Downloader
+from scrapy.exceptions import IgnoreRequest, NotConfigured, StopDownload
+from scrapy.http.request import NO_CALLBACK
+from scrapy.utils.asyncio import CallLaterResult, call_later
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
+from scrapy.utils.httpobj import urlparse_cached
+from twisted.internet.defer import Deferred
+
+from crawlproj.politeness import MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, get_politeness
+from crawlproj.politeness.core import FAILING, check_setting, typed_setting
+from crawlproj.politeness.robots import REDIRECT_STATUSES
+from crawlproj.urls import BadURL
+
+if TYPE_CHECKING:
+    from scrapy.core.downloader import Slot
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+
+    from crawlproj.politeness import ParsedRobots, Politeness
+
+logger = logging.getLogger(__name__)
+
+#: Request meta keys this middleware sets.
+META_KEY = "politeness_key"  # the request's politeness key: its slot is managed here
+META_ROBOTS = "robots_throttle_fetch"  # a robots.txt request of this middleware
+_META_BYTES = "_robots_throttle_bytes"
+_META_ANSWERED = "_robots_throttle_answered"
+
+HTTP_DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Like Scrapy's RobotsTxtMiddleware: robots.txt goes first in the slot's politeness order.
+ROBOTS_PRIORITY = 1000
+
+
+def authority_of(url: ParseResult) -> str:
+    """``scheme://host[:port]``, lower case, the port only when not the scheme's default."""
+    host = url.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = url.port
+    if port is None or port == HTTP_DEFAULT_PORTS.get(url.scheme):
+        return f"{url.scheme}://{host}"
+    return f"{url.scheme}://{host}:{port}"
+
+
+@dataclass
+class _Pending:
+    """Requests of one authority waiting for its next robots.txt fetch."""
+
+    key: str
+    waiters: list[Deferred[bool]] = field(default_factory=list)
+    fetching: bool = False
+    timer: CallLaterResult | None = None
+    timer_at: float = 0.0
+
+
+class RobotsThrottleMiddleware:
+    def __init__(self, crawler: Crawler, politeness: Politeness, obey: bool, hold_time: float):
+        self.crawler = crawler
+        self.pol = politeness
+        self.obey = obey
+        self.hold_time = hold_time
+        self.stats = crawler.stats
+        self.user_agent = politeness.config.user_agent
+        self._pending: dict[str, _Pending] = {}
+        self._closing = False
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> RobotsThrottleMiddleware:
+        settings = crawler.settings
+        if not settings.getbool("ROBOTS_THROTTLE_ENABLED"):
+            raise NotConfigured("ROBOTS_THROTTLE_ENABLED is off")
+        hold = typed_setting(settings, "ROBOTS_HOLD_TIME", settings.getfloat, "seconds")
+        check_setting(hold >= 0, "ROBOTS_HOLD_TIME", hold, "seconds >= 0")
+        if settings.getbool("AUTOTHROTTLE_ENABLED"):
+            logger.warning("AUTOTHROTTLE_ENABLED: AutoThrottle changes slot delays too; "
+                           "RobotsThrottleMiddleware sets them again before every request "
+                           "(use ROBOTS_THROTTLE_ADAPTIVE instead)")
+        mw = cls(crawler, get_politeness(crawler), settings.getbool("ROBOTSTXT_OBEY"), hold)
+        connect = crawler.signals.connect
+        connect(mw._request_reached_downloader, signal=signals.request_reached_downloader)
+        connect(mw._response_downloaded, signal=signals.response_downloaded)
+        connect(mw._request_left_downloader, signal=signals.request_left_downloader)
+        connect(mw._bytes_received, signal=signals.bytes_received)
+        connect(mw._spider_closed, signal=signals.spider_closed)
+        return mw
+
+    # -- the request path -----------------------------------------------------------------------
+
+    async def process_request(self, request: Request) -> None:
+        meta = request.meta
+        if meta.get(META_ROBOTS):
+            return None  # our own robots.txt fetch: key and slot were set when it was made
+        url = urlparse_cached(request)
+        if url.scheme not in HTTP_DEFAULT_PORTS or not url.hostname:
+            return None
+        key = self.pol.key_of(request.url)
+        meta.pop(_META_ANSWERED, None)  # a retry or redirect copies the meta of its original
+        meta[META_KEY] = key
+        meta[Downloader.DOWNLOAD_SLOT] = key
+        if not self.obey or meta.get("dont_obey_robotstxt"):
+            return None
+        rules = await self._robots_for(authority_of(url), key, request)
+        if not rules.allowed(request.url, self.user_agent):
+            self._forbid(request, "rules", "Forbidden by robots.txt")
+        return None
+
+    async def _robots_for(self, authority: str, key: str, request: Request) -> ParsedRobots:
+        deadline: float | None = None
+        first = True
+        while True:
+            verdict = await self.pol.robots_verdict(authority, count=first)
+            first = False
+            if verdict.parsed is not None:
+                return verdict.parsed
+            if self._closing:
+                self._forbid(request, "closing", "Crawl closing before robots.txt was known")
+            now = self.pol.clock()
+            if verdict.kind != FAILING:  # missing, expired or retry due: fetch now
+                await self._await_fetch(authority, key, now, None)
+                continue
+            if deadline is None:
+                deadline = now + self.hold_time
+                self.stats.inc_value("robots/held")
+            if now >= deadline:
+                self._forbid(request, "unreachable", "robots.txt unreachable: disallow all")
+            await self._await_fetch(authority, key, verdict.retry_at, deadline)
+
+    def _forbid(self, request: Request, reason: str, message: str) -> None:
+        self.stats.inc_value("robots/forbidden")
+        self.stats.inc_value(f"robots/forbidden/{reason}")
+        logger.debug("%s (%s): %s", message, reason, request, extra={"spider": self.crawler.spider})
+        raise IgnoreRequest(message)
+
+    # -- one fetch per authority, many waiters ----------------------------------------------------
+
+    async def _await_fetch(self, authority: str, key: str, at: float, deadline: float | None) -> bool:
+        """Wait for the authority's next robots.txt fetch, started at ``at`` (epoch seconds) unless
+        one is already running or due sooner. False when ``deadline`` came first."""
+        pending = self._pending.get(authority)
+        if pending is None:
+            pending = self._pending[authority] = _Pending(key)
+        waiter: Deferred[bool] = Deferred()
+        pending.waiters.append(waiter)
+        if not pending.fetching:
+            wait = at - self.pol.clock()
+            if wait <= 0:
+                self._start_fetch(authority)
+            elif pending.timer is None or at < pending.timer_at:
+                if pending.timer is not None:
+                    pending.timer.cancel()
+                pending.timer = call_later(wait, self._start_fetch, authority)
+                pending.timer_at = at
+        expiry = None
+        if deadline is not None:
+            expiry = call_later(max(0.0, deadline - self.pol.clock()), self._expire, authority, waiter)
+        try:
+            return await maybe_deferred_to_future(waiter)
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+
+    def _expire(self, authority: str, waiter: Deferred[bool]) -> None:
+        if waiter.called:
+            return
+        pending = self._pending.get(authority)
+        if pending is not None and waiter in pending.waiters:
+            pending.waiters.remove(waiter)
+            if not pending.waiters and not pending.fetching:
+                self._drop_pending(authority)
+        waiter.callback(False)
+
+    def _drop_pending(self, authority: str) -> None:
+        pending = self._pending.pop(authority, None)
+        if pending is not None and pending.timer is not None:
+            pending.timer.cancel()
+
+    def _start_fetch(self, authority: str) -> None:
+        pending = self._pending.get(authority)
+        if pending is None or pending.fetching:
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+            pending.timer = None
+        if not pending.waiters:  # everyone gave up: nobody needs this fetch
+            self._drop_pending(authority)
+            return
+        pending.fetching = True
+        deferred_from_coro(self._fetch(authority, pending))
+
+    async def _fetch(self, authority: str, pending: _Pending) -> None:
+        started = time.perf_counter()
+        failure: Exception | None = None
+        try:
+            status, body, error = await self._download_robots(authority, pending.key)
+            await self.pol.record_robots_fetch(authority, pending.key, status, body, error)
+            slot = self._slot(pending.key)
+            if slot is not None:  # a new Crawl-delay applies to requests already in the slot
+                slot.delay = self.pol.delay_for(pending.key)
+        except Exception as exc:  # a bug here must fail the waiting requests, not hang them
+            logger.exception("robots.txt of %s: could not record the fetch", authority)
+            failure = exc
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000.0
+            self.pol.fetch_ms.add(elapsed_ms)
+            logger.debug("robots.txt of %s fetched in %.1f ms", authority, elapsed_ms)
+            waiters, pending.waiters, pending.fetching = pending.waiters, [], False
+            if self._pending.get(authority) is pending:
+                self._drop_pending(authority)
+            for waiter in waiters:
+                if waiter.called:
+                    continue
+                if failure is None:
+                    waiter.callback(True)
+                else:
+                    waiter.errback(failure)
+
+    async def _download_robots(self, authority: str, key: str) -> tuple[int, bytes, str | None]:
+        """(status of the final hop, body, None) or (0, b"", exception name) on a network error."""
+        url = f"{authority}/robots.txt"
+        status = 0
+        for _hop in range(MAX_ROBOTS_REDIRECTS + 1):
+            request = Request(
+                url, callback=NO_CALLBACK, priority=ROBOTS_PRIORITY, dont_filter=True,
+                # no compression: a small compressed body must not inflate past our limits
+                headers={"Accept-Encoding": "identity"},
+                meta={META_ROBOTS: True, META_KEY: key, Downloader.DOWNLOAD_SLOT: key,
+                      "dont_redirect": True, "dont_retry": True, "dont_obey_robotstxt": True,
+                      "handle_httpstatus_all": True,
+                      # the body is cut at MAX_ROBOTS_BYTES by _bytes_received, whatever its size
+                      "download_maxsize": 0, "download_warnsize": 0},
+            )
+            try:
+                response = await self.crawler.engine.download_async(request)
+            except Exception as exc:
+                return 0, b"", type(exc).__name__
+            status = response.status
+            if status not in REDIRECT_STATUSES:
+                return status, response.body, None
+            location = response.headers.get(b"Location")
+            if not location:
+                break
+            url = response.urljoin(location.decode("latin-1"))
+            try:
+                if urlsplit(url).scheme not in HTTP_DEFAULT_PORTS:
+                    break
+                key = self.pol.key_of(url)  # a redirect elsewhere spends that key's politeness
+            except (BadURL, ValueError):
+                break
+            self.stats.inc_value("robots/fetch/redirect")
+        else:
+            self.stats.inc_value("robots/fetch/too_many_redirects")
+        # RFC 9309 2.3.1.2: redirects that lead nowhere mean "unavailable" (a 3xx: allow all)
+        return status, b"", None
+
+    # -- downloader slots: one fetch in flight per key, delay from the key's state ---------------
+
+    def _slot(self, key: str) -> Slot | None:
+        return self.crawler.engine.downloader.slots.get(key)
+
+    def _request_reached_downloader(self, request: Request) -> None:
+        key = request.meta.get(META_KEY)
+        slot = self._slot(key) if key is not None else None
+        if slot is None:
+            return
+        assert key is not None
+        slot.concurrency = 1
+        slot.jitter = 0.0  # Scrapy's jitter goes below the delay too
+        slot.delay = self.pol.delay_for(key)
+        last = self.pol.last_fetch(key)
+        if last:
+            # the slot measures time on the monotonic clock; the state file on the epoch one
+            last_monotonic = time.monotonic() - (self.pol.clock() - last)
+            if last_monotonic > slot.lastseen:
+                if not slot.lastseen and last_monotonic + slot.delay > time.monotonic():
+                    self.stats.inc_value("politeness/waited_for_earlier_fetch")
+                slot.lastseen = last_monotonic
+
+    def _response_downloaded(self, response: Response, request: Request) -> None:
+        key = request.meta.get(META_KEY)
+        if key is None:
+            return
+        now, now_monotonic = self.pol.clock(), time.monotonic()
+        slot = self._slot(key)
+        if slot is not None:
+            # one fetch in flight per slot, so lastseen is when this one was sent
+            self.pol.record_fetch_start(key, now - (now_monotonic - slot.lastseen))
+            # Space the next fetch from this answer: the delay then holds as the server sees
+            # it, whatever the reactor's jitter in sending requests.
+            slot.lastseen = now_monotonic
+        self.pol.record_fetch_done(key, now)
+        request.meta[_META_ANSWERED] = True
+        latency = request.meta.get("download_latency")
+        if latency is not None:
+            self.pol.observe_latency(key, latency, response.status)
+            if slot is not None:
+                slot.delay = self.pol.delay_for(key)
+
+    def _request_left_downloader(self, request: Request) -> None:
+        key = request.meta.get(META_KEY)
+        if key is not None and not request.meta.get(_META_ANSWERED):
+            self.pol.record_fetch_done(key, self.pol.clock())  # failed: the attempt still counts
+
+    def _bytes_received(self, data: bytes, request: Request) -> None:
+        if not request.meta.get(META_ROBOTS):
+            return
+        received = request.meta.get(_META_BYTES, 0) + len(data)
+        request.meta[_META_BYTES] = received
+        if received > MAX_ROBOTS_BYTES:
+            self.stats.inc_value("robots/fetch/cut_at_limit")
+            raise StopDownload(fail=False)  # RFC 9309 2.5: the first 500 KiB are enough
+
+    def _spider_closed(self) -> None:
+        self._closing = True
+        for authority, pending in list(self._pending.items()):
+            self._drop_pending(authority)
+            if pending.fetching:
+                continue
+            for waiter in pending.waiters:
+                if not waiter.called:
+                    waiter.callback(False)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} obey={self.obey} hold={self.hold_time}s>"

@@ -1,0 +1,287 @@
+"""The node's politeness state in one SQLite file: robots.txt rows and per-key fetch times.
+
+Reads are primary-key lookups on the calling (reactor) thread, timed; they sit behind the
+in-memory LRUs of :class:`crawlproj.politeness.Politeness`, so they happen once per authority or
+key per process. Writes never touch the reactor thread: ``put_*`` only records the row in a
+pending map (the newest value per primary key wins), and a writer thread flushes that map every
+``flush_interval`` seconds, or sooner when it grows, in one transaction on its own connection.
+WAL lets the reader and the writer work at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from crawlproj.urls import partition_of
+
+from .robots import RobotsRow
+from .timing import LatencySampler
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+#: Rows pending before the writer is woken early.
+FLUSH_BATCH_ROWS = 2000
+BUSY_TIMEOUT_MS = 5000
+
+_ROBOTS_COLUMNS = ("authority", "key", "fetched_at", "status", "outcome", "body", "checked_at",
+                   "failures", "fail_since", "next_retry", "error")
+_KEY_COLUMNS = ("key", "last_start", "last_done", "crawl_delays")
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS robots (
+    authority TEXT PRIMARY KEY,  -- scheme://host[:port]
+    key TEXT NOT NULL,           -- politeness key; partition_of(key, P) says who owns the row
+    fetched_at REAL, status INTEGER, outcome TEXT, body BLOB,  -- the last good copy
+    checked_at REAL NOT NULL, failures INTEGER NOT NULL,       -- the last attempt
+    fail_since REAL, next_retry REAL, error TEXT
+);
+CREATE INDEX IF NOT EXISTS robots_by_key ON robots (key);
+CREATE TABLE IF NOT EXISTS politeness (
+    key TEXT PRIMARY KEY,        -- politeness key
+    last_start REAL NOT NULL,    -- epoch seconds a fetch on the key last started
+    last_done REAL NOT NULL,     -- epoch seconds a fetch on the key last ended
+    crawl_delays TEXT NOT NULL   -- JSON {{authority: Crawl-delay}} of the key's robots.txt files
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
+"""
+
+_UPSERT_ROBOTS = (
+    f"INSERT OR REPLACE INTO robots ({', '.join(_ROBOTS_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_ROBOTS_COLUMNS))})"
+)
+_UPSERT_KEY = (
+    f"INSERT OR REPLACE INTO politeness ({', '.join(_KEY_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_KEY_COLUMNS))})"
+)
+_SELECT_ROBOTS = f"SELECT {', '.join(_ROBOTS_COLUMNS)} FROM robots"
+_SELECT_KEY = f"SELECT {', '.join(_KEY_COLUMNS)} FROM politeness"
+
+
+class StoreError(RuntimeError):
+    """The state file cannot be opened or has an unknown schema."""
+
+
+@dataclass
+class KeyRow:
+    """Fetch times of one politeness key and the Crawl-delays its robots.txt files ask for."""
+
+    key: str
+    last_start: float = 0.0
+    last_done: float = 0.0
+    crawl_delays: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "last_start": self.last_start, "last_done": self.last_done,
+                "crawl_delays": dict(self.crawl_delays)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KeyRow:
+        return cls(str(data["key"]), float(data.get("last_start") or 0.0),
+                   float(data.get("last_done") or 0.0),
+                   {str(a): float(d) for a, d in (data.get("crawl_delays") or {}).items()})
+
+
+def _robots_tuple(row: RobotsRow) -> tuple[Any, ...]:
+    return tuple(getattr(row, name) for name in _ROBOTS_COLUMNS)
+
+
+def _key_tuple(row: KeyRow) -> tuple[Any, ...]:
+    return (row.key, row.last_start, row.last_done, json.dumps(row.crawl_delays, sort_keys=True))
+
+
+def _robots_from(values: tuple[Any, ...]) -> RobotsRow:
+    row = RobotsRow(**dict(zip(_ROBOTS_COLUMNS, values)))
+    if row.body is not None:
+        row.body = bytes(row.body)
+    return row
+
+
+def _key_from(values: tuple[Any, ...]) -> KeyRow:
+    key, last_start, last_done, delays = values
+    return KeyRow(key, last_start, last_done, json.loads(delays))
+
+
+def _connect(path: str, check_same_thread: bool = True) -> sqlite3.Connection:
+    # autocommit; transactions are explicit
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    # WAL + NORMAL: a commit is durable against a process crash; a power cut may lose the last
+    # transactions, which only costs a robots refetch or one wait of a crawl delay.
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+class StateStore:
+    def __init__(self, path: str, flush_interval: float):
+        self.path = path
+        self.flush_interval = flush_interval
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        try:
+            # used by one thread at a time: the reactor thread, then close() at shutdown
+            self._reader = _connect(path, check_same_thread=False)
+            self._reader.executescript(SCHEMA)
+            (version,) = self._reader.execute(
+                "SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the politeness state file {path!r}: {exc}") from exc
+        if int(version) != SCHEMA_VERSION:
+            raise StoreError(f"{path!r} has schema version {version}, expected {SCHEMA_VERSION}")
+        self._reader.create_function("partition_of", 2, partition_of, deterministic=True)
+        self.lookup_ms = LatencySampler("robots/store/lookup_ms")
+        self.write_ms = LatencySampler("robots/store/write_ms")
+        self.rows_written = 0
+        self.write_errors = 0
+        self._lock = threading.Lock()
+        # newest value per primary key, waiting for the writer / being written by it
+        self._pending_robots: dict[str, tuple[Any, ...]] = {}
+        self._pending_keys: dict[str, tuple[Any, ...]] = {}
+        self._inflight_robots: dict[str, tuple[Any, ...]] = {}
+        self._inflight_keys: dict[str, tuple[Any, ...]] = {}
+        self._wake = threading.Event()
+        self._stopping = False
+        self._writer = threading.Thread(target=self._run, name="politeness-store-writer", daemon=True)
+        self._writer.start()
+
+    # -- reads (calling thread) -----------------------------------------------------------------
+
+    def get_robots(self, authority: str) -> RobotsRow | None:
+        with self._lock:
+            values = self._pending_robots.get(authority) or self._inflight_robots.get(authority)
+        if values is None:
+            values = self._select_one(f"{_SELECT_ROBOTS} WHERE authority = ?", authority)
+        return None if values is None else _robots_from(values)
+
+    def get_key(self, key: str) -> KeyRow | None:
+        with self._lock:
+            values = self._pending_keys.get(key) or self._inflight_keys.get(key)
+        if values is None:
+            values = self._select_one(f"{_SELECT_KEY} WHERE key = ?", key)
+        return None if values is None else _key_from(values)
+
+    def _select_one(self, sql: str, value: str) -> tuple[Any, ...] | None:
+        started = time.perf_counter()
+        found = self._reader.execute(sql, (value,)).fetchone()
+        self.lookup_ms.add((time.perf_counter() - started) * 1000.0)
+        return found
+
+    def scan_partitions(self, partitions: set[int], total: int) -> tuple[list[RobotsRow], list[KeyRow]]:
+        """Every row whose key falls in ``partitions`` (of ``total``), pending writes included.
+
+        A full scan: partition handoff is rare and the partition of a key depends on ``total``.
+        """
+        def wanted(key: str) -> bool:
+            return partition_of(key, total) in partitions
+
+        robots: dict[str, tuple[Any, ...]] = {}
+        keys: dict[str, tuple[Any, ...]] = {}
+        for values in self._reader.execute(f"{_SELECT_ROBOTS} WHERE partition_of(key, ?) IN "
+                                           f"(SELECT value FROM json_each(?))",
+                                           (total, json.dumps(sorted(partitions)))):
+            robots[values[0]] = values
+        for values in self._reader.execute(f"{_SELECT_KEY} WHERE partition_of(key, ?) IN "
+                                           f"(SELECT value FROM json_each(?))",
+                                           (total, json.dumps(sorted(partitions)))):
+            keys[values[0]] = values
+        with self._lock:
+            for source, target in ((self._inflight_robots, robots), (self._pending_robots, robots),
+                                   (self._inflight_keys, keys), (self._pending_keys, keys)):
+                for name, values in source.items():
+                    if wanted(values[1] if target is robots else values[0]):
+                        target[name] = values
+        return [_robots_from(v) for v in robots.values()], [_key_from(v) for v in keys.values()]
+
+    def count_rows(self) -> tuple[int, int]:
+        (robots,) = self._reader.execute("SELECT count(*) FROM robots").fetchone()
+        (keys,) = self._reader.execute("SELECT count(*) FROM politeness").fetchone()
+        return robots, keys
+
+    # -- writes (batched, writer thread) --------------------------------------------------------
+
+    def put_robots(self, row: RobotsRow) -> None:
+        self._put(self._pending_robots, row.authority, _robots_tuple(row))
+
+    def put_key(self, row: KeyRow) -> None:
+        self._put(self._pending_keys, row.key, _key_tuple(row))
+
+    def put_many(self, robots: Iterable[RobotsRow], keys: Iterable[KeyRow]) -> None:
+        with self._lock:
+            for r in robots:
+                self._pending_robots[r.authority] = _robots_tuple(r)
+            for k in keys:
+                self._pending_keys[k.key] = _key_tuple(k)
+        self._wake.set()
+
+    def _put(self, pending: dict[str, tuple[Any, ...]], name: str, values: tuple[Any, ...]) -> None:
+        with self._lock:
+            pending[name] = values
+            size = len(self._pending_robots) + len(self._pending_keys)
+        if size >= FLUSH_BATCH_ROWS:
+            self._wake.set()
+
+    def flush_now(self) -> None:
+        """Ask the writer to flush soon (it never blocks the caller)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        conn = _connect(self.path)
+        try:
+            while True:
+                self._wake.wait(self.flush_interval)
+                self._wake.clear()
+                stopping = self._stopping
+                self._flush(conn)
+                if stopping:
+                    return
+        finally:
+            conn.close()
+
+    def _flush(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            if not self._pending_robots and not self._pending_keys:
+                return
+            self._inflight_robots, self._pending_robots = self._pending_robots, {}
+            self._inflight_keys, self._pending_keys = self._pending_keys, {}
+        started = time.perf_counter()
+        rows = len(self._inflight_robots) + len(self._inflight_keys)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_UPSERT_ROBOTS, self._inflight_robots.values())
+            conn.executemany(_UPSERT_KEY, self._inflight_keys.values())
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            logger.exception("Politeness state: writing %d rows to %s failed; will retry",
+                             rows, self.path)
+            self.write_errors += 1
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            with self._lock:  # back to pending unless a newer value arrived meanwhile
+                for name, values in self._inflight_robots.items():
+                    self._pending_robots.setdefault(name, values)
+                for name, values in self._inflight_keys.items():
+                    self._pending_keys.setdefault(name, values)
+        else:
+            self.rows_written += rows
+            self.write_ms.add((time.perf_counter() - started) * 1000.0)
+        finally:
+            with self._lock:
+                self._inflight_robots, self._inflight_keys = {}, {}
+
+    def close(self) -> None:
+        """Flush what is pending and stop the writer (blocks: call it off the reactor thread)."""
+        if not self._stopping:
+            self._stopping = True
+            self._wake.set()
+            self._writer.join()
+        self._reader.close()

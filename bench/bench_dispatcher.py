@@ -243,8 +243,8 @@ def micro(workdir: Path) -> dict[str, Any]:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        endpoint, first, count, dup, salt = sys.argv[2:7]
-        worker(endpoint, int(first), int(count), float(dup), salt)
+        endpoint, first, count, dup_share, salt = sys.argv[2:7]
+        worker(endpoint, int(first), int(count), float(dup_share), salt)
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", default="1,8,64")

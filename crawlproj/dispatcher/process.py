@@ -162,7 +162,7 @@ class DispatcherProcess:
             sock.setsockopt(zmq.ROUTING_ID, f"monitor-{uuid.uuid4().hex[:12]}".encode())
             sock.connect(self.endpoint)
             sock.send(encode("status"))
-            if not sock.poll(timeout * 1000, zmq.POLLIN):
+            if not sock.poll(int(timeout * 1000), zmq.POLLIN):
                 raise DispatcherError(f"no answer to status from {self.endpoint} in {timeout} s")
             msg = decode_from_dispatcher(sock.recv())
         finally:

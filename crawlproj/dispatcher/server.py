@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import resource
 import signal
@@ -60,6 +61,7 @@ BATCH_FRAME_SLACK = 64  # bytes kept free under MAX_FRAME_BYTES for the batch's 
 RECV_BUDGET = 2000  # frames handled per round before serving, timers and commit ...
 RECV_BUDGET_SECONDS = 0.05  # ... or this much time, whichever comes first
 POLL_MAX_SECONDS = 0.1  # longest poll: bounds the reaction time to SIGTERM and timers
+DEAD_CHECK_MAX_SECONDS = 0.5  # longest time between two looks for nodes past their time-out
 MAX_CREDIT = 1_000_000  # outstanding credit a node may hold
 FINGERPRINT_BYTES = 20  # SHA-1, crawlproj.urls.fingerprint
 MAX_PRIORITY = 2 ** 62  # |pr| beyond this does not fit SQLite's integer once negated
@@ -274,7 +276,7 @@ class Dispatcher:
         while not self._stop:
             now = time.monotonic()
             timeout = self._poll_timeout(now)
-            if poller.poll(timeout * 1000.0):
+            if poller.poll(math.ceil(timeout * 1000)):
                 self._drain()
             now = time.monotonic()
             self._timers(now)
@@ -544,7 +546,8 @@ class Dispatcher:
                         sum(1 for n in self.nodes.values() if n.alive))
             self._rebalance()
         if now >= self._next_dead_check:
-            self._next_dead_check = now + min(self.config.heartbeat_interval / 2, POLL_MAX_SECONDS * 5)
+            self._next_dead_check = now + min(self.config.heartbeat_interval / 2,
+                                                DEAD_CHECK_MAX_SECONDS)
             self._check_dead(now)
         self._expire(now)
         if self.redis_seeds is not None and now >= self._next_seed_poll and (
@@ -853,8 +856,20 @@ class Dispatcher:
             "messages": dict(self.messages), "nodes": nodes,
             "store": {"path": str(fr.path), "commits": fr.commits, **fr.timings},
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
-            "max_rss_kib": usage.ru_maxrss,
+            **_memory_kib(),
         }
+
+
+def _memory_kib() -> dict[str, int]:
+    """Current and peak RSS. ru_maxrss would do on its own, but Linux carries it over exec from
+    the parent (a benchmark's big parent would show as this process's peak)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return {"rss_kib": int(fields["VmRSS"].split()[0]), "max_rss_kib": int(fields["VmHWM"].split()[0])}
+    except (OSError, KeyError, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"rss_kib": peak, "max_rss_kib": peak}
 
 
 def _reason(exc: ProtocolError) -> str:

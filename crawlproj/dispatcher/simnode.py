@@ -132,8 +132,8 @@ class SimNode:
 
     def receive(self, timeout: float = 0.0) -> list[dict[str, Any]]:
         """Handle every message waiting (waiting up to ``timeout`` for the first)."""
-        handled = []
-        if not self.sock.poll(timeout * 1000.0, zmq.POLLIN):
+        handled: list[dict[str, Any]] = []
+        if not self.sock.poll(int(timeout * 1000), zmq.POLLIN):
             return handled
         while True:
             try:
@@ -267,7 +267,7 @@ def drive(nodes: list[SimNode], until: Callable[[], bool], timeout: float,
         now = time.monotonic()
         if now >= deadline:
             raise TimeoutError(f"nodes did not reach the condition within {timeout} s")
-        events = dict(poller.poll(poll * 1000.0))
+        events = dict(poller.poll(int(poll * 1000)))
         running = [n for n in nodes if not n.stopped]
         for node in running:
             if node.sock in events:

@@ -24,8 +24,8 @@ SYNTHWEB_RESOLVE_SUFFIXES: list[str] = []  # e.g. ["test"]: names under them res
 SYNTHWEB_RESOLVE_ADDRESS = "127.0.0.1"  # where names under SYNTHWEB_RESOLVE_SUFFIXES point
 
 # -- Broad spider ---------------------------------------------------------------------------------
-BROAD_SCOPE = "domain"  # "domain": seeds' registered domains; "allowed": BROAD_ALLOWED_DOMAINS; "any"
-BROAD_ALLOWED_DOMAINS: list[str] = []  # domains (and their subdomains) in scope besides the seeds'
+BROAD_SCOPE = "domain"  # "domain": a link's registered domain = its page's; "allowed": only BROAD_ALLOWED_DOMAINS; "any"
+BROAD_ALLOWED_DOMAINS: list[str] = []  # domains (and their subdomains) always in scope
 BROAD_ALLOW: list[str] = []  # regexes; when set, a link must match one of them
 BROAD_DENY: list[str] = []  # regexes; a link matching one of them is dropped
 BROAD_ITEM_HEADERS = ["Content-Type", "Last-Modified", "ETag", "Server"]  # headers kept in items
@@ -50,6 +50,7 @@ PROGRESS_STATS_FILE = ""  # write the final stats as JSON here at close; "" = do
 # -- DispatcherScheduler (SCHEDULER = "crawlproj.scheduling.scheduler.DispatcherScheduler") ------
 DISPATCHER_ENDPOINT = "tcp://127.0.0.1:5570"  # the dispatcher's ROUTER socket
 DISPATCHER_NODE_NAME = ""  # stable node name; "" = <hostname>-<scrapyd job id, or pid>
+DISPATCHER_NODE_HEADER = ""  # if set, leased requests carry the node name in this header
 DISPATCHER_QUEUE_TARGET = 512  # leased requests kept queued + in flight (credit asked for up to it)
 DISPATCHER_PUSH_BATCH = 500  # discovered requests (and acks) per message
 DISPATCHER_FLUSH_INTERVAL = 0.05  # seconds between flushes of pushes and acks

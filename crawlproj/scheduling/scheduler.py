@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy import Request, signals
 from scrapy.core.scheduler import BaseScheduler
+from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.reactor import is_asyncio_reactor_installed
+from twisted.internet.defer import Deferred
 
 from crawlproj.scheduling.keyqueue import KeyQueues
 from crawlproj.scheduling.leases import LEASE, PARENT, LeaseBook
@@ -85,6 +87,7 @@ class Settings:
         self.delay = s.getfloat("DOWNLOAD_DELAY")
         if self.delay < 0:
             raise ValueError(f"DOWNLOAD_DELAY: expected seconds >= 0, got {self.delay}")
+        self.node_header = s.get("DISPATCHER_NODE_HEADER") or ""
         self.key_by = s.get("POLITENESS_KEY")
         if self.key_by not in ("domain", "host"):
             raise ValueError(f"POLITENESS_KEY: expected 'domain' or 'host', got {self.key_by!r}")
@@ -143,17 +146,23 @@ class DispatcherScheduler(BaseScheduler):
         self._tasks: list[asyncio.Task[None]] = []
         self._wake_handle: asyncio.TimerHandle | None = None
         self._welcomed = asyncio.Event()
+        self.engine_ready = False  # engine.crawl() may be used to wake the engine only once open
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> DispatcherScheduler:
         scheduler = cls(crawler, Settings(crawler.settings))
         crawler.signals.connect(scheduler._reached_downloader, signal=signals.request_reached_downloader)
         crawler.signals.connect(scheduler._left_downloader, signal=signals.request_left_downloader)
+        crawler.signals.connect(scheduler._spider_opened, signal=signals.spider_opened)
         return scheduler
 
     # -- life cycle -------------------------------------------------------------------------------
 
-    async def open(self, spider: Spider) -> None:  # type: ignore[override]
+    def open(self, spider: Spider) -> Deferred[None]:
+        # Scrapy awaits a Deferred (not a coroutine) from Scheduler.open()
+        return deferred_from_coro(self._open(spider))
+
+    async def _open(self, spider: Spider) -> None:
         self.spider = spider
         self.link = DispatcherLink(self.config.endpoint, self.node, self._on_message, self.stats)
         self.link.start()
@@ -168,6 +177,10 @@ class DispatcherScheduler(BaseScheduler):
         except asyncio.TimeoutError:
             logger.warning("No welcome from the dispatcher at %s after %.0f s; still trying",
                            self.config.endpoint, self.config.timeout)
+
+    def _spider_opened(self, spider: Spider) -> None:
+        self.engine_ready = True
+        self._wake_soon()
 
     async def _every(self, interval: float, func: Any) -> None:
         while True:
@@ -321,13 +334,13 @@ class DispatcherScheduler(BaseScheduler):
     def _arm_wake(self) -> None:
         """Wake the engine when the earliest delayed key becomes ready."""
         when = self.queues.next_ready_time()
-        if when is None or self._wake_handle is not None:
+        if when is None or self._wake_handle is not None or not self.engine_ready:
             return
         loop = asyncio.get_event_loop()
         self._wake_handle = loop.call_later(max(0.0, when - time.time()), self._wake)
 
     def _wake_soon(self) -> None:
-        if self._wake_handle is None:
+        if self._wake_handle is None and self.engine_ready:
             self._wake_handle = asyncio.get_event_loop().call_soon(self._wake)
 
     def _wake(self) -> None:
@@ -468,6 +481,8 @@ class DispatcherScheduler(BaseScheduler):
             if request.errback is not None:
                 meta[OWN_ERRBACK] = request.errback.__name__
             request.errback = errback
+            if self.config.node_header:
+                request.headers[self.config.node_header] = self.node
             self.queues.push(key, request)
         self.stats.inc_value("dispatcher/leased", len(msg["leases"]))
         self._wake_soon()

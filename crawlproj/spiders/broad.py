@@ -116,13 +116,12 @@ class BroadSpider(scrapy.Spider):
                 self.crawler.stats.inc_value("broad/seeds/invalid")
                 logger.error("Ignoring bad seed %r: %s", raw[:200], exc, extra={"spider": self})
                 continue
-            if self.scope == "domain":
-                self.scope_domains.add(registered_domain(host_of(url)))
             count += 1
             yield scrapy.Request(url, callback=self.parse, errback=self.on_error)
         self.crawler.stats.set_value("broad/seeds/count", count)
         if not count:
-            logger.warning("No seeds: pass -a seeds=FILE|URL,URL|redis", extra={"spider": self})
+            logger.info("No seeds given to the spider (-a seeds=FILE|URL,URL|redis); "
+                        "under the DispatcherScheduler the dispatcher holds them", extra={"spider": self})
 
     async def _raw_seeds(self) -> list[str]:
         arg = self.seeds_arg
@@ -156,10 +155,12 @@ class BroadSpider(scrapy.Spider):
 
     # -- pages ------------------------------------------------------------------------------------
 
-    def in_scope(self, url: str) -> bool:
+    def in_scope(self, url: str, page_domain: str) -> bool:
         if self.scope == "any":
             return True
         host = host_of(url)
+        if self.scope == "domain" and registered_domain(host) == page_domain:
+            return True
         return any(host == d or host.endswith("." + d) for d in self.scope_domains)
 
     def wanted(self, url: str) -> bool:
@@ -180,6 +181,7 @@ class BroadSpider(scrapy.Spider):
         if self.max_depth is not None and response.meta.get("depth", 0) >= self.max_depth:
             return
         seen: set[str] = set()
+        page_domain = registered_domain(host_of(response.url)) if links else ""
         for href in links:
             try:
                 url = canonicalize(response.urljoin(href))
@@ -189,7 +191,7 @@ class BroadSpider(scrapy.Spider):
             if url in seen:
                 continue
             seen.add(url)
-            if not self.in_scope(url):
+            if not self.in_scope(url, page_domain):
                 self.crawler.stats.inc_value("broad/links/out_of_scope")
                 continue
             if not self.wanted(url):

@@ -427,6 +427,24 @@ def test_scheduler_api_delays_and_handoff(tmp_path):
         other.close()
 
 
+def test_adaptive_delay_follows_latency(tmp_path):
+    pol = make_politeness(tmp_path / "s.sqlite3", ROBOTS_THROTTLE_DELAY=0.1, ROBOTS_THROTTLE_ADAPTIVE=True,
+                          ROBOTS_THROTTLE_ADAPTIVE_FACTOR=2.0, ROBOTS_THROTTLE_ADAPTIVE_MAX_DELAY=3.0)
+    try:
+        assert pol.delay_for("a.test") == 0.1
+        pol.observe_latency("a.test", 0.5, 200)
+        assert pol.delay_for("a.test") == 1.0  # latency x factor at once when it is larger
+        pol.observe_latency("a.test", 0.1, 404)  # small error pages never lower it
+        assert pol.delay_for("a.test") == 1.0
+        pol.observe_latency("a.test", 0.1, 200)  # a fast answer lowers it halfway
+        assert pol.delay_for("a.test") == pytest.approx(0.6)
+        pol.observe_latency("a.test", 10.0, 200)
+        assert pol.delay_for("a.test") == 3.0  # capped
+        assert pol.delay_for("b.test") == 0.1  # per key
+    finally:
+        pol.close()
+
+
 def test_failing_robots_backoff_and_fallback(tmp_path):
     now = [10_000.0]
     settings = project_settings(ROBOTS_STATE_FILE=str(tmp_path / "s.sqlite3"), ROBOTS_RETRY_DELAY=10,

@@ -13,7 +13,11 @@ PERCENTILES = (50, 90, 99)
 
 
 class StatsLike(Protocol):
+    """The part of Scrapy's StatsCollector used here."""
+
     def set_value(self, key: str, value: object) -> None: ...
+
+    def inc_value(self, key: str, count: int = 1, start: int = 0) -> None: ...
 
 
 class LatencySampler:

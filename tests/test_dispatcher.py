@@ -119,7 +119,7 @@ def test_rendezvous_moves_only_what_the_new_node_wins() -> None:
 
 
 def test_frontier_priority_fifo_bounded_readahead_and_dedup(tmp_path: Path) -> None:
-    fr = Frontier(tmp_path / "s", 4, readahead=3, hot_seen=4)
+    fr = Frontier(tmp_path / "s", 4, readahead=3, hot_seen=4, merge_rows=4)
 
     def wire(i: int, pr: int = 0) -> dict[str, Any]:
         url = f"http://x.test/{i}"
@@ -141,9 +141,14 @@ def test_frontier_priority_fifo_bounded_readahead_and_dedup(tmp_path: Path) -> N
     assert order[1] == order[2] == "http://x.test/0"
     assert order[3:] == [f"http://x.test/{i}" for i in range(1, 10)]
     assert fr.size == 11 and fr.available(1) == 0
+    assert fr.merges == 1  # the first ten went through seen_log into the seen index
+    assert fr.add_forced([wire(0)])[0] == 1 and fr.seen_count == 11  # dont_filter: stored again
     fr.close()
     again = Frontier(tmp_path / "s", 4)
-    assert again.epoch == 2 and again.size == 11 and again.seen_count == 11
+    assert again.epoch == 2 and again.size == 12 and again.seen_count == 11
+    # Exact after a restart, whether a fingerprint sits in the seen index or still in seen_log.
+    assert again.add([wire(5), wire(100)]) == (0, [])
+    assert again.add([wire(11)])[0] == 1
     again.close()
 
 

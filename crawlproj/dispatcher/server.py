@@ -754,19 +754,23 @@ class Dispatcher:
         bad = 0
         first_error = ""
         pcache = self._pcache
+        # Locals: this loop runs for every pushed link (about a microsecond each).
+        append, fp_bytes = valid.append, FINGERPRINT_BYTES
+        type_, len_, bytes_, str_, int_, dict_ = type, len, bytes, str, int, dict
         for r in reqs:
-            # Fast path for the common, valid request; anything else gets the full check,
-            # which names the problem (crawlproj.protocol.check_wire_request is the reference).
-            if type(r) is dict:
-                f, p, k, pr = r.get("f"), r.get("p"), r.get("k"), r.get("pr", 0)
-                if (type(f) is bytes and len(f) == FINGERPRINT_BYTES and type(k) is str
-                        and pcache.get(k) == p and type(p) is int and type(r.get("u")) is str
-                        and type(pr) is int and -MAX_PRIORITY < pr < MAX_PRIORITY):
-                    if "df" in r and r["df"]:
-                        forced.append(r)
-                    else:
-                        valid.append(r)
+            # Fast path for the common case (a valid request without priority or dont_filter);
+            # the partition cache only holds keys that passed the full check once. Anything
+            # else gets the full check, which names the fault.
+            try:
+                f = r["f"]
+                p = r["p"]
+                if (type_(f) is bytes_ and len_(f) == fp_bytes and pcache[r["k"]] == p
+                        and type_(p) is int_ and type_(r["u"]) is str_ and type_(r) is dict_
+                        and "pr" not in r and "df" not in r):
+                    append(r)
                     continue
+            except (KeyError, TypeError, IndexError):
+                pass
             try:
                 self._check_request(r)
             except ProtocolError as exc:
@@ -800,7 +804,9 @@ class Dispatcher:
         """Full validation of one pushed wire request; raises ProtocolError naming the fault."""
         check_wire_request(r, self.P)
         k = r["k"]
-        p = partition_of(k, self.P)
+        p = self._pcache.get(k)
+        if p is None:
+            p = partition_of(k, self.P)
         if r["p"] != p:
             raise ProtocolError(f"wire request partition {r['p']} is not the partition "
                                 f"{p} of its key {k!r}")

@@ -749,8 +749,8 @@ class Dispatcher:
         if not isinstance(reqs, list):
             self._bad("push", identity, envelope, "requests must be a list")
             return
-        valid = []
-        forced = []
+        valid: list[dict[str, Any]] = []
+        forced: list[dict[str, Any]] = []
         bad = 0
         first_error = ""
         pcache = self._pcache

@@ -27,7 +27,14 @@ from politeness_checks import assert_polite, assert_restart_gap, by_key, key_of_
 from scrapy.settings import Settings
 from scrapy.utils.test import get_crawler
 
-from crawlproj.politeness import MAX_ROBOTS_BYTES, Politeness, get_politeness, parse_robots
+from crawlproj.politeness import (
+    MAX_ROBOTS_BYTES,
+    KeyRow,
+    Politeness,
+    StateStore,
+    get_politeness,
+    parse_robots,
+)
 from crawlproj.politeness.core import PolitenessConfig
 from crawlproj.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
 from crawlproj.synthweb.model import RFC9309_OUTCOME, WebSpec
@@ -497,6 +504,23 @@ def test_store_is_indexed_wal_and_survives_reopen(tmp_path):
         assert verdict.kind == "hit" and not verdict.parsed.allowed("http://a.test/p/1", "bot")
     finally:
         again.close()
+
+
+def test_store_loses_no_write_while_the_writer_flushes(tmp_path):
+    store = StateStore(str(tmp_path / "s.sqlite3"), flush_interval=0.001)
+    try:
+        for round_ in range(30):
+            for i in range(300):  # the writer swaps its batch in and out meanwhile
+                store.put_key(KeyRow(f"k{i}.test", float(round_), float(round_)))
+                if i % 100 == 0:
+                    assert store.get_key(f"k{i}.test").last_start == round_  # read your writes
+    finally:
+        store.close()
+    conn = sqlite3.connect(tmp_path / "s.sqlite3")
+    rows = conn.execute("SELECT count(*), min(last_start), max(last_start) FROM politeness").fetchone()
+    conn.close()
+    assert rows == (300, 29.0, 29.0)
+    assert store.write_errors == 0
 
 
 def test_parse_robots_hostile_bodies():

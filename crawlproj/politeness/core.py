@@ -215,13 +215,13 @@ def state_file_of(settings: BaseSettings) -> str:
     return os.path.join(state_dir, name, "politeness.sqlite3")
 
 
-@dataclass
+@dataclass(slots=True)
 class _KeyState:
     row: KeyRow
     adaptive: float = 0.0  # observed-latency delay; not persisted, it is relearnt in seconds
 
 
-@dataclass
+@dataclass(slots=True)
 class _RobotsCached:
     row: RobotsRow
     parsed: ParsedRobots | None = None  # rules of the row's good copy, parsed on first use

@@ -39,7 +39,7 @@ def outcome_of_status(status: int) -> str:
     return DISALLOW
 
 
-@dataclass
+@dataclass(slots=True)
 class RobotsRow:
     """One authority's robots.txt state, as stored in SQLite and handed over between nodes.
 
@@ -69,7 +69,7 @@ class RobotsRow:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ParsedRobots:
     """The rules one can act on: a Protego parser (RULES) or a blanket verdict."""
 

@@ -68,13 +68,20 @@ _UPSERT_KEY = (
 )
 _SELECT_ROBOTS = f"SELECT {', '.join(_ROBOTS_COLUMNS)} FROM robots"
 _SELECT_KEY = f"SELECT {', '.join(_KEY_COLUMNS)} FROM politeness"
+ROBOTS, KEYS = "robots", "politeness"  # the two tables, as keys of the pending maps
+
+Pending = dict[str, dict[str, tuple[Any, ...]]]  # table -> primary key -> row values
+
+
+def _no_rows() -> Pending:
+    return {ROBOTS: {}, KEYS: {}}
 
 
 class StoreError(RuntimeError):
     """The state file cannot be opened or has an unknown schema."""
 
 
-@dataclass
+@dataclass(slots=True)
 class KeyRow:
     """Fetch times of one politeness key and the Crawl-delays its robots.txt files ask for."""
 
@@ -148,11 +155,10 @@ class StateStore:
         self.rows_written = 0
         self.write_errors = 0
         self._lock = threading.Lock()
-        # newest value per primary key, waiting for the writer / being written by it
-        self._pending_robots: dict[str, tuple[Any, ...]] = {}
-        self._pending_keys: dict[str, tuple[Any, ...]] = {}
-        self._inflight_robots: dict[str, tuple[Any, ...]] = {}
-        self._inflight_keys: dict[str, tuple[Any, ...]] = {}
+        # newest value per primary key, waiting for the writer / being written by it; both are
+        # only touched under the lock, except the writer reading its own in-flight map
+        self._pending: Pending = _no_rows()
+        self._inflight: Pending = _no_rows()
         self._wake = threading.Event()
         self._stopping = False
         self._writer = threading.Thread(target=self._run, name="politeness-store-writer", daemon=True)
@@ -161,22 +167,20 @@ class StateStore:
     # -- reads (calling thread) -----------------------------------------------------------------
 
     def get_robots(self, authority: str) -> RobotsRow | None:
-        with self._lock:
-            values = self._pending_robots.get(authority) or self._inflight_robots.get(authority)
-        if values is None:
-            values = self._select_one(f"{_SELECT_ROBOTS} WHERE authority = ?", authority)
+        values = self._get(ROBOTS, authority, f"{_SELECT_ROBOTS} WHERE authority = ?")
         return None if values is None else _robots_from(values)
 
     def get_key(self, key: str) -> KeyRow | None:
-        with self._lock:
-            values = self._pending_keys.get(key) or self._inflight_keys.get(key)
-        if values is None:
-            values = self._select_one(f"{_SELECT_KEY} WHERE key = ?", key)
+        values = self._get(KEYS, key, f"{_SELECT_KEY} WHERE key = ?")
         return None if values is None else _key_from(values)
 
-    def _select_one(self, sql: str, value: str) -> tuple[Any, ...] | None:
+    def _get(self, table: str, name: str, sql: str) -> tuple[Any, ...] | None:
+        with self._lock:
+            values = self._pending[table].get(name) or self._inflight[table].get(name)
+        if values is not None:
+            return values
         started = time.perf_counter()
-        found: tuple[Any, ...] | None = self._reader.execute(sql, (value,)).fetchone()
+        found: tuple[Any, ...] | None = self._reader.execute(sql, (name,)).fetchone()
         self.lookup_ms.add((time.perf_counter() - started) * 1000.0)
         return found
 
@@ -198,12 +202,12 @@ class StateStore:
                                            f"(SELECT value FROM json_each(?))",
                                            (total, json.dumps(sorted(partitions)))):
             keys[values[0]] = values
-        with self._lock:
-            for source, target in ((self._inflight_robots, robots), (self._pending_robots, robots),
-                                   (self._inflight_keys, keys), (self._pending_keys, keys)):
-                for name, values in source.items():
-                    if wanted(values[1] if target is robots else values[0]):
-                        target[name] = values
+        with self._lock:  # unwritten rows are newer than the file's; pending newer than in flight
+            for table, target, key_column in ((ROBOTS, robots, 1), (KEYS, keys, 0)):
+                for source in (self._inflight[table], self._pending[table]):
+                    for name, values in source.items():
+                        if wanted(values[key_column]):
+                            target[name] = values
         return [_robots_from(v) for v in robots.values()], [_key_from(v) for v in keys.values()]
 
     def count_rows(self) -> tuple[int, int]:
@@ -214,23 +218,18 @@ class StateStore:
     # -- writes (batched, writer thread) --------------------------------------------------------
 
     def put_robots(self, row: RobotsRow) -> None:
-        self._put(self._pending_robots, row.authority, _robots_tuple(row))
+        self.put_many((row,), ())
 
     def put_key(self, row: KeyRow) -> None:
-        self._put(self._pending_keys, row.key, _key_tuple(row))
+        self.put_many((), (row,))
 
     def put_many(self, robots: Iterable[RobotsRow], keys: Iterable[KeyRow]) -> None:
+        robots_values = [(r.authority, _robots_tuple(r)) for r in robots]
+        key_values = [(k.key, _key_tuple(k)) for k in keys]
         with self._lock:
-            for r in robots:
-                self._pending_robots[r.authority] = _robots_tuple(r)
-            for k in keys:
-                self._pending_keys[k.key] = _key_tuple(k)
-        self._wake.set()
-
-    def _put(self, pending: dict[str, tuple[Any, ...]], name: str, values: tuple[Any, ...]) -> None:
-        with self._lock:
-            pending[name] = values
-            size = len(self._pending_robots) + len(self._pending_keys)
+            self._pending[ROBOTS].update(robots_values)
+            self._pending[KEYS].update(key_values)
+            size = len(self._pending[ROBOTS]) + len(self._pending[KEYS])
         if size >= FLUSH_BATCH_ROWS:
             self._wake.set()
 
@@ -253,16 +252,16 @@ class StateStore:
 
     def _flush(self, conn: sqlite3.Connection) -> None:
         with self._lock:
-            if not self._pending_robots and not self._pending_keys:
+            if not self._pending[ROBOTS] and not self._pending[KEYS]:
                 return
-            self._inflight_robots, self._pending_robots = self._pending_robots, {}
-            self._inflight_keys, self._pending_keys = self._pending_keys, {}
+            self._inflight, self._pending = self._pending, _no_rows()
+            inflight = self._inflight
         started = time.perf_counter()
-        rows = len(self._inflight_robots) + len(self._inflight_keys)
+        rows = len(inflight[ROBOTS]) + len(inflight[KEYS])
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(_UPSERT_ROBOTS, self._inflight_robots.values())
-            conn.executemany(_UPSERT_KEY, self._inflight_keys.values())
+            conn.executemany(_UPSERT_ROBOTS, inflight[ROBOTS].values())
+            conn.executemany(_UPSERT_KEY, inflight[KEYS].values())
             conn.execute("COMMIT")
         except sqlite3.Error:
             logger.exception("Politeness state: writing %d rows to %s failed; will retry",
@@ -271,16 +270,15 @@ class StateStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             with self._lock:  # back to pending unless a newer value arrived meanwhile
-                for name, values in self._inflight_robots.items():
-                    self._pending_robots.setdefault(name, values)
-                for name, values in self._inflight_keys.items():
-                    self._pending_keys.setdefault(name, values)
+                for table, rows_of in inflight.items():
+                    for name, values in rows_of.items():
+                        self._pending[table].setdefault(name, values)
         else:
             self.rows_written += rows
             self.write_ms.add((time.perf_counter() - started) * 1000.0)
         finally:
             with self._lock:
-                self._inflight_robots, self._inflight_keys = {}, {}
+                self._inflight = _no_rows()
 
     def close(self) -> None:
         """Flush what is pending and stop the writer (blocks: call it off the reactor thread)."""

@@ -27,6 +27,10 @@ class KeyQueues(Generic[T]):
     def __len__(self) -> int:
         return self._size
 
+    def __contains__(self, key: str) -> bool:
+        """``key`` has queued items."""
+        return key in self._queues
+
     @property
     def busy_keys(self) -> int:
         return len(self._busy)

@@ -25,6 +25,7 @@ from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 from twisted.internet.defer import Deferred
 
+from crawlproj.politeness import Politeness, get_politeness
 from crawlproj.scheduling.keyqueue import KeyQueues
 from crawlproj.scheduling.leases import LEASE, PARENT, LeaseBook
 from crawlproj.scheduling.link import DispatcherLink
@@ -146,6 +147,9 @@ class DispatcherScheduler(BaseScheduler):
         self._tasks: list[asyncio.Task[None]] = []
         self._wake_handle: asyncio.TimerHandle | None = None
         self._welcomed = asyncio.Event()
+        # robots.txt + politeness state of this node (RobotsThrottleMiddleware), when enabled
+        self.politeness: Politeness | None = (
+            get_politeness(crawler) if crawler.settings.getbool("ROBOTS_THROTTLE_ENABLED") else None)
         self.engine_ready = False  # engine.crawl() may be used to wake the engine only once open
 
     @classmethod
@@ -239,23 +243,21 @@ class DispatcherScheduler(BaseScheduler):
                 self.book.request_arrived(parent)
 
     def _continue(self, request: Request, lease_id: int) -> bool:
-        """A retry or redirect of a leased request: keep it here if it stays on its key."""
-        key = request.meta[KEY]
-        assert self.codec is not None
-        try:
-            _, _, new_key, _ = self.codec.route(request.url)
-        except BadURL:
-            new_key = None
-        if new_key == key:
-            self.stats.inc_value("dispatcher/continued")
-            self.queues.push(key, request, front=True)
+        """A retry (same URL) stays here under its lease; a redirect is a new URL for the
+        dispatcher to deduplicate (so redirect loops end as they do in Scrapy), and the lease
+        of the redirected request ends."""
+        # leased requests arrive without redirect history, so any history means a redirect
+        if not request.meta.get("redirect_urls"):
+            self.stats.inc_value("dispatcher/retried")
+            self.queues.push(request.meta[KEY], request, front=True)
             self._wake_soon()
             return True
-        # Redirected to another key, maybe another node's: push it, the lease ends here.
+        own_errback = request.meta.pop(OWN_ERRBACK, None)
         for name in (LEASE, KEY, PART):
             request.meta.pop(name, None)
+        request.errback = getattr(self.spider, own_errback) if own_errback else None
         self._discover(request)
-        self.stats.inc_value("dispatcher/redirected_away")
+        self.stats.inc_value("dispatcher/redirected")
         self.inflight.pop(lease_id, None)
         self.book.end(lease_id)
         return True
@@ -306,9 +308,8 @@ class DispatcherScheduler(BaseScheduler):
     # -- politeness ---------------------------------------------------------------------------
 
     def _delay_for(self, key: str) -> float:
-        politeness = getattr(self.crawler, "_crawlproj_politeness", None)
-        if politeness is not None:
-            return float(politeness.delay_for(key))
+        if self.politeness is not None:
+            return self.politeness.delay_for(key)
         return self.config.delay
 
     def _reached_downloader(self, request: Request, spider: Any = None) -> None:
@@ -483,6 +484,9 @@ class DispatcherScheduler(BaseScheduler):
             request.errback = errback
             if self.config.node_header:
                 request.headers[self.config.node_header] = self.node
+            if self.politeness is not None and key not in self.queues:
+                # a key fetched before a restart, or by the node that handed it over, waits
+                self.queues.hold(key, self.politeness.next_allowed(key))
             self.queues.push(key, request)
         self.stats.inc_value("dispatcher/leased", len(msg["leases"]))
         self._wake_soon()
@@ -540,12 +544,10 @@ class DispatcherScheduler(BaseScheduler):
     # -- politeness state handoff ----------------------------------------------------------------
 
     def _export_state(self, parts: set[int]) -> dict[str, Any]:
-        politeness = getattr(self.crawler, "_crawlproj_politeness", None)
-        if politeness is None:
+        if self.politeness is None:
             return {}
-        return politeness.export_partitions(parts, self.partitions)
+        return self.politeness.export_partitions(parts, self.partitions)
 
     def _import_state(self, state: dict[str, Any]) -> None:
-        politeness = getattr(self.crawler, "_crawlproj_politeness", None)
-        if politeness is not None and state:
-            politeness.import_state(state)
+        if self.politeness is not None and state:
+            self.politeness.import_state(state)

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 LOCAL_META = frozenset({
     "depth", "download_slot", "download_latency", "download_timeout", "redirect_times",
     "redirect_ttl", "redirect_urls", "redirect_reasons", "retry_times", "handle_httpstatus_list",
-    "handle_httpstatus_all", "dont_obey_robotstxt", "_lease", "_key", "_part", "_parent", "_wake",
+    "handle_httpstatus_all", "dont_obey_robotstxt", "_lease", "_key", "_part", "_parent", "_wake", "_eb",
 })
 
 

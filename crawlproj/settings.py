@@ -58,6 +58,7 @@ DISPATCHER_RECENT_LINKS = 200000  # fingerprints remembered to drop repeats befo
 DISPATCHER_HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats
 DISPATCHER_TIMEOUT = 10.0  # no word from the dispatcher this long: register again
 DISPATCHER_STATS_INTERVAL = 2.0  # seconds between stats reports to the dispatcher
+DISPATCHER_REPLAY_SECONDS = 30.0  # pushes and acks sent again to a restarted dispatcher
 POLITENESS_KEY = "domain"  # "domain" (registered domain, eTLD+1) or "host"
 
 SPIDER_MIDDLEWARES = {

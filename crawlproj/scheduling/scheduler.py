@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request, signals
@@ -85,6 +86,7 @@ class Settings:
         self.heartbeat_interval = self._positive_float(s, "DISPATCHER_HEARTBEAT_INTERVAL")
         self.timeout = self._positive_float(s, "DISPATCHER_TIMEOUT")
         self.stats_interval = self._positive_float(s, "DISPATCHER_STATS_INTERVAL")
+        self.replay_seconds = self._positive_float(s, "DISPATCHER_REPLAY_SECONDS")
         self.delay = s.getfloat("DOWNLOAD_DELAY")
         if self.delay < 0:
             raise ValueError(f"DOWNLOAD_DELAY: expected seconds >= 0, got {self.delay}")
@@ -136,6 +138,7 @@ class DispatcherScheduler(BaseScheduler):
         self._early: list[Request] = []  # start requests that came before the welcome
         self.requested = 0  # credit asked for and not yet served
         self.push_buffer: list[dict[str, Any]] = []
+        self.replay_log: deque[tuple[float, str, list[Any]]] = deque()
         self.ack_buffer: list[int] = []
         self.epoch: Any = None
         self.registered = False
@@ -387,10 +390,36 @@ class DispatcherScheduler(BaseScheduler):
         while self.push_buffer:
             batch, self.push_buffer = self.push_buffer[: self.config.push_batch], self.push_buffer[self.config.push_batch:]
             self.link.send("push", node=self.node, requests=batch)
+            self._sent("push", batch)
             self.stats.inc_value("dispatcher/pushed", len(batch))
         if self.ack_buffer:
             acks, self.ack_buffer = self.ack_buffer, []
             self.link.send("ack", node=self.node, leases=acks)
+            self._sent("ack", acks)
+
+    def _sent(self, kind: str, payload: list[Any]) -> None:
+        """Remember recent pushes and acks: a dispatcher killed before its commit loses the last
+        ones it received (or had in its socket buffers), and a restarted one gets them again."""
+        now = time.monotonic()
+        log = self.replay_log
+        log.append((now, kind, payload))
+        horizon = now - self.config.replay_seconds
+        while log and log[0][0] < horizon:
+            log.popleft()
+
+    def _replay(self) -> None:
+        assert self.link is not None
+        pushes = acks = 0
+        for _, kind, payload in self.replay_log:
+            if kind == "push":
+                self.link.send("push", node=self.node, requests=payload)
+                pushes += len(payload)
+            else:
+                self.link.send("ack", node=self.node, leases=payload)
+                acks += len(payload)
+        self.stats.inc_value("dispatcher/replayed", pushes + acks)
+        logger.warning("Sent the last %.0f s again to the restarted dispatcher: %d pushed requests, "
+                       "%d acks", self.config.replay_seconds, pushes, acks)
 
     def _pull(self) -> None:
         if self.link is None or not self.registered or self.finished or self.closing:
@@ -439,9 +468,12 @@ class DispatcherScheduler(BaseScheduler):
             logger.error("The dispatcher now uses %d partitions instead of %d", partitions, self.partitions)
             self.codec.partitions = partitions
         self.partitions = partitions
-        if self.epoch is not None and msg["epoch"] != self.epoch:
+        restarted = self.epoch is not None and msg["epoch"] != self.epoch
+        if restarted:
             # The dispatcher restarted: it forgot every lease and credit. What we queued but did
-            # not start will be leased again (to us or another node); drop our copies.
+            # not start will be leased again (to us or another node); drop our copies. Pages
+            # whose acks it lost will be crawled again: their links must be pushed again too.
+            self.recent = RecentlySent(self.config.recent_links)
             dropped = self.queues.clear()
             self.stats.inc_value("dispatcher/dropped_on_restart", len(dropped))
             logger.warning("Dispatcher restarted (epoch %s): dropped %d queued leases", msg["epoch"], len(dropped))
@@ -450,6 +482,8 @@ class DispatcherScheduler(BaseScheduler):
         self.registered = True
         self.requested = 0
         self._welcomed.set()
+        if restarted:
+            self._replay()
         early, self._early = self._early, []
         for request in early:
             self._discover(request)

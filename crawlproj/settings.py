@@ -88,3 +88,27 @@ ROBOTS_STATE_FILE = ""  # SQLite state file; "" = <CRAWLPROJ_STATE_DIR>/<node na
 ROBOTS_STORE_FLUSH_INTERVAL = 0.5  # seconds between batched writes of the state file
 CRAWLPROJ_STATE_DIR = "state"  # where nodes keep their local state files
 CRAWLPROJ_NODE_NAME = ""  # "" = DISPATCHER_NODE_NAME, else <hostname>-<scrapyd job or pid>
+
+# -- MongoDB item pipeline (crawlproj.pipelines.mongo; off while MONGO_URI is empty) -------------
+ITEM_PIPELINES = {
+    "crawlproj.pipelines.mongo.MongoPipeline": 800,  # NotConfigured (skipped) without MONGO_URI
+}
+MONGO_URI = ""  # mongodb://host:port/ (or mongodb+srv://); "" = the pipeline is off
+MONGO_DATABASE = "crawlproj"  # database the items go to
+MONGO_COLLECTION = "pages"  # collection of every item class not in MONGO_COLLECTIONS
+MONGO_COLLECTIONS: dict[str, str] = {}  # {"dotted.path.ItemClass": "collection"}; subclasses follow
+MONGO_BATCH_SIZE = 100  # upserts per bulk_write; a full batch is written at once
+MONGO_FLUSH_INTERVAL = 1.0  # seconds the oldest item waits for its batch to fill before it is written
+MONGO_WRITE_CONCERN = {"w": "majority"}  # pymongo WriteConcern arguments; w=0 is refused
+MONGO_INDEXES: list = []  # extra indexes: "f" or {"keys": [["f", 1]], "collection": c, "unique": True}
+MONGO_QUERY_PATHS: list = []  # fields queried by: "f", ["a", "b"], {"fields": [...], "collection": c}
+MONGO_ALLOW_UNINDEXED = False  # True: a query path without an index is a warning, not a refusal
+MONGO_SPILL_DIR = "state/mongo-spill"  # spill files while MongoDB fails; nodes may share it
+MONGO_SPILL_MAX_BYTES = 1024**3  # spill budget; when full (and the buffer too) the engine is paused
+MONGO_SPILL_AFTER = 5.0  # seconds an item waits in memory for a failing MongoDB before it is spilled
+MONGO_BUFFER_MAX_ITEMS = 1000  # items waiting in memory (>= MONGO_BATCH_SIZE); more: spill or pause
+MONGO_RETRY_BACKOFF_MIN = 0.5  # seconds before the first retry of a failed write; doubles per failure
+MONGO_RETRY_BACKOFF_MAX = 30.0  # cap of the retry back-off, seconds
+MONGO_CONNECT_TIMEOUT = 2.0  # seconds to find and connect to the server: how fast an outage is noticed
+MONGO_SOCKET_TIMEOUT = 30.0  # seconds a bulk_write may take before it counts as failed (and is re-sent)
+MONGO_STATS_INTERVAL = 10.0  # seconds between updates of the latency percentiles in the stats

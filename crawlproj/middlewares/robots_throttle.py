@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import ParseResult, urlsplit
 
 from scrapy import Request, signals
@@ -155,7 +155,7 @@ class RobotsThrottleMiddleware:
                 self._forbid(request, "unreachable", "robots.txt unreachable: disallow all")
             await self._await_fetch(authority, key, verdict.retry_at, deadline)
 
-    def _forbid(self, request: Request, reason: str, message: str) -> None:
+    def _forbid(self, request: Request, reason: str, message: str) -> NoReturn:
         self.stats.inc_value("robots/forbidden")
         self.stats.inc_value(f"robots/forbidden/{reason}")
         logger.debug("%s (%s): %s", message, reason, request, extra={"spider": self.crawler.spider})

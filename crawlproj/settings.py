@@ -23,6 +23,9 @@ TWISTED_DNS_RESOLVER = "crawlproj.resolver.SyntheticResolver"
 SYNTHWEB_RESOLVE_SUFFIXES: list[str] = []  # e.g. ["test"]: names under them resolve locally
 SYNTHWEB_RESOLVE_ADDRESS = "127.0.0.1"  # where names under SYNTHWEB_RESOLVE_SUFFIXES point
 
+# -- Links seen lately (crawlproj.linkfilter): repeats dropped before they become Requests ------
+RECENT_LINKS_SIZE = 200000  # canonical URLs remembered per process; exact dedup stays downstream
+
 # -- Broad spider ---------------------------------------------------------------------------------
 BROAD_SCOPE = "domain"  # "domain": a link's registered domain = its page's; "allowed": only BROAD_ALLOWED_DOMAINS; "any"
 BROAD_ALLOWED_DOMAINS: list[str] = []  # domains (and their subdomains) always in scope
@@ -54,7 +57,6 @@ DISPATCHER_NODE_HEADER = ""  # if set, leased requests carry the node name in th
 DISPATCHER_QUEUE_TARGET = 512  # leased requests kept queued + in flight (credit asked for up to it)
 DISPATCHER_PUSH_BATCH = 500  # discovered requests (and acks) per message
 DISPATCHER_FLUSH_INTERVAL = 0.05  # seconds between flushes of pushes and acks
-DISPATCHER_RECENT_LINKS = 200000  # fingerprints remembered to drop repeats before pushing
 DISPATCHER_HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats
 DISPATCHER_TIMEOUT = 10.0  # no word from the dispatcher this long: register again
 DISPATCHER_STATS_INTERVAL = 2.0  # seconds between stats reports to the dispatcher

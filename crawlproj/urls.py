@@ -30,6 +30,7 @@ class BadURL(ValueError):
     """A URL that cannot be crawled (no scheme/host, unsupported scheme, unparsable)."""
 
 
+@lru_cache(maxsize=65536)  # links repeat: most of a page's links were on other pages too
 def canonicalize(url: str) -> str:
     """The one canonical form of ``url``: lower-case scheme and host, sorted query, no fragment.
 
@@ -49,7 +50,12 @@ def canonicalize(url: str) -> str:
 
 def fingerprint(url: str) -> bytes:
     """20-byte SHA-1 of the canonical URL: the dedup key and the MongoDB ``_id``."""
-    return hashlib.sha1(canonicalize(url).encode("utf-8")).digest()
+    return fingerprint_canonical(canonicalize(url))
+
+
+def fingerprint_canonical(canonical: str) -> bytes:
+    """:func:`fingerprint` of a URL already in canonical form."""
+    return hashlib.sha1(canonical.encode("utf-8")).digest()
 
 
 def fingerprint_hex(url: str) -> str:

@@ -7,7 +7,7 @@ from scrapy import Request, Spider
 
 from crawlproj.protocol import check_wire_request
 from crawlproj.scheduling.keyqueue import KeyQueues
-from crawlproj.scheduling.scheduler import RecentlySent
+from crawlproj.linkfilter import RecentSet
 from crawlproj.scheduling.wire import Unserializable, WireCodec
 
 
@@ -45,7 +45,7 @@ def test_hold_never_moves_a_ready_time_earlier_and_remove_takes_keys_out():
 
 
 def test_recently_sent_is_bounded_and_exact_for_recent_entries():
-    recent = RecentlySent(capacity=4)
+    recent = RecentSet(capacity=4)
     assert recent.add(b"a") and recent.add(b"b")
     assert not recent.add(b"a")
     for fp in (b"c", b"d", b"e", b"f"):

@@ -26,12 +26,13 @@ from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 from twisted.internet.defer import Deferred
 
+from crawlproj.linkfilter import CANONICAL, recent_links
 from crawlproj.politeness import Politeness, get_politeness
 from crawlproj.scheduling.keyqueue import KeyQueues
 from crawlproj.scheduling.leases import LEASE, PARENT, LeaseBook
 from crawlproj.scheduling.link import DispatcherLink
 from crawlproj.scheduling.wire import Unserializable, WireCodec
-from crawlproj.urls import BadURL
+from crawlproj.urls import BadURL, canonicalize
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -52,24 +53,6 @@ def default_node_name() -> str:
     return f"{socket.gethostname()}-{job or os.getpid()}"
 
 
-class RecentlySent:
-    """Bounded set of fingerprints pushed lately: two generations, swapped when one fills up."""
-
-    def __init__(self, capacity: int):
-        self.half = max(1, capacity // 2)
-        self.new: set[bytes] = set()
-        self.old: set[bytes] = set()
-
-    def add(self, fp: bytes) -> bool:
-        """True if ``fp`` was not seen lately (and remember it)."""
-        if fp in self.new or fp in self.old:
-            return False
-        self.new.add(fp)
-        if len(self.new) >= self.half:
-            self.old, self.new = self.new, set()
-        return True
-
-
 class Settings:
     """DISPATCHER_* settings, read and validated once."""
 
@@ -81,7 +64,6 @@ class Settings:
         self.node_name = s.get("DISPATCHER_NODE_NAME") or default_node_name()
         self.queue_target = self._positive_int(s, "DISPATCHER_QUEUE_TARGET")
         self.push_batch = self._positive_int(s, "DISPATCHER_PUSH_BATCH")
-        self.recent_links = self._positive_int(s, "DISPATCHER_RECENT_LINKS")
         self.flush_interval = self._positive_float(s, "DISPATCHER_FLUSH_INTERVAL")
         self.heartbeat_interval = self._positive_float(s, "DISPATCHER_HEARTBEAT_INTERVAL")
         self.timeout = self._positive_float(s, "DISPATCHER_TIMEOUT")
@@ -128,7 +110,7 @@ class DispatcherScheduler(BaseScheduler):
         self.book = LeaseBook.of(crawler)
         self.book.on_final = self._lease_final
         self.queues: KeyQueues[Request] = KeyQueues()
-        self.recent = RecentlySent(config.recent_links)
+        self.recent = recent_links(crawler)
         self.partitions = 0  # P, from the dispatcher's welcome
         self.owned: set[int] = set()
         self.revoking: set[int] = set()
@@ -271,14 +253,17 @@ class DispatcherScheduler(BaseScheduler):
             # Start requests can come before the dispatcher's welcome (P unknown yet).
             self._early.append(request)
             return True
+        canonical = request.meta.pop(CANONICAL, None)  # set by a spider that used the filter
         try:
-            _, fp, key, part = codec.route(request.url)
+            if canonical is None:
+                canonical = canonicalize(request.url)
+                if not self.recent.add(canonical) and not request.dont_filter:
+                    self.stats.inc_value("dispatcher/recently_sent")
+                    return False
+            fp, key, part = codec.route_canonical(canonical)
         except BadURL as exc:
             self.stats.inc_value("dispatcher/bad_url")
             logger.warning("Not pushing %s: %s", request.url[:300], exc)
-            return False
-        if not self.recent.add(fp) and not request.dont_filter:
-            self.stats.inc_value("dispatcher/recently_sent")
             return False
         try:
             wire = codec.encode(request, fp, key, part)
@@ -473,7 +458,7 @@ class DispatcherScheduler(BaseScheduler):
             # The dispatcher restarted: it forgot every lease and credit. What we queued but did
             # not start will be leased again (to us or another node); drop our copies. Pages
             # whose acks it lost will be crawled again: their links must be pushed again too.
-            self.recent = RecentlySent(self.config.recent_links)
+            self.recent.clear()
             dropped = self.queues.clear()
             self.stats.inc_value("dispatcher/dropped_on_restart", len(dropped))
             logger.warning("Dispatcher restarted (epoch %s): dropped %d queued leases", msg["epoch"], len(dropped))

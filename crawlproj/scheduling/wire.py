@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 from scrapy import Request, Spider
 
-from crawlproj.urls import canonicalize, fingerprint, partition_of, politeness_key
+from crawlproj.urls import canonicalize, fingerprint_canonical, partition_of, politeness_key
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 LOCAL_META = frozenset({
     "depth", "download_slot", "download_latency", "download_timeout", "redirect_times",
     "redirect_ttl", "redirect_urls", "redirect_reasons", "retry_times", "handle_httpstatus_list",
-    "handle_httpstatus_all", "dont_obey_robotstxt", "_lease", "_key", "_part", "_parent", "_wake", "_eb",
+    "handle_httpstatus_all", "dont_obey_robotstxt", "_lease", "_key", "_part", "_parent", "_wake", "_eb", "_canon",
 })
 
 
@@ -54,8 +54,12 @@ class WireCodec:
     def route(self, url: str) -> tuple[str, bytes, str, int]:
         """(canonical URL, fingerprint, politeness key, partition); raises BadURL."""
         canonical = canonicalize(url)
+        return (canonical, *self.route_canonical(canonical))
+
+    def route_canonical(self, canonical: str) -> tuple[bytes, str, int]:
+        """(fingerprint, politeness key, partition) of an already canonical URL."""
         key = politeness_key(canonical, self.key_by)
-        return canonical, fingerprint(canonical), key, partition_of(key, self.partitions)
+        return fingerprint_canonical(canonical), key, partition_of(key, self.partitions)
 
     def encode(self, request: Request, fp: bytes, key: str, part: int) -> dict[str, Any]:
         wire: dict[str, Any] = {"u": request.url, "f": fp, "k": key, "p": part}

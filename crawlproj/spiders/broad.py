@@ -24,6 +24,7 @@ import scrapy
 from scrapy.http import Response, TextResponse
 
 from crawlproj.items import PageItem
+from crawlproj.linkfilter import CANONICAL, recent_links
 from crawlproj.urls import BadURL, canonicalize, host_of, registered_domain
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class BroadSpider(scrapy.Spider):
         self.allow_res = self._compile("BROAD_ALLOW", _split(self.allow_arg) or settings.getlist("BROAD_ALLOW"))
         self.deny_res = self._compile("BROAD_DENY", _split(self.deny_arg) or settings.getlist("BROAD_DENY"))
         self.item_headers = settings.getlist("BROAD_ITEM_HEADERS")
+        self.recent = recent_links(self.crawler)
         self.redis_url = settings.get("BROAD_REDIS_URL")
         self.redis_key = settings.get("BROAD_REDIS_START_URLS_KEY") % {"name": self.name}
         self.max_depth: int | None = settings.getint("DEPTH_LIMIT") or None  # Scrapy: 0 = no limit
@@ -180,24 +182,33 @@ class BroadSpider(scrapy.Spider):
         yield self.make_item(response, len(links))
         if self.max_depth is not None and response.meta.get("depth", 0) >= self.max_depth:
             return
-        seen: set[str] = set()
         page_domain = registered_domain(host_of(response.url)) if links else ""
+        stats = self.crawler.stats
+        recent = self.recent
+        invalid = out_of_scope = denied = repeated = 0
         for href in links:
             try:
                 url = canonicalize(response.urljoin(href))
             except (BadURL, ValueError):
-                self.crawler.stats.inc_value("broad/links/invalid")
+                invalid += 1
                 continue
-            if url in seen:
-                continue
-            seen.add(url)
             if not self.in_scope(url, page_domain):
-                self.crawler.stats.inc_value("broad/links/out_of_scope")
+                out_of_scope += 1
                 continue
             if not self.wanted(url):
-                self.crawler.stats.inc_value("broad/links/denied")
+                denied += 1
                 continue
-            yield scrapy.Request(url, callback=self.parse, errback=self.on_error)
+            # Most links were seen lately: drop them before they cost a Request (exact dedup
+            # stays with the dupefilter or the dispatcher). Scope first: it depends on the page.
+            if not recent.add(url):
+                repeated += 1
+                continue
+            yield scrapy.Request(url, callback=self.parse, errback=self.on_error,
+                                 meta={CANONICAL: url})
+        for name, count in (("invalid", invalid), ("out_of_scope", out_of_scope),
+                            ("denied", denied), ("recent", repeated)):
+            if count:
+                stats.inc_value(f"broad/links/{name}", count)
 
     def make_item(self, response: Response, outlinks: int) -> PageItem:
         title = None

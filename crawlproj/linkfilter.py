@@ -1,0 +1,59 @@
+"""Links seen lately by this process: drop repeats before they cost a Request object.
+
+On a broad crawl most links on a page were seen before (about 17 of 20 on the synthetic web).
+Building a Request for each, walking it through the spider middlewares and the engine only for
+a dedup filter to drop it, is most of a node's CPU. The spider asks this filter first; the
+exact dedup (Scrapy's dupefilter, or the dispatcher's seen-set) still decides for the rest, so
+forgetting old entries costs a little work, never a URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+
+ATTRIBUTE = "_crawlproj_recent_links"
+#: meta key of requests whose canonical URL already went through the filter
+CANONICAL = "_canon"
+
+
+class RecentSet:
+    """Bounded set: two generations, the older dropped when the newer fills up."""
+
+    def __init__(self, capacity: int):
+        if capacity <= 0:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        self.half = max(1, capacity // 2)
+        self.new: set[Hashable] = set()
+        self.old: set[Hashable] = set()
+
+    def add(self, value: Hashable) -> bool:
+        """True if ``value`` was not seen lately (and remember it)."""
+        if value in self.new or value in self.old:
+            return False
+        self.new.add(value)
+        if len(self.new) >= self.half:
+            self.old, self.new = self.new, set()
+        return True
+
+    def clear(self) -> None:
+        self.new = set()
+        self.old = set()
+
+    def __len__(self) -> int:
+        return len(self.new) + len(self.old)
+
+
+def recent_links(crawler: Crawler) -> RecentSet:
+    """The crawler's one filter of recent canonical URLs (``RECENT_LINKS_SIZE`` entries)."""
+    links: RecentSet | None = getattr(crawler, ATTRIBUTE, None)
+    if links is None:
+        size = crawler.settings.getint("RECENT_LINKS_SIZE")
+        if size <= 0:
+            raise ValueError(f"RECENT_LINKS_SIZE: expected a positive integer, got {size}")
+        links = RecentSet(size)
+        setattr(crawler, ATTRIBUTE, links)
+    return links

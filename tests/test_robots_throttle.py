@@ -389,7 +389,8 @@ def make_politeness(path: Path, **overrides: Any) -> Politeness:
 
 def test_scheduler_api_delays_and_handoff(tmp_path):
     pol = make_politeness(tmp_path / "a.sqlite3", ROBOTS_THROTTLE_DELAY=0.5,
-                          ROBOTS_THROTTLE_KEY_DELAYS={"slow.test": 3.0}, ROBOTS_CRAWL_DELAY_MAX=10)
+                          ROBOTS_THROTTLE_KEY_DELAYS={"slow.test": 3.0}, ROBOTS_CRAWL_DELAY_MAX=10,
+                          ROBOTS_STORE_FLUSH_INTERVAL=0.02)
     try:
         assert pol.key_of("http://blog.site1.test:8080/x") == "site1.test"
         assert pol.delay_for("site1.test") == 0.5 and pol.delay_for("slow.test") == 3.0
@@ -408,6 +409,8 @@ def test_scheduler_api_delays_and_handoff(tmp_path):
         for i, key in enumerate(keys):
             pol.record_fetch_start(key, 2000.0 + i)
             asyncio.run(pol.record_robots_fetch(f"http://{key}", key, 404, b""))
+        # written to the file first: the partition filter then runs in SQL on the stored hashes
+        wait_until(lambda: pol.store.rows_written >= 2 * len(keys), 10, "the state to be written")
         wanted = {partition_of(k, 16) for k in keys[:5]}
         state = pol.export_partitions(wanted, 16)
         state = msgpack.unpackb(msgpack.packb(state), raw=False)  # what the wire carries

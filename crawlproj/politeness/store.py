@@ -20,14 +20,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from crawlproj.urls import partition_of
+from crawlproj.urls import partition_of, stable_hash64
 
 from .robots import RobotsRow
 from .timing import LatencySampler
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Rows pending before the writer is woken early.
 FLUSH_BATCH_ROWS = 2000
 BUSY_TIMEOUT_MS = 5000
@@ -38,6 +38,9 @@ READER_MMAP_BYTES = 256 * 1024 * 1024
 _ROBOTS_COLUMNS = ("authority", "key", "fetched_at", "status", "outcome", "body", "checked_at",
                    "failures", "fail_since", "next_retry", "error")
 _KEY_COLUMNS = ("key", "last_start", "last_done", "crawl_delays")
+#: stable_hash64(key) shifted into SQLite's signed 64-bit range, stored (last column of both
+#: tables) so that a handoff selects a partition's rows in SQL, without a Python call per row
+_HASH_OFFSET = 2**63
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS robots (
@@ -45,29 +48,33 @@ CREATE TABLE IF NOT EXISTS robots (
     key TEXT NOT NULL,           -- politeness key; partition_of(key, P) says who owns the row
     fetched_at REAL, status INTEGER, outcome TEXT, body BLOB,  -- the last good copy
     checked_at REAL NOT NULL, failures INTEGER NOT NULL,       -- the last attempt
-    fail_since REAL, next_retry REAL, error TEXT
+    fail_since REAL, next_retry REAL, error TEXT,
+    key_hash INTEGER NOT NULL    -- stable_hash64(key) - 2**63
 );
-CREATE INDEX IF NOT EXISTS robots_by_key ON robots (key);
 CREATE TABLE IF NOT EXISTS politeness (
     key TEXT PRIMARY KEY,        -- politeness key
     last_start REAL NOT NULL,    -- epoch seconds a fetch on the key last started
     last_done REAL NOT NULL,     -- epoch seconds a fetch on the key last ended
-    crawl_delays TEXT NOT NULL   -- JSON {{authority: Crawl-delay}} of the key's robots.txt files
+    crawl_delays TEXT NOT NULL,  -- JSON {{authority: Crawl-delay}} of the key's robots.txt files
+    key_hash INTEGER NOT NULL    -- stable_hash64(key) - 2**63
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');
 """
 
 _UPSERT_ROBOTS = (
-    f"INSERT OR REPLACE INTO robots ({', '.join(_ROBOTS_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_ROBOTS_COLUMNS))})"
+    f"INSERT OR REPLACE INTO robots ({', '.join(_ROBOTS_COLUMNS)}, key_hash) "
+    f"VALUES ({', '.join('?' * (len(_ROBOTS_COLUMNS) + 1))})"
 )
 _UPSERT_KEY = (
-    f"INSERT OR REPLACE INTO politeness ({', '.join(_KEY_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_KEY_COLUMNS))})"
+    f"INSERT OR REPLACE INTO politeness ({', '.join(_KEY_COLUMNS)}, key_hash) "
+    f"VALUES ({', '.join('?' * (len(_KEY_COLUMNS) + 1))})"
 )
 _SELECT_ROBOTS = f"SELECT {', '.join(_ROBOTS_COLUMNS)} FROM robots"
 _SELECT_KEY = f"SELECT {', '.join(_KEY_COLUMNS)} FROM politeness"
+# partition_of(key, P) = (key_hash + 2**63) % P, in SQLite's signed arithmetic: its % keeps the
+# dividend's sign, so add P before the final % (parameters: P, P, 2**63 % P, P, JSON partitions)
+_IN_PARTITIONS = "WHERE ((key_hash % ?) + ? + ?) % ? IN (SELECT value FROM json_each(?))"
 ROBOTS, KEYS = "robots", "politeness"  # the two tables, as keys of the pending maps
 
 Pending = dict[str, dict[str, tuple[Any, ...]]]  # table -> primary key -> row values
@@ -101,23 +108,28 @@ class KeyRow:
                    {str(a): float(d) for a, d in (data.get("crawl_delays") or {}).items()})
 
 
+def _key_hash(key: str) -> int:
+    return stable_hash64(key) - _HASH_OFFSET
+
+
 def _robots_tuple(row: RobotsRow) -> tuple[Any, ...]:
-    return tuple(getattr(row, name) for name in _ROBOTS_COLUMNS)
+    return (*(getattr(row, name) for name in _ROBOTS_COLUMNS), _key_hash(row.key))
 
 
 def _key_tuple(row: KeyRow) -> tuple[Any, ...]:
-    return (row.key, row.last_start, row.last_done, json.dumps(row.crawl_delays, sort_keys=True))
+    return (row.key, row.last_start, row.last_done, json.dumps(row.crawl_delays, sort_keys=True),
+            _key_hash(row.key))
 
 
 def _robots_from(values: tuple[Any, ...]) -> RobotsRow:
-    row = RobotsRow(**dict(zip(_ROBOTS_COLUMNS, values)))
+    row = RobotsRow(**dict(zip(_ROBOTS_COLUMNS, values)))  # zip drops a trailing key_hash
     if row.body is not None:
         row.body = bytes(row.body)
     return row
 
 
 def _key_from(values: tuple[Any, ...]) -> KeyRow:
-    key, last_start, last_done, delays = values
+    key, last_start, last_done, delays = values[:4]
     return KeyRow(key, last_start, last_done, json.loads(delays))
 
 
@@ -149,7 +161,6 @@ class StateStore:
             raise StoreError(f"cannot open the politeness state file {path!r}: {exc}") from exc
         if int(version) != SCHEMA_VERSION:
             raise StoreError(f"{path!r} has schema version {version}, expected {SCHEMA_VERSION}")
-        self._reader.create_function("partition_of", 2, partition_of, deterministic=True)
         self.lookup_ms = LatencySampler("robots/store/lookup_ms")
         self.write_ms = LatencySampler("robots/store/write_ms")
         self.rows_written = 0
@@ -187,21 +198,15 @@ class StateStore:
     def scan_partitions(self, partitions: set[int], total: int) -> tuple[list[RobotsRow], list[KeyRow]]:
         """Every row whose key falls in ``partitions`` (of ``total``), pending writes included.
 
-        A full scan: partition handoff is rare and the partition of a key depends on ``total``.
+        A scan in SQL over the stored key hashes (the partition of a key depends on ``total``,
+        so no index can serve it; a handoff is rare).
         """
         def wanted(key: str) -> bool:
             return partition_of(key, total) in partitions
 
-        robots: dict[str, tuple[Any, ...]] = {}
-        keys: dict[str, tuple[Any, ...]] = {}
-        for values in self._reader.execute(f"{_SELECT_ROBOTS} WHERE partition_of(key, ?) IN "
-                                           f"(SELECT value FROM json_each(?))",
-                                           (total, json.dumps(sorted(partitions)))):
-            robots[values[0]] = values
-        for values in self._reader.execute(f"{_SELECT_KEY} WHERE partition_of(key, ?) IN "
-                                           f"(SELECT value FROM json_each(?))",
-                                           (total, json.dumps(sorted(partitions)))):
-            keys[values[0]] = values
+        params = (total, total, _HASH_OFFSET % total, total, json.dumps(sorted(partitions)))
+        robots = {v[0]: v for v in self._reader.execute(f"{_SELECT_ROBOTS} {_IN_PARTITIONS}", params)}
+        keys = {v[0]: v for v in self._reader.execute(f"{_SELECT_KEY} {_IN_PARTITIONS}", params)}
         with self._lock:  # unwritten rows are newer than the file's; pending newer than in flight
             for table, target, key_column in ((ROBOTS, robots, 1), (KEYS, keys, 0)):
                 for source in (self._inflight[table], self._pending[table]):

@@ -67,6 +67,7 @@ from crawlproj.urls import BadURL, fingerprint_hex
 if TYPE_CHECKING:
     from pymongo.collection import Collection
     from pymongo.database import Database
+    from scrapy.core.engine import ExecutionEngine
     from scrapy.crawler import Crawler
     from twisted.internet.interfaces import IDelayedCall
 
@@ -476,6 +477,7 @@ class MongoPipeline:
         self._backlog: list[SpillFile] = []  # spill files to replay, oldest first
         self._writer = SpillWriter(config.spill_dir)
         self._pool: ThreadPool | None = None
+        self._pool_trigger: Any = None
         self._client: MongoClient[dict[str, Any]] | None = None
         self._db: Database[dict[str, Any]] | None = None
         self._collections: dict[str, Collection[dict[str, Any]]] = {}
@@ -514,6 +516,8 @@ class MongoPipeline:
             raise RuntimeError(f"MONGO_SPILL_DIR: cannot create {str(config.spill_dir)!r}: {exc}") from exc
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="crawlproj-mongo")
         self._pool.start()
+        # the thread is not a daemon: stop it with the reactor even if close_spider never runs
+        self._pool_trigger = reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
         logger.info("MongoDB pipeline: %s database %r collection %r%s, batches of %d or every %.2fs, "
                     "write concern %s, spill directory %s", _redact(config.uri), config.database,
                     config.collection,
@@ -559,16 +563,18 @@ class MongoPipeline:
             return
         self._closing = True
         self._drained = Deferred()
-        self._pump()
-        await maybe_deferred_to_future(self._drained)
-        if self._wakeup is not None and self._wakeup.active():
-            self._wakeup.cancel()
-        if self._stats_loop is not None and self._stats_loop.running:
-            self._stats_loop.stop()
-        self._set_engine_paused(False)
-        self._publish_stats()
-        left = self._spill_bytes()
-        await self._shutdown_worker()
+        try:
+            self._pump()
+            await maybe_deferred_to_future(self._drained)
+        finally:
+            if self._wakeup is not None and self._wakeup.active():
+                self._wakeup.cancel()
+            if self._stats_loop is not None and self._stats_loop.running:
+                self._stats_loop.stop()
+            self._set_engine_paused(False)
+            self._publish_stats()
+            left = self._spill_bytes()
+            await self._shutdown_worker()
         if left:
             logger.warning("%d bytes of items stay in spill files in %s: the next node that opens with "
                            "this MONGO_SPILL_DIR replays them", left, self.config.spill_dir,
@@ -755,8 +761,14 @@ class MongoPipeline:
             logger.info("Unpausing the engine: %d items wait for MongoDB", waiting, extra=self._log_extra())
             self._set_engine_paused(False)
 
+    def _engine(self) -> ExecutionEngine | None:
+        try:
+            return self.crawler.engine
+        except RuntimeError:  # not crawling (the pipeline driven on its own, e.g. a benchmark)
+            return None
+
     def _set_engine_paused(self, paused: bool) -> None:
-        engine = self.crawler.engine
+        engine = self._engine()
         if paused == self._engine_paused or engine is None:
             return
         self._engine_paused = paused
@@ -917,7 +929,7 @@ class MongoPipeline:
         self.stats.inc_value(f"mongo/errors/{type(exc).__name__}")
         logger.error("%s; no more writes to MongoDB, items go to the spill file; closing the spider", exc,
                      extra=self._log_extra())
-        engine = self.crawler.engine
+        engine = self._engine()
         if engine is not None and engine.spider is not None:
             deferred_from_coro(engine.close_spider_async(reason="mongo_index_check_failed"))
 
@@ -1150,6 +1162,7 @@ class MongoPipeline:
         try:
             await maybe_deferred_to_future(deferToThreadPool(reactor, self._pool, self._close_client))
         finally:
+            reactor.removeSystemEventTrigger(self._pool_trigger)
             self._pool.stop()
             self._pool = None
             self._writer.close()

@@ -314,9 +314,6 @@ def test_kill_9_mid_crawl_then_restart_resumes(dispatcher, nodes, web, seeds, tr
 def test_bad_frames_are_counted_dropped_and_the_service_keeps_serving(
         dispatcher, nodes, zmq_context, web, seeds, truth):
     d = dispatcher("--partitions", str(P_SMALL), "--seeds", ",".join(seeds), *FAST_HEARTBEATS)
-    rogue = zmq_context.socket(zmq.DEALER)
-    rogue.setsockopt(zmq.ROUTING_ID, b"rogue")
-    rogue.connect(d.endpoint)
     good_url = canonicalize("http://site0001.test/new")
     good = {"u": good_url, "f": fingerprint(good_url), "k": "site0001.test",
             "p": partition_of("site0001.test", P_SMALL)}
@@ -330,12 +327,16 @@ def test_bad_frames_are_counted_dropped_and_the_service_keeps_serving(
         encode("push", node="rogue", requests=[
             {**good, "f": b"short"}, {**good, "p": (good["p"] + 1) % P_SMALL},
             {"u": good_url}, "not a map", {**good, "pr": "high"}, good]),
+        encode("ack", node="rogue", leases=[2 ** 64 - 1, "x", -1]),  # unknown ids: no-ops
     ]
+    rogue = zmq_context.socket(zmq.DEALER)
     try:
+        rogue.setsockopt(zmq.ROUTING_ID, b"rogue")
+        rogue.connect(d.endpoint)
         for frame in frames:
             rogue.send(frame)
         replies = []
-        while len(replies) < len(frames) + 1:  # the push also answers "unknown node: register"
+        while len(replies) < len(frames) + 1:  # the push answers twice (+ "unknown node")
             assert rogue.poll(5000), f"only {len(replies)} replies"
             replies.append(decode_from_dispatcher(rogue.recv()))
     finally:
@@ -346,6 +347,7 @@ def test_bad_frames_are_counted_dropped_and_the_service_keeps_serving(
                                    "unknown_type": 1, "missing_field": 1, "request": 1}
     assert state["counters"]["bad_requests"] == 5
     assert state["counters"]["new"] == 1  # the one valid request of the push is kept
+    assert state["counters"]["acks_unknown"] == 3
     # ... and a normal crawl still completes.
     crew = [nodes(d.endpoint, "honest", capacity=10)]
     register(crew)

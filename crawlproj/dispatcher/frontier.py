@@ -59,6 +59,7 @@ DEFAULT_COMMIT_INTERVAL = 0.1  # seconds an open transaction may stay uncommitte
 WAL_AUTOCHECKPOINT_PAGES = 10_000  # ~40 MB of WAL between automatic checkpoints
 COMMIT_ROWS = 50_000  # rows written before a commit is due anyway
 SQLITE_BUSY_TIMEOUT = 30.0
+SLOW_COMMIT_SECONDS = 1.0  # a commit this slow is logged as a warning
 
 # (npr, id, blob): npr is the negated priority, so ascending (npr, id) is "priority, then FIFO".
 Row = tuple[int, int, bytes]
@@ -393,8 +394,10 @@ class Frontier:
         self.conn.execute("UPDATE meta SET value=? WHERE key='seen'", (self.seen_count,))
         self.conn.execute("COMMIT")
         self._in_txn = False
-        self._txn_rows = 0
+        rows, self._txn_rows = self._txn_rows, 0
         took = time.monotonic() - started
+        if took >= SLOW_COMMIT_SECONDS:
+            logger.warning("Slow commit of the frontier store: %.3f s for %d rows", took, rows)
         self.commits += 1
         self.timings["commit_seconds"] += took
         self.timings["commit_max_seconds"] = max(self.timings["commit_max_seconds"], took)

@@ -18,6 +18,7 @@ import math
 import os
 import resource
 import signal
+import sqlite3
 import sys
 import time
 from collections import Counter, OrderedDict, deque
@@ -63,6 +64,7 @@ RECV_BUDGET_SECONDS = 0.05  # ... or this much time, whichever comes first
 POLL_MAX_SECONDS = 0.1  # longest poll: bounds the reaction time to SIGTERM and timers
 DEAD_CHECK_MAX_SECONDS = 0.5  # longest time between two looks for nodes past their time-out
 MAX_CREDIT = 1_000_000  # outstanding credit a node may hold
+MAX_ROW_ID = 2 ** 63 - 1  # SQLite's largest integer
 FINGERPRINT_BYTES = 20  # SHA-1, crawlproj.urls.fingerprint
 MAX_PRIORITY = 2 ** 62  # |pr| beyond this does not fit SQLite's integer once negated
 SNDHWM = 100_000  # frames queued per peer before a send fails (then leases are given back)
@@ -70,6 +72,7 @@ BAD_FRAME_LOG_INTERVAL = 5.0  # seconds between two log lines about bad frames o
 STATS_MAX_KEYS = 256  # numbers kept from one node's latest "stats"
 DEAD_NODES_KEPT = 256  # departed nodes still listed in "state"
 PARTITION_CACHE_MAX = 100_000  # politeness keys whose partition is remembered
+SUMMARY_INTERVAL = 30.0  # seconds between two summary lines in the log
 UNKNOWN_NODE = "unknown node: register"
 
 _BATCH_HEAD = (b"\x83" + msgpack.packb("v") + msgpack.packb(PROTOCOL_VERSION) + msgpack.packb("t")
@@ -202,6 +205,8 @@ class Dispatcher:
         self._holding = hold > 0
         self._next_dead_check = 0.0
         self._next_seed_poll = 0.0
+        self._summary_at = self.started_mono
+        self._summary_counters: Counter[str] = Counter()
         self.redis_seeds: RedisSeeds | None = None
         self._handlers: dict[str, Callable[[bytes, list[bytes], dict[str, Any]], None]] = {
             "register": self._on_register, "heartbeat": self._on_heartbeat,
@@ -327,7 +332,15 @@ class Dispatcher:
             return
         mtype = msg["t"]
         self.messages[mtype] += 1
-        self._handlers[mtype](identity, envelope, msg)
+        try:
+            self._handlers[mtype](identity, envelope, msg)
+        except (DispatcherError, sqlite3.Error, zmq.ZMQError):
+            raise  # the store or the socket failed: stop rather than serve on a broken store
+        except Exception as exc:
+            # A message the checks above let through but a handler could not digest: refuse it
+            # and keep serving everyone else (a crash would only repeat when the node resends).
+            logger.exception("Could not handle a %s message from %r", mtype, identity[:64])
+            self._bad("internal", identity, envelope, f"{mtype}: {type(exc).__name__}: {exc}")
 
     def _send(self, envelope: list[bytes], frame: bytes) -> bool:
         try:
@@ -550,10 +563,27 @@ class Dispatcher:
                                                 DEAD_CHECK_MAX_SECONDS)
             self._check_dead(now)
         self._expire(now)
+        if now - self._summary_at >= SUMMARY_INTERVAL:
+            self._log_summary(now)
         if self.redis_seeds is not None and now >= self._next_seed_poll and (
                 self.config.keep_alive or not self.finished):
             self._next_seed_poll = now + self.config.seeds_poll_interval
             self._poll_redis()
+
+    def _log_summary(self, now: float) -> None:
+        span = now - self._summary_at
+        delta = self.counters - self._summary_counters
+        self._summary_at, self._summary_counters = now, Counter(self.counters)
+
+        def rate(name: str) -> float:
+            return delta[name] / span
+
+        logger.info("Frontier %d, seen %d, leases %d, nodes alive %d; last %.0f s: pushed %.0f/s "
+                    "(new %.0f/s), leased %.0f/s, acked %.0f/s, expired %d; commit max %.3f s",
+                    self.frontier.size, self.frontier.seen_count, len(self.leases),
+                    sum(1 for n in self.nodes.values() if n.alive), span, rate("pushed"),
+                    rate("new"), rate("leased"), rate("acked"), delta["expired"],
+                    self.frontier.timings["commit_max_seconds"])
 
     def _poll_redis(self) -> None:
         assert self.redis_seeds is not None
@@ -719,7 +749,7 @@ class Dispatcher:
         self.frontier.ack_leased(known)
         late = 0
         for rid in unknown:
-            if type(rid) is int and self.frontier.ack_unknown(rid):
+            if type(rid) is int and 0 <= rid <= MAX_ROW_ID and self.frontier.ack_unknown(rid):
                 late += 1
         self.counters["acked"] += len(known) + late
         self.counters["acks_unknown"] += len(unknown) - late
@@ -984,12 +1014,15 @@ def main(argv: list[str] | None = None) -> int:
         dispatcher.load_initial_seeds()
         print(f"{LISTENING_PREFIX}{endpoint}", flush=True)
         dispatcher.run()
-    except DispatcherError as exc:
+    except (DispatcherError, sqlite3.Error) as exc:
         logger.error("%s", exc)
         print(f"crawlproj dispatcher: {exc}", file=sys.stderr)
         return 2
     finally:
-        dispatcher.close()
+        try:
+            dispatcher.close()
+        except sqlite3.Error as exc:
+            logger.error("Closing the store failed: %s (a restart resumes from the last commit)", exc)
     logger.info("Dispatcher stopped")
     return 0
 

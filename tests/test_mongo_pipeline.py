@@ -27,7 +27,7 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.test import get_crawler
 
 from conftest import ROOT, free_port, wait_until
-from crawlproj.pipelines.mongo import MongoConfig, MongoPipeline, Reservoir
+from crawlproj.pipelines.mongo import MongoConfig, MongoPipeline
 from crawlproj.pipelines.spill import SpillRecord, SpillWriter, claim_spill_files
 from crawlproj.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
 from crawlproj.synthweb.model import WebSpec
@@ -264,6 +264,31 @@ def test_outage_mid_crawl_spills_then_replays_every_item_once(synthweb, nx_serve
     assert stats["mongo/spill/files_replayed"] >= 1 and stats["mongo/spill/backlog_bytes"] == 0
     assert _spill_files(spill_dir) == [] and not list(spill_dir.glob("*.done"))
     assert "MongoDB write failed" in text and "MongoDB answers again" in text
+
+
+def test_mongodb_down_at_start_the_crawl_spills_and_checks_indexes_when_it_answers(synthweb, nx_server, db_name,
+                                                                                   tmp_path):
+    web = synthweb(dataclasses.replace(SMALL_WEB, base_latency_ms=60))
+    spill_dir = tmp_path / "spill"
+    nx_server.stop()
+    settings = _settings(tmp_path, nx_server.uri, db_name, **OUTAGE, **SLOW,
+                         MONGO_INDEXES=["final_url"], MONGO_QUERY_PATHS=["final_url"])
+    proc, log = _popen_crawl(tmp_path, settings, {"seeds": _seeds(web)}, "crawl")
+    try:
+        wait_until(lambda: _spilled_records(spill_dir) >= 30, 60, "30 upserts spilled")
+        assert "is unreachable at start" in log.read_text()
+        nx_server.start()
+        text = _finish(proc, log)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    items, stats = _items(tmp_path), _stats(tmp_path)
+    coll = _client(nx_server.uri)[db_name]["pages"]
+    _assert_one_doc_per_url(coll, items, fetch_count=1)
+    assert any(list(ix["key"]) == ["final_url"] for ix in coll.list_indexes())
+    # the check ran before the first write, after MongoDB answered
+    assert text.index("MongoDB answers again") < text.index(f"MongoDB indexes on {db_name}.pages")
+    assert stats["mongo/replayed_items"] == stats["mongo/spilled_items"] >= 30
 
 
 ACK_RECORDER = '''
@@ -522,7 +547,7 @@ def test_settings_given_as_json_on_the_command_line():
     assert config.write_concern == {"w": 1, "j": True}
 
 
-# -- spill files and percentiles (no server) ------------------------------------------------------
+# -- spill files (no server) ------------------------------------------------------
 
 
 def _record(doc_id: str, n: int = 1) -> SpillRecord:
@@ -558,16 +583,3 @@ def test_spill_file_ownership_chunks_progress_and_torn_tail(tmp_path):
     assert [r.doc_id for r in rest.records] == ["a", "c"] and rest.eof and rest.torn_bytes == len('{"op": "torn')
     again.remove()
     assert list(tmp_path.iterdir()) == []
-
-
-def test_reservoir_percentiles_are_bounded():
-    reservoir = Reservoir(size=100)
-    for value in range(1, 10001):
-        reservoir.add(float(value))
-    assert len(reservoir.values) == 100 and reservoir.count == 10000
-    p50, p99 = reservoir.percentile(50), reservoir.percentile(99)
-    assert p50 is not None and p99 is not None and 3000 < p50 < 7000 < p99
-    exact = Reservoir(size=1000)
-    for value in range(1, 101):
-        exact.add(float(value))
-    assert (exact.percentile(50), exact.percentile(99)) == (50.0, 99.0)

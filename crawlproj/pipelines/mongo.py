@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import random
 import re
 import time
 from collections import deque
@@ -62,6 +60,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from crawlproj.pipelines.spill import SpillFile, SpillRecord, SpillWriter, claim_spill_files
+from crawlproj.politeness.timing import LatencySampler
 from crawlproj.urls import BadURL, fingerprint_hex
 
 if TYPE_CHECKING:
@@ -87,8 +86,8 @@ TRANSIENT_CODES = frozenset({6, 7, 89, 91, 134, 189, 262, 9001, 10107, 11600, 11
 DEFAULT_MAX_BSON_SIZE = 16 * 1024 * 1024
 #: Bytes the stored document may add to an upsert's encoded size (``_id``, ``_op``).
 DOC_OVERHEAD = 128
-#: Samples kept for the latency percentiles (reservoir sampling: a uniform sample of the run).
-RESERVOIR_SIZE = 2048
+#: The retry back-off stops doubling here (it is capped by MONGO_RETRY_BACKOFF_MAX long before).
+MAX_DOUBLINGS = 32
 #: Characters of an error message (which may quote the offending value) put in a log line.
 MESSAGE_LIMIT = 300
 
@@ -434,33 +433,6 @@ class _ReplayOutcome:
     invalid_items: int
 
 
-class Reservoir:
-    """A uniform sample of at most ``size`` values (Vitter's algorithm R) and its percentiles."""
-
-    def __init__(self, size: int = RESERVOIR_SIZE, rng: random.Random | None = None):
-        self.size = size
-        self.count = 0
-        self.values: list[float] = []
-        self.rng = rng or random.Random()
-
-    def add(self, value: float) -> None:
-        self.count += 1
-        if len(self.values) < self.size:
-            self.values.append(value)
-        else:
-            slot = self.rng.randrange(self.count)
-            if slot < self.size:
-                self.values[slot] = value
-
-    def percentile(self, q: float) -> float | None:
-        """Nearest-rank percentile, ``q`` in [0, 100]; None without samples."""
-        if not self.values:
-            return None
-        ordered = sorted(self.values)
-        rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
-        return ordered[rank - 1]
-
-
 # -- the pipeline ---------------------------------------------------------------------------------
 
 
@@ -497,8 +469,8 @@ class MongoPipeline:
         self._stats_loop: LoopingCall | None = None
         self._engine_paused = False
         self._warned_fields: set[str] = set()
-        self._write_latency = Reservoir()
-        self._item_wait = Reservoir()
+        self._write_latency = LatencySampler("mongo/write_latency_ms")  # one bulk_write
+        self._item_wait = LatencySampler("mongo/item_wait_ms")  # process_item until durable
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> MongoPipeline:
@@ -859,17 +831,23 @@ class MongoPipeline:
                     self._buffer.extendleft(reversed([e for i, e in enumerate(batch.entries)
                                                       if i not in rejected]))
             return
+        written, unspillable = result
         spilled = 0
-        for batch in batches:
-            invalid = {i.index for i in batch.invalid}
-            for index, entry in enumerate(batch.entries):
-                if index not in invalid:
-                    spilled += 1
-                    self._resolve(entry, "spilled")
+        for position, batch in enumerate(batches):
+            assert batch.ops is not None
+            for op in batch.ops:
+                reason = unspillable.get((position, op.op_id))
+                for index in op.members:
+                    if reason is None:
+                        spilled += 1
+                        self._resolve(batch.entries[index], "spilled")
+                    else:
+                        self._count_invalid("SpillEncodeError", reason, batch.entries[index].url)
+                        self._resolve(batch.entries[index], "invalid")
         self.stats.inc_value("mongo/spilled_items", spilled)
-        self.stats.inc_value("mongo/spill_bytes", result)
+        self.stats.inc_value("mongo/spill_bytes", written)
         self._outage_spilled += spilled
-        logger.debug("Spilled %d items (%d bytes) to %s", spilled, result, self._writer.path,
+        logger.debug("Spilled %d items (%d bytes) to %s", spilled, written, self._writer.path,
                      extra=self._log_extra())
 
     def _report_invalid(self, batch: _Batch) -> None:
@@ -898,20 +876,24 @@ class MongoPipeline:
         self.stats.inc_value(f"mongo/errors/{kind}")
         self.stats.inc_value("mongo/retries")
         self._failures += 1
-        delay = min(self.config.retry_backoff_min * 2 ** (self._failures - 1), self.config.retry_backoff_max)
+        doublings = min(self._failures - 1, MAX_DOUBLINGS)
+        delay = min(self.config.retry_backoff_min * 2**doublings, self.config.retry_backoff_max)
         self._retry_at = now + delay
         message = str(exc)[:MESSAGE_LIMIT]
+        # An unreachable server is weather; anything else (auth, a server bug) needs a person.
+        level = logging.WARNING if isinstance(exc, (ConnectionFailure, TransientWriteError)) else logging.ERROR
         if self._healthy:
             self._healthy = False
             self._outage_started = now
             self._outage_spilled = 0
             if log:
-                logger.warning("MongoDB write failed (%s: %s); retrying with back-off, items wait up to "
-                               "%.1fs in memory, then go to the spill file in %s", kind, message,
-                               self.config.spill_after, self.config.spill_dir, extra=self._log_extra())
+                logger.log(level, "MongoDB write failed (%s: %s); retrying with back-off, items wait up to "
+                           "%.1fs in memory, then go to the spill file in %s", kind, message,
+                           self.config.spill_after, self.config.spill_dir, extra=self._log_extra())
         else:
-            logger.info("MongoDB still failing (attempt %d, %s: %s); next try in %.1fs", self._failures,
-                        kind, message, delay, extra=self._log_extra())
+            logger.log(logging.INFO if level == logging.WARNING else level,
+                       "MongoDB still failing (attempt %d, %s: %s); next try in %.1fs", self._failures,
+                       kind, message, delay, extra=self._log_extra())
 
     def _write_succeeded(self, outcome: _WriteOutcome) -> None:
         self._healthy = True
@@ -934,11 +916,8 @@ class MongoPipeline:
             deferred_from_coro(engine.close_spider_async(reason="mongo_index_check_failed"))
 
     def _publish_stats(self) -> None:
-        for name, reservoir in (("write_latency_ms", self._write_latency), ("item_wait_ms", self._item_wait)):
-            for q in (50, 99):
-                value = reservoir.percentile(q)
-                if value is not None:
-                    self.stats.set_value(f"mongo/{name}/p{q}", round(value, 1))
+        self._write_latency.publish(self.stats)
+        self._item_wait.publish(self.stats)
         self.stats.set_value("mongo/spill/backlog_bytes", self._spill_bytes())
         self.stats.set_value("mongo/buffer/items", self._waiting())
 
@@ -1139,15 +1118,22 @@ class MongoPipeline:
         return _ReplayOutcome(outcome, len(ops), items, chunk.eof, chunk.torn_bytes, chunk.bad_lines,
                               invalid_items)
 
-    def _spill_batches(self, batches: list[_Batch]) -> int:
+    def _spill_batches(self, batches: list[_Batch]) -> tuple[int, dict[tuple[int, str], str]]:
+        """Append the batches' upserts to the spill file and fsync; return the bytes written and
+        the upserts Extended JSON could not encode (none that BSON can encode, but never a poison
+        pill that blocks the spill)."""
         records = []
-        for batch in batches:
+        unspillable: dict[tuple[int, str], str] = {}
+        for position, batch in enumerate(batches):
             if batch.ops is None:
                 self._prepare(batch)
             assert batch.ops is not None
-            records.extend(SpillRecord(op.op_id, op.collection, op.doc_id, op.update, op.items).encode()
-                           for op in batch.ops)
-        return self._writer.append(records)
+            for op in batch.ops:
+                try:
+                    records.append(SpillRecord(op.op_id, op.collection, op.doc_id, op.update, op.items).encode())
+                except (TypeError, ValueError, OverflowError) as exc:
+                    unspillable[(position, op.op_id)] = str(exc)
+        return self._writer.append(records), unspillable
 
     def _close_client(self) -> None:
         if self._client is not None:
@@ -1162,8 +1148,12 @@ class MongoPipeline:
         try:
             await maybe_deferred_to_future(deferToThreadPool(reactor, self._pool, self._close_client))
         finally:
-            reactor.removeSystemEventTrigger(self._pool_trigger)
-            self._pool.stop()
+            try:
+                reactor.removeSystemEventTrigger(self._pool_trigger)
+            except ValueError:  # the reactor is shutting down and has run it already
+                pass
+            if self._pool.started:
+                self._pool.stop()
             self._pool = None
             self._writer.close()
             for spill in self._backlog:

@@ -384,8 +384,9 @@ def test_redis_seeds_in_keep_alive_mode(dispatcher, nodes, redis_url):
     drive([node], lambda: len(node.acked) == 3, 10, links_of=no_links, heartbeat_interval=HEARTBEAT)
     assert sorted(node.acked) == ["http://a.seed.test/", "http://b.seed.test/x",
                                   "http://c.seed.test/"]
-    state = d.status()
-    assert not node.finished and not state["finished"] and state["frontier"] == 0
+    # The last ack may still be on its way: wait for the dispatcher to have applied it.
+    state = wait_until(lambda: (s := d.status())["frontier"] == 0 and s, 5, "the last ack")
+    assert not node.finished and not state["finished"]
     assert state["counters"]["seeds_invalid"] == 1 and client.llen(key) == 0
     client.close()
 

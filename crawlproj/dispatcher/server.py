@@ -6,7 +6,7 @@ it prints exactly one line, ``DISPATCHER LISTENING tcp://HOST:PORT``, on stdout.
 One thread drives everything from a :class:`zmq.Poller`: each round receives what is waiting
 (up to a budget), applies it in arrival order, serves nodes that have credit, runs the timers
 (dead nodes, expired leases, Redis seeds, crawl-finished) and commits the store when a commit is
-due (every ``COMMIT_INTERVAL`` or ``COMMIT_ROWS``). Wire messages are those of
+due (``--commit-interval``, or ``frontier.COMMIT_ROWS`` rows). Wire messages are those of
 :mod:`crawlproj.protocol`; the behaviour behind each is documented there and in README.md.
 """
 

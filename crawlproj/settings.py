@@ -84,7 +84,7 @@ ROBOTS_CACHE_TTL = 86400.0  # seconds a robots.txt copy is used (RFC 9309: at mo
 ROBOTS_CACHE_MEMORY = 10000  # parsed robots.txt files kept in memory (LRU)
 ROBOTS_RETRY_DELAY = 5.0  # seconds before the first retry of a 5xx / unreachable robots.txt (doubles)
 ROBOTS_RETRY_MAX_DELAY = 3600.0  # cap of the doubling retry back-off, seconds
-ROBOTS_HOLD_TIME = 10.0  # seconds a request waits for a failing robots.txt before it is dropped
+ROBOTS_HOLD_TIME = 10.0  # requests wait for a failing robots.txt until it has failed this long, then drop
 ROBOTS_FALLBACK_AFTER = 30 * 86400.0  # unreachable this long: use the last good copy (RFC 9309)
 ROBOTS_STATE_FILE = ""  # SQLite state file; "" = <CRAWLPROJ_STATE_DIR>/<node name>/politeness.sqlite3
 ROBOTS_STORE_FLUSH_INTERVAL = 0.5  # seconds between batched writes of the state file

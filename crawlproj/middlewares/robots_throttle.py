@@ -149,8 +149,12 @@ class RobotsThrottleMiddleware:
                 await self._await_fetch(authority, key, now, None)
                 continue
             if deadline is None:
-                deadline = now + self.hold_time
-                self.stats.inc_value("robots/held")
+                # The hold counts from the authority's first failure, not from this request: once
+                # robots.txt has failed for ROBOTS_HOLD_TIME, its requests end at once (disallow
+                # all) instead of each waiting out a hold of its own, one after another on the key.
+                deadline = (verdict.fail_since or now) + self.hold_time
+                if now < deadline:
+                    self.stats.inc_value("robots/held")
             if now >= deadline:
                 self._forbid(request, "unreachable", "robots.txt unreachable: disallow all")
             await self._await_fetch(authority, key, verdict.retry_at, deadline)

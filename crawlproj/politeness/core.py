@@ -232,6 +232,7 @@ class RobotsVerdict:
     kind: str  # FRESH, FALLBACK, FAILING, MISSING, EXPIRED, RETRY_DUE
     parsed: ParsedRobots | None = None  # set when kind is FRESH or FALLBACK
     retry_at: float = 0.0  # epoch seconds, when kind is FAILING
+    fail_since: float = 0.0  # epoch seconds of the first failure in a row, when kind is FAILING
 
 
 class Politeness:
@@ -359,7 +360,8 @@ class Politeness:
         if count and self.stats is not None:
             self.stats.inc_value(f"robots/cache/{kind}")
         if kind not in USABLE:
-            return RobotsVerdict(kind, retry_at=retry_at)
+            since = (cached.row.fail_since or 0.0) if cached is not None and kind == FAILING else 0.0
+            return RobotsVerdict(kind, retry_at=retry_at, fail_since=since)
         assert cached is not None
         if cached.parsed is None:
             cached.parsed = await self._parse(cached.row)

@@ -21,7 +21,7 @@ from typing import Any
 
 from crawlproj.dispatcher.process import DispatcherProcess
 from crawlproj.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
-from crawlproj.synthweb.model import RFC9309_OUTCOME, SCRAPY_DEFAULT_OUTCOME, WebSpec
+from crawlproj.synthweb.model import RFC9309_OUTCOME, WebSpec
 from crawlproj.synthweb.process import SynthWebProcess
 
 SCHEDULER = "crawlproj.scheduling.scheduler.DispatcherScheduler"
@@ -207,13 +207,14 @@ def demo(args: argparse.Namespace) -> int:
             result = summary(cluster, wall)
         accesses = web.accesses()
         server_cpu = web.stats()["cpu_seconds"]
-        outcome = RFC9309_OUTCOME if args.rfc9309 else SCRAPY_DEFAULT_OUTCOME
-        truth = web.web.ground_truth(outcome=outcome)
+        # the nodes obey robots.txt per RFC 9309 (RobotsThrottleMiddleware, on by default)
+        truth = web.web.ground_truth(outcome=RFC9309_OUTCOME)
     pages = [(a.host, a.path) for a in accesses if not a.is_robots]
     fetched = set(pages)
     twice = sum(1 for n in Counter(pages).values() if n > 1)
     print(f"HTTP statuses       {dict(sorted(Counter(a.status for a in accesses if not a.is_robots).items()))}")
-    print(f"ground truth        {len(truth & fetched)}/{len(truth)} reachable allowed pages crawled, "
+    print(f"ground truth        {len(truth & fetched)}/{len(truth)} pages reachable and allowed by "
+          f"robots.txt (RFC 9309) crawled, "
           f"{len(fetched - truth)} outside it, {twice} fetched more than once (5xx retries)")
     print(f"server CPU          {server_cpu:.1f} s ({100 * server_cpu / max(result['wall'], 1e-9):.1f}% of one core)")
     print(f"logs                {workdir}/*.log, access log {workdir / 'access.log'}")
@@ -251,8 +252,6 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=DEMO_SPEC.seed)
     p.add_argument("--partitions", type=int, default=1024)
     p.add_argument("--workdir", default=None)
-    p.add_argument("--rfc9309", action="store_true",
-                   help="compare with the RFC 9309 ground truth (5xx robots.txt: disallow all)")
     p.set_defaults(func=demo)
     p = sub.add_parser("cluster", help=cluster_command.__doc__)
     p.add_argument("--nodes", type=int, default=2)

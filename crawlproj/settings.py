@@ -89,7 +89,6 @@ ROBOTS_FALLBACK_AFTER = 30 * 86400.0  # unreachable this long: use the last good
 ROBOTS_STATE_FILE = ""  # SQLite state file; "" = <CRAWLPROJ_STATE_DIR>/<node name>/politeness.sqlite3
 ROBOTS_STORE_FLUSH_INTERVAL = 0.5  # seconds between batched writes of the state file
 CRAWLPROJ_STATE_DIR = "state"  # where nodes keep their local state files
-CRAWLPROJ_NODE_NAME = ""  # "" = DISPATCHER_NODE_NAME, else <hostname>-<scrapyd job or pid>
 
 # -- MongoDB item pipeline (crawlproj.pipelines.mongo; off while MONGO_URI is empty) -------------
 ITEM_PIPELINES = {

@@ -54,8 +54,13 @@ class Progress:
         self.last_pages, self.last_time = pages, now
         print(f"[progress] {now - self.started:6.1f}s  pages {pages:7d}  {rate:7.1f} pages/s  "
               f"items {self.stats.get_value('item_scraped_count', 0):7d}  "
-              f"robots-forbidden {self.stats.get_value('robotstxt/forbidden', 0):5d}  "
+              f"robots-forbidden {self.forbidden():5d}  "
               f"errors {self.stats.get_value('log_count/ERROR', 0):4d}", file=sys.stderr, flush=True)
+
+    def forbidden(self) -> int:
+        # RobotsThrottleMiddleware counts robots/forbidden, Scrapy's robots middleware robotstxt/
+        return int(self.stats.get_value("robots/forbidden", 0)
+                   + self.stats.get_value("robotstxt/forbidden", 0))
 
     def spider_closed(self, spider: Any, reason: str) -> None:
         if self.loop is not None and self.loop.running:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -22,6 +21,7 @@ from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.threads import deferToThread
 
+from crawlproj.nodeid import node_name
 from crawlproj.urls import politeness_key
 
 from .robots import (
@@ -193,16 +193,6 @@ class PolitenessConfig:
         )
 
 
-def node_name(settings: BaseSettings) -> str:
-    """``CRAWLPROJ_NODE_NAME``, else ``DISPATCHER_NODE_NAME``, else ``<host>-<scrapyd job or pid>``
-    (the DispatcherScheduler's default): a node restarted under its name finds its state."""
-    for setting in ("CRAWLPROJ_NODE_NAME", "DISPATCHER_NODE_NAME"):
-        name = str(settings.get(setting) or "").strip()
-        if name:
-            return name
-    return f"{socket.gethostname()}-{os.environ.get('SCRAPY_JOB') or os.getpid()}"
-
-
 def state_file_of(settings: BaseSettings) -> str:
     """``ROBOTS_STATE_FILE``, or ``<CRAWLPROJ_STATE_DIR>/<node name>/politeness.sqlite3``."""
     explicit = str(settings.get("ROBOTS_STATE_FILE") or "").strip()
@@ -210,8 +200,6 @@ def state_file_of(settings: BaseSettings) -> str:
         return explicit
     state_dir = str(settings.get("CRAWLPROJ_STATE_DIR") or "state")
     name = node_name(settings)
-    check_setting(os.sep not in name and name not in (".", ".."), "CRAWLPROJ_NODE_NAME", name,
-           "a name usable as a directory name")
     return os.path.join(state_dir, name, "politeness.sqlite3")
 
 

@@ -26,6 +26,7 @@ from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 from twisted.internet.defer import Deferred
 
+from crawlproj.nodeid import node_name
 from crawlproj.linkfilter import CANONICAL, recent_links
 from crawlproj.politeness import Politeness, get_politeness
 from crawlproj.scheduling.keyqueue import KeyQueues
@@ -47,12 +48,6 @@ KEY = "_key"
 PART = "_part"
 
 
-def default_node_name() -> str:
-    """<host>-<scrapyd job id>, or <host>-<pid> outside scrapyd."""
-    job = os.environ.get("SCRAPY_JOB")
-    return f"{socket.gethostname()}-{job or os.getpid()}"
-
-
 class Settings:
     """DISPATCHER_* settings, read and validated once."""
 
@@ -61,7 +56,7 @@ class Settings:
         if not isinstance(self.endpoint, str) or "://" not in self.endpoint:
             raise ValueError(f"DISPATCHER_ENDPOINT: expected a ZeroMQ endpoint like "
                              f"tcp://host:port, got {self.endpoint!r}")
-        self.node_name = s.get("DISPATCHER_NODE_NAME") or default_node_name()
+        self.node_name = node_name(s)
         self.queue_target = self._positive_int(s, "DISPATCHER_QUEUE_TARGET")
         self.push_batch = self._positive_int(s, "DISPATCHER_PUSH_BATCH")
         self.flush_interval = self._positive_float(s, "DISPATCHER_FLUSH_INTERVAL")

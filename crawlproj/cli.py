@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from crawlproj import cluster
+from crawlproj import cluster, deploy
 
 # Services with their own argument parsers: the rest of the command line goes to them.
 SERVICES = {
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crawlproj", description="Distributed broad crawling for Scrapy")
     sub = parser.add_subparsers(dest="command", required=True)
     cluster.add_arguments(sub)
+    deploy.add_arguments(sub)
     for name, (_module, help_text) in SERVICES.items():
         sub.add_parser(name, help=help_text, add_help=False)
     args, rest = parser.parse_known_args(argv)

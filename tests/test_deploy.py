@@ -24,7 +24,9 @@ import pytest
 from conftest import ROOT, free_port, wait_until
 
 from crawlproj.cluster import NODE_HEADER
-from crawlproj.deploy import DeployError, NodeJob, Record, Scrapyd, place_nodes, public_url
+from crawlproj.deploy import (
+    DeployError, NodeJob, Record, Scrapyd, Target, deploy_targets, place_nodes, public_url,
+)
 from crawlproj.dispatcher.process import DispatcherProcess
 from crawlproj.politeness.store import StateStore
 from crawlproj.runner import SYNTHWEB_SETTINGS
@@ -279,6 +281,18 @@ def test_record_round_trip(tmp_path):
     record.save(path)
     assert Record.load(path) == record
     assert list(json.loads(path.read_text())["nodes"]) == ["c-node1", "c-node2", "c-node10"]
+
+
+def test_deploy_targets_from_scrapy_cfg(tmp_path, monkeypatch):
+    (tmp_path / "scrapy.cfg").write_text("[deploy]\nurl = http://a:6800/\nproject = p\n\n"
+                                         "[deploy:b]\nurl = http://b:6800\nusername = u\npassword = $PW\n")
+    monkeypatch.setenv("PW", "secret")
+    monkeypatch.delenv("SCRAPYD_USERNAME", raising=False)
+    assert deploy_targets(tmp_path, [], [], True, None) == [
+        Target("default", "http://a:6800/", "p", None), Target("b", "http://b:6800/", "p", ("u", "secret"))]
+    assert [t.name for t in deploy_targets(tmp_path, [], ["b"], False, None)] == ["b"]
+    with pytest.raises(DeployError, match="no deploy target c"):
+        deploy_targets(tmp_path, [], ["c"], False, None)
 
 
 def test_unit_files_pass_systemd_analyze_verify():

@@ -361,6 +361,35 @@ def test_kill_9_loses_nothing_acknowledged_and_a_restarted_node_replays_the_spil
     assert set(coll.distinct("fetch_count")) == {1}
 
 
+def test_replayed_upserts_apply_once_and_duplicate_keys_are_told_apart(mongo_uri, db_name, tmp_path):
+    coll = _client(mongo_uri)[db_name]["pages"]
+    coll.create_index([("final_url", 1)], unique=True)
+    # "applied": its upsert reached MongoDB before the node died; "legacy": written by someone else
+    coll.insert_many([{"_id": "applied", "_op": "op-applied", "final_url": "a", "fetch_count": 1},
+                      {"_id": "legacy", "final_url": "l", "fetch_count": 5}])
+
+    def record(doc_id: str, final_url: str) -> bytes:
+        return SpillRecord(op_id=f"op-{doc_id}", collection="pages", doc_id=doc_id, items=1,
+                           update={"$set": {"final_url": final_url, "_op": f"op-{doc_id}"},
+                                   "$inc": {"fetch_count": 1}}).encode()
+
+    writer = SpillWriter(tmp_path / "spill")
+    writer.append([record("applied", "a"), record("legacy", "l"), record("new", "n"),
+                   record("clash", "n")])  # a unique index on final_url refuses this one
+    writer.close()  # its node is gone
+    settings = _settings(tmp_path, mongo_uri, db_name, MONGO_INDEXES=[{"keys": "final_url", "unique": True}])
+    _, stats, log = _run(tmp_path, settings, {"seeds": ""})
+
+    counts = {d["_id"]: d["fetch_count"] for d in coll.find()}
+    assert counts == {"applied": 1, "legacy": 6, "new": 1}
+    assert coll.find_one({"_id": "legacy"})["_op"] == "op-legacy"
+    assert stats["mongo/already_applied"] == 1
+    assert stats["mongo/replayed_items"] == 3 and stats["mongo/invalid_items"] == 1
+    assert stats["mongo/errors/write/11000"] == 1
+    assert "duplicate key on a unique index other than _id" in log
+    assert _spill_files(tmp_path / "spill") == []
+
+
 def test_full_buffer_and_full_spill_pause_the_engine_instead_of_dropping(synthweb, nx_server, db_name, tmp_path):
     web = synthweb(dataclasses.replace(SMALL_WEB, base_latency_ms=60))
     concurrency = 4

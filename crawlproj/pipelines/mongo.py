@@ -46,7 +46,6 @@ from pymongo.errors import (
     BulkWriteError,
     ConfigurationError,
     ConnectionFailure,
-    DuplicateKeyError,
     OperationFailure,
     PyMongoError,
 )
@@ -1069,25 +1068,28 @@ class MongoPipeline:
             op = group[error["index"]]
             code = error.get("code")
             if code == DUPLICATE_KEY:
-                verdict = self._resolve_duplicate(collection, op)
-                if verdict is None:
-                    outcome.already_applied += 1
-                    continue
-                outcome.invalid[op.op_id] = ("write/11000", verdict)
+                verdict = self._resolve_duplicate(collection, op, outcome)
+                if verdict is not None:
+                    outcome.invalid[op.op_id] = ("write/11000", verdict)
             else:
                 outcome.invalid[op.op_id] = (f"write/{code}", str(error.get("errmsg")))
 
-    def _resolve_duplicate(self, collection: Collection[dict[str, Any]], op: _Op) -> str | None:
-        """None if ``op`` is in place (applied before, or now); else why it cannot be."""
+    def _resolve_duplicate(self, collection: Collection[dict[str, Any]], op: _Op,
+                           outcome: _WriteOutcome) -> str | None:
+        """Why ``op`` cannot be written, or None once it is in place (counting an upsert that had
+        been applied before as ``mongo/already_applied``)."""
         doc = collection.find_one({"_id": op.doc_id}, {OP_FIELD: 1})
         if doc is not None and doc.get(OP_FIELD) == op.op_id:
-            return None  # a re-sent upsert that had been applied: nothing to do
+            outcome.already_applied += 1  # a re-sent upsert that had been applied: nothing to do
+            return None
         if doc is not None and OP_FIELD not in doc:
             # A document this pipeline never wrote; some servers' $ne does not match a missing field.
             try:
                 collection.update_one({"_id": op.doc_id}, op.update, upsert=True)
-            except DuplicateKeyError as exc:
-                return f"duplicate key on a unique index: {exc}"
+            except OperationFailure as exc:  # DuplicateKeyError included; not a connection error
+                if exc.code in TRANSIENT_CODES:
+                    raise
+                return str(exc)
             return None
         return "duplicate key on a unique index other than _id"
 

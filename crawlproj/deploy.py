@@ -526,8 +526,10 @@ def format_status(status: dict[str, Any]) -> str:
     if d["reachable"]:
         head = (f"dispatcher {d['endpoint']}: {d['nodes_alive']} nodes alive, frontier {d['frontier']}, "
                 f"leases {d['leases']}, seen {d['seen']}{', finished' if d['finished'] else ''}")
+    elif d["endpoint"]:
+        head = f"dispatcher {d['endpoint']}: not reachable ({d.get('error', '')})"
     else:
-        head = f"dispatcher {d['endpoint'] or '(none recorded)'}: not reachable ({d.get('error', '')})"
+        head = "dispatcher: none recorded"
     lines = [f"crawl {status['crawl']} (project {status['project']})", head,
              f"{'NODE':24s} {'SCRAPYD':32s} {'JOB':10s} {'PID':>7s}  DISPATCHER"]
     for n in status["nodes"]:
@@ -536,6 +538,7 @@ def format_status(status: dict[str, Any]) -> str:
             f"{'alive' if seen['alive'] else 'gone'}, {seen['partitions']} partitions, "
             f"{seen['leases']} leases, {seen['acked']} acked, {seen['pages']} pages")
         lines.append(f"{n['name']:24s} {n['scrapyd']:32s} {n['state']:10s} {str(n.get('pid') or '-'):>7s}  {view}")
+    lines += sorted({n["error"] for n in status["nodes"] if n.get("error")})
     return "\n".join(lines)
 
 

@@ -7,8 +7,11 @@ import socket
 from typing import Any
 
 
-def node_name(settings: Any) -> str:
+def node_name(settings: Any, spider: Any = None) -> str:
     """``DISPATCHER_NODE_NAME``, else ``<host>-<scrapyd job id>``, else ``<host>-<pid>``.
+
+    scrapyd passes the job id as the spider argument ``_job`` (1.6; older ones also set the
+    ``SCRAPY_JOB`` environment variable); pass the spider to use it.
 
     Give nodes a stable name (scrapyd job ids are, when the job id is chosen): a node restarted
     under its name takes over its leases' partitions and finds its robots/politeness state.
@@ -18,4 +21,5 @@ def node_name(settings: Any) -> str:
         if os.sep in name or name in (".", ".."):
             raise ValueError(f"DISPATCHER_NODE_NAME: expected a name usable as a directory name, got {name!r}")
         return name
-    return f"{socket.gethostname()}-{os.environ.get('SCRAPY_JOB') or os.getpid()}"
+    job = getattr(spider, "_job", None) or os.environ.get("SCRAPY_JOB")
+    return f"{socket.gethostname()}-{job or os.getpid()}"

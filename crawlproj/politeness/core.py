@@ -132,7 +132,7 @@ class PolitenessConfig:
     user_agent: str
 
     @classmethod
-    def from_settings(cls, settings: BaseSettings) -> PolitenessConfig:
+    def from_settings(cls, settings: BaseSettings, spider: Any = None) -> PolitenessConfig:
         def number(name: str, minimum: float = 0.0) -> float:
             value = typed_setting(settings, name, settings.getfloat, "a number of seconds")
             check_setting(value >= minimum, name, value, f"a number >= {minimum}")
@@ -174,7 +174,7 @@ class PolitenessConfig:
         check_setting(flush > 0, "ROBOTS_STORE_FLUSH_INTERVAL", flush, "seconds > 0")
         user_agent = settings.get("ROBOTSTXT_USER_AGENT") or settings.get("USER_AGENT") or "*"
         return cls(
-            state_file=state_file_of(settings),
+            state_file=state_file_of(settings, spider),
             key_by=key_by,
             delay=delay,
             key_delays=key_delays,
@@ -193,13 +193,13 @@ class PolitenessConfig:
         )
 
 
-def state_file_of(settings: BaseSettings) -> str:
+def state_file_of(settings: BaseSettings, spider: Any = None) -> str:
     """``ROBOTS_STATE_FILE``, or ``<CRAWLPROJ_STATE_DIR>/<node name>/politeness.sqlite3``."""
     explicit = str(settings.get("ROBOTS_STATE_FILE") or "").strip()
     if explicit:
         return explicit
     state_dir = str(settings.get("CRAWLPROJ_STATE_DIR") or "state")
-    name = node_name(settings)
+    name = node_name(settings, spider)
     return os.path.join(state_dir, name, "politeness.sqlite3")
 
 
@@ -239,7 +239,7 @@ class Politeness:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Politeness:
-        pol = cls(PolitenessConfig.from_settings(crawler.settings), crawler.stats)
+        pol = cls(PolitenessConfig.from_settings(crawler.settings, crawler.spider), crawler.stats)
         crawler.signals.connect(pol._spider_opened, signal=signals.spider_opened)
         # spider_idle: the figures are in the stats before spider_closed handlers read them
         crawler.signals.connect(pol.publish_stats, signal=signals.spider_idle)

@@ -107,6 +107,10 @@ class LeaseBook:
             lease.requests -= 1
             self._check(lease)
 
+    def forget(self, lease_id: int) -> None:
+        """The lease was given back unfinished: no ack will come from here."""
+        self.active.pop(lease_id, None)
+
     def end(self, lease_id: int) -> None:
         """Final without output (redirected to another key, undecodable...)."""
         lease = self.active.pop(lease_id, None)

@@ -51,12 +51,12 @@ PART = "_part"
 class Settings:
     """DISPATCHER_* settings, read and validated once."""
 
-    def __init__(self, s: BaseSettings):
+    def __init__(self, s: BaseSettings, spider: Any = None):
         self.endpoint = s.get("DISPATCHER_ENDPOINT")
         if not isinstance(self.endpoint, str) or "://" not in self.endpoint:
             raise ValueError(f"DISPATCHER_ENDPOINT: expected a ZeroMQ endpoint like "
                              f"tcp://host:port, got {self.endpoint!r}")
-        self.node_name = node_name(s)
+        self.node_name = node_name(s, spider)
         self.queue_target = self._positive_int(s, "DISPATCHER_QUEUE_TARGET")
         self.push_batch = self._positive_int(s, "DISPATCHER_PUSH_BATCH")
         self.flush_interval = self._positive_float(s, "DISPATCHER_FLUSH_INTERVAL")
@@ -134,7 +134,7 @@ class DispatcherScheduler(BaseScheduler):
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> DispatcherScheduler:
-        scheduler = cls(crawler, Settings(crawler.settings))
+        scheduler = cls(crawler, Settings(crawler.settings, crawler.spider))
         crawler.signals.connect(scheduler._reached_downloader, signal=signals.request_reached_downloader)
         crawler.signals.connect(scheduler._left_downloader, signal=signals.request_left_downloader)
         crawler.signals.connect(scheduler._spider_opened, signal=signals.spider_opened)
@@ -182,7 +182,7 @@ class DispatcherScheduler(BaseScheduler):
             self._wake_handle.cancel()
         if self.link is None:
             return
-        released = [r.meta[LEASE] for r in self.queues.clear()]
+        released = self._unqueue(self.queues.clear())
         self._flush()
         if released:
             self.link.send("release", node=self.node, leases=released)
@@ -454,7 +454,7 @@ class DispatcherScheduler(BaseScheduler):
             # not start will be leased again (to us or another node); drop our copies. Pages
             # whose acks it lost will be crawled again: their links must be pushed again too.
             self.recent.clear()
-            dropped = self.queues.clear()
+            dropped = self._unqueue(self.queues.clear())
             self.stats.inc_value("dispatcher/dropped_on_restart", len(dropped))
             logger.warning("Dispatcher restarted (epoch %s): dropped %d queued leases", msg["epoch"], len(dropped))
         self.epoch = msg["epoch"]
@@ -516,16 +516,26 @@ class DispatcherScheduler(BaseScheduler):
         parts = set(msg["partitions"])
         self.owned -= parts
         self.revoking |= parts
-        released = self._take_partitions(parts)
+        released = self._unqueue(self._take_partitions(parts))
         if released:
             assert self.link is not None
-            self.link.send("release", node=self.node, leases=[r.meta[LEASE] for r in released])
+            self.link.send("release", node=self.node, leases=released)
         logger.info("Revoked %d partitions: released %d queued leases", len(parts), len(released))
         self._maybe_handoff()
 
     def _take_partitions(self, parts: set[int]) -> list[Request]:
         keys = {key for key, req in self.queues.items() if req.meta[PART] in parts}
         return self.queues.remove(keys.__contains__)
+
+    def _unqueue(self, requests: list[Request]) -> list[int]:
+        """Lease ids of queued requests given up (released or dropped). A retry waiting in a queue
+        is also counted in flight under its lease: forget it there too, or a handoff would wait
+        for it forever."""
+        leases = [r.meta[LEASE] for r in requests]
+        for lease_id in leases:
+            self.inflight.pop(lease_id, None)
+            self.book.forget(lease_id)
+        return leases
 
     def _maybe_handoff(self) -> None:
         busy = {part for _, part in self.inflight.values()}

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import textwrap
 import uuid
+from contextlib import contextmanager
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -175,13 +176,20 @@ def _assert_one_doc_per_url(coll: Any, items: list[dict[str, Any]], fetch_count:
     return docs
 
 
-def _popen_crawl(tmp_path: Path, settings: dict[str, Any], spider_args: dict[str, Any],
-                 name: str) -> tuple[subprocess.Popen[bytes], Path]:
+@contextmanager
+def _crawling(tmp_path: Path, settings: dict[str, Any], spider_args: dict[str, Any],
+              name: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A `scrapy crawl broad` in the background, its output in ``<name>.log``; killed if left running."""
     log = tmp_path / f"{name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(crawl_argv("broad", settings, spider_args), env=crawl_env(), cwd=tmp_path,
                                 stdout=out, stderr=subprocess.STDOUT)
-    return proc, log
+    try:
+        yield proc, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> str:
@@ -256,9 +264,8 @@ def test_outage_mid_crawl_spills_then_replays_every_item_once(synthweb, nx_serve
     web = synthweb(dataclasses.replace(SMALL_WEB, base_latency_ms=60))
     spill_dir = tmp_path / "spill"
     settings = _settings(tmp_path, nx_server.uri, db_name, **OUTAGE, **SLOW)
-    proc, log = _popen_crawl(tmp_path, settings, {"seeds": _seeds(web)}, "crawl")
     coll = connect(nx_server.uri)[db_name]["pages"]
-    try:
+    with _crawling(tmp_path, settings, {"seeds": _seeds(web)}, "crawl") as (proc, log):
         wait_until(lambda: coll.count_documents({}) >= 40, 60, "40 documents written before the outage")
         nx_server.stop()
         # several flush intervals of real connection failures, spilled batch by batch
@@ -268,11 +275,8 @@ def test_outage_mid_crawl_spills_then_replays_every_item_once(synthweb, nx_serve
         assert proc.poll() is None, "the crawl ended during the outage; make the web bigger"
         nx_server.start()
         text = _finish(proc, log)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     items, stats = _items(tmp_path), _stats(tmp_path)
-    _assert_one_doc_per_url(connect(nx_server.uri)[db_name]["pages"], items, fetch_count=1)
+    _assert_one_doc_per_url(coll, items, fetch_count=1)
     assert stats["mongo/spilled_items"] >= 60
     assert stats["mongo/replayed_items"] == stats["mongo/spilled_items"]
     assert stats["mongo/items_written"] + stats["mongo/replayed_items"] == len(items)
@@ -292,15 +296,11 @@ def test_mongodb_down_at_start_the_crawl_spills_and_checks_indexes_when_it_answe
     nx_server.stop()
     settings = _settings(tmp_path, nx_server.uri, db_name, **OUTAGE, **SLOW,
                          MONGO_INDEXES=["final_url"], MONGO_QUERY_PATHS=["final_url"])
-    proc, log = _popen_crawl(tmp_path, settings, {"seeds": _seeds(web)}, "crawl")
-    try:
+    with _crawling(tmp_path, settings, {"seeds": _seeds(web)}, "crawl") as (proc, log):
         wait_until(lambda: _spilled_records(spill_dir) >= 30, 60, "30 upserts spilled")
         assert "is unreachable at start" in log.read_text()
         nx_server.start()
         text = _finish(proc, log)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     items, stats = _items(tmp_path), _stats(tmp_path)
     coll = connect(nx_server.uri)[db_name]["pages"]
     _assert_one_doc_per_url(coll, items, fetch_count=1)
@@ -344,8 +344,7 @@ def test_kill_9_loses_nothing_acknowledged_and_a_restarted_node_replays_the_spil
 
     settings = _settings(tmp_path, nx_server.uri, db_name, **OUTAGE, **SLOW, ACK_LOG=str(acks),
                          EXTENSIONS={"ackrec.AckRecorder": 0, "crawlproj.extensions.progress.Progress": None})
-    proc, log = _popen_crawl(tmp_path, settings, {"seeds": _seeds(web)}, "node1")
-    try:
+    with _crawling(tmp_path, settings, {"seeds": _seeds(web)}, "node1") as (proc, log):
         wait_until(lambda: len(acked()) >= 30, 60, "30 items acknowledged")
         nx_server.stop()
         before_outage = len(acked())
@@ -355,9 +354,6 @@ def test_kill_9_loses_nothing_acknowledged_and_a_restarted_node_replays_the_spil
         assert proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     durable = set(acked())
     orphans = _spill_files(spill_dir)
     assert orphans, "a spill file must outlive the killed node"
@@ -416,9 +412,8 @@ def test_full_buffer_and_full_spill_pause_the_engine_instead_of_dropping(synthwe
     # the spill takes one append and is full; 20 waiting items fill the buffer
     settings = _settings(tmp_path, nx_server.uri, db_name, **{**OUTAGE, "MONGO_BATCH_SIZE": 10},
                          CONCURRENT_REQUESTS=concurrency, MONGO_SPILL_MAX_BYTES=1, MONGO_BUFFER_MAX_ITEMS=20)
-    proc, log = _popen_crawl(tmp_path, settings, {"seeds": _seeds(web)}, "crawl")
     coll = connect(nx_server.uri)[db_name]["pages"]
-    try:
+    with _crawling(tmp_path, settings, {"seeds": _seeds(web)}, "crawl") as (proc, log):
         wait_until(lambda: coll.count_documents({}) >= 20, 60, "20 documents written")
         nx_server.stop()
         wait_until(lambda: re.search(r"Pausing the engine: \d+ items wait for MongoDB .* and the spill is full",
@@ -432,9 +427,6 @@ def test_full_buffer_and_full_spill_pause_the_engine_instead_of_dropping(synthwe
         assert len(web.accesses()) - fetched_at_pause <= concurrency
         nx_server.start()
         text = _finish(proc, log)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert "Unpausing the engine" in text
     items, stats = _items(tmp_path), _stats(tmp_path)
     _assert_one_doc_per_url(coll, items, fetch_count=1)

@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from crawlproj import cluster, deploy
+from crawlproj.observability import cli as observability
 
 # Services with their own argument parsers: the rest of the command line goes to them.
 SERVICES = {
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     cluster.add_arguments(sub)
     deploy.add_arguments(sub)
+    observability.add_arguments(sub)  # top, logs, diagnose, profile
     for name, (_module, help_text) in SERVICES.items():
         sub.add_parser(name, help=help_text, add_help=False)
     args, rest = parser.parse_known_args(argv)

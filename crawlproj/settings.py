@@ -113,3 +113,13 @@ MONGO_RETRY_BACKOFF_MAX = 30.0  # cap of the retry back-off, seconds
 MONGO_CONNECT_TIMEOUT = 2.0  # seconds to find and connect to the server: how fast an outage is noticed
 MONGO_SOCKET_TIMEOUT = 30.0  # seconds a bulk_write may take before it counts as failed (and is re-sent)
 MONGO_STATS_INTERVAL = 10.0  # seconds between updates of the latency percentiles in the stats
+
+# -- Timings (crawlproj.observability): every operation that can get slow, to stats and logs -----
+EXTENSIONS["crawlproj.observability.extension.TimingsExtension"] = 510
+# innermost: times each callback's output with one perf_counter pair per response
+SPIDER_MIDDLEWARES["crawlproj.observability.extension.ParseTimingMiddleware"] = 1050
+TIMINGS_ENABLED = True  # timing/<op>/* stats, TIMINGS log lines, timings in the node's dispatcher reports
+TIMINGS_LOG_INTERVAL = 60.0  # seconds between TIMINGS lines (percentiles of that window, per operation)
+TIMINGS_LOG_SAMPLE_RATE = 0.001  # share of single operations logged as TIMING lines (0 = none, 1 = all)
+TIMINGS_LOG_SLOW_MS = 1000.0  # an operation slower than this (ms) is always logged as a TIMING line
+TIMINGS_LOG_FILE = ""  # also write TIMING/TIMINGS records as JSON lines to this file; "" = don't

@@ -4,6 +4,9 @@
         d.endpoint            # "tcp://127.0.0.1:PORT"
         d.status()["frontier"]
         d.kill(); d.restart()  # kill -9, then the same store and port again
+
+    with DispatcherProcess(store, "--http-port", "0") as d:
+        d.http_url            # "http://127.0.0.1:PORT" (the line after LISTENING), else ""
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import zmq
 from crawlproj.protocol import decode_from_dispatcher, encode
 
 from .errors import DispatcherError, StartError
-from .server import LISTENING_PREFIX
+from .server import HTTP_PREFIX, LISTENING_PREFIX
 
 STARTUP_TIMEOUT = 30.0  # seconds for the LISTENING line
 STOP_TIMEOUT = 10.0  # seconds a SIGTERM gets before SIGKILL
@@ -53,6 +56,8 @@ class DispatcherProcess:
         self._log: IO[bytes] | None = None
         self.proc: subprocess.Popen[str] | None = None
         self.endpoint = ""
+        self.http_url = ""
+        self._stdout = b""  # read from the pipe, not yet split into lines
         self.port = port
         self.starts = 0
         self._start(port)
@@ -69,21 +74,36 @@ class DispatcherProcess:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True,
                                      env=env)
         self.starts += 1
+        self._stdout = b""
         self.endpoint = self._read_endpoint()
         self.port = int(self.endpoint.rsplit(":", 1)[1])
+        if any(a == "--http-port" or a.startswith("--http-port=") for a in [*self.args, *(extra or [])]):
+            self.http_url = self._read_line(HTTP_PREFIX)
 
     def _read_endpoint(self) -> str:
+        return self._read_line(LISTENING_PREFIX)
+
+    def _read_line(self, prefix: str) -> str:
+        """The rest of the next stdout line that starts with ``prefix``.
+
+        Reads the pipe's descriptor itself: two lines written together must not hide in a
+        buffered reader's buffer while select() waits for more."""
         assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
+            while b"\n" in self._stdout:
+                raw, self._stdout = self._stdout.split(b"\n", 1)
+                line = raw.decode("utf-8", "replace")
+                if line.startswith(prefix):
+                    return line[len(prefix):].strip()
+            ready, _, _ = select.select([fd], [], [], deadline - time.monotonic())
             if not ready:
                 break
-            line = self.proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            if line.startswith(LISTENING_PREFIX):
-                return line[len(LISTENING_PREFIX):].strip()
+            self._stdout += chunk
         rc = self.proc.poll()
         if rc is None:
             self.proc.kill()

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import msgpack
 import zmq
 
+from crawlproj.observability.dispatcher import HTTP_PREFIX, DispatcherObserver
 from crawlproj.protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -114,6 +115,12 @@ class Config:
     hot_seen: int = DEFAULT_HOT_SEEN
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
     restart_hold: float | None = None  # None: heartbeat_timeout when resuming a store
+    http_port: int | None = None  # HTTP API, metrics and status page (0: a free port; None: off)
+    http_host: str = "127.0.0.1"
+    series_interval: float = 1.0  # seconds between two points of the cluster's time series
+    series_points: int = 3600  # points kept (older ones thinned out, never dropped whole)
+    timings_interval: float = 60.0  # seconds between TIMINGS lines in the log
+    test_message_delay: float = 0.0  # test-only: seconds slept before handling each message
 
     def validate(self) -> None:
         if self.partitions < 1:
@@ -129,6 +136,14 @@ class Config:
             raise ConfigError(f"--key-by must be 'domain' or 'host', got {self.key_by!r}")
         if not self.bind.startswith("tcp://") and not self.bind.startswith("ipc://"):
             raise ConfigError(f"--bind must be a tcp:// or ipc:// endpoint, got {self.bind!r}")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ConfigError(f"--http-port must be a port number (0: a free one), got {self.http_port}")
+        if self.series_interval <= 0 or self.timings_interval <= 0 or self.series_points < 2:
+            raise ConfigError("--series-interval and --timings-interval must be > 0 and "
+                              f"--series-points >= 2 (got {self.series_interval}, "
+                              f"{self.timings_interval}, {self.series_points})")
+        if self.test_message_delay < 0:
+            raise ConfigError(f"--test-message-delay must be >= 0, got {self.test_message_delay}")
 
 
 @dataclass
@@ -214,6 +229,7 @@ class Dispatcher:
             "release": self._on_release, "handoff": self._on_handoff, "stats": self._on_stats,
             "bye": self._on_bye, "status": self._on_status,
         }
+        self.observer = DispatcherObserver(self)  # timings, time series, HTTP snapshot
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -263,6 +279,7 @@ class Dispatcher:
         self._stop = True
 
     def close(self) -> None:
+        self.observer.close()
         try:
             self.frontier.close()
         finally:
@@ -563,6 +580,7 @@ class Dispatcher:
                                                 DEAD_CHECK_MAX_SECONDS)
             self._check_dead(now)
         self._expire(now)
+        self.observer.tick(now)
         if now - self._summary_at >= SUMMARY_INTERVAL:
             self._log_summary(now)
         if self.redis_seeds is not None and now >= self._next_seed_poll and (
@@ -861,6 +879,7 @@ class Dispatcher:
             stats = dict(list(stats.items())[:STATS_MAX_KEYS])
         node.stats = stats
         node.stats_at = time.time()
+        self.observer.on_stats(node.name, stats)
 
     def _on_status(self, identity: bytes, envelope: list[bytes], msg: dict[str, Any]) -> None:
         self._reply(envelope, "state", state=self.state())
@@ -892,6 +911,7 @@ class Dispatcher:
             "messages": dict(self.messages), "nodes": nodes,
             "store": {"path": str(fr.path), "commits": fr.commits, **fr.timings},
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+            "observability": self.observer.summary(),
             **_memory_kib(),
         }
 
@@ -975,6 +995,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart-hold", type=float, default=_env("restart_hold", None),
                    help="seconds to wait for nodes to re-register before assigning partitions "
                         "when resuming a store (default: the heartbeat time-out)")
+    p.add_argument("--http-port", type=int, default=_env("http_port", None),
+                   help="serve the HTTP API (/api/state, /api/series), Prometheus /metrics and a "
+                        "live status page on this port (0: a free one; default: off)")
+    p.add_argument("--http-host", default=_env("http_host", "127.0.0.1"))
+    p.add_argument("--series-interval", type=float, default=float(_env("series_interval", 1.0)),
+                   help="seconds between points of the cluster's time series (default %(default)s)")
+    p.add_argument("--series-points", type=int, default=int(_env("series_points", 3600)),
+                   help="points kept; past that the series is thinned out (default %(default)s)")
+    p.add_argument("--timings-interval", type=float, default=float(_env("timings_interval", 60.0)),
+                   help="seconds between TIMINGS lines in the log (default %(default)s)")
+    p.add_argument("--test-message-delay", type=float, default=float(_env("test_message_delay", 0.0)),
+                   help=argparse.SUPPRESS)  # tests: a dispatcher slowed down per message
     p.add_argument("--log-level", default=_env("log_level", "INFO"))
     return p
 
@@ -989,6 +1021,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         seeds_poll_interval=args.seeds_poll_interval, key_by=args.key_by,
         readahead=args.readahead, hot_seen=args.hot_seen, commit_interval=args.commit_interval,
         restart_hold=None if args.restart_hold is None else float(args.restart_hold),
+        http_port=None if args.http_port is None else int(args.http_port), http_host=args.http_host,
+        series_interval=args.series_interval, series_points=args.series_points,
+        timings_interval=args.timings_interval, test_message_delay=args.test_message_delay,
     )
 
 
@@ -1011,8 +1046,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         endpoint = dispatcher.bind()
+        http_url = ""
+        if dispatcher.config.http_port is not None:
+            try:
+                http_url = dispatcher.observer.start_http(dispatcher.config.http_host,
+                                                          dispatcher.config.http_port)
+            except OSError as exc:
+                raise ConfigError(f"cannot serve HTTP on port {dispatcher.config.http_port}: {exc}") from exc
         dispatcher.load_initial_seeds()
         print(f"{LISTENING_PREFIX}{endpoint}", flush=True)
+        if http_url:
+            print(f"{HTTP_PREFIX}{http_url}", flush=True)
         dispatcher.run()
     except (DispatcherError, sqlite3.Error) as exc:
         logger.error("%s", exc)

@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred
 
 from crawlproj.nodeid import node_name
 from crawlproj.linkfilter import CANONICAL, recent_links
+from crawlproj.observability.timings import Timings
 from crawlproj.politeness import Politeness, get_politeness
 from crawlproj.scheduling.keyqueue import KeyQueues
 from crawlproj.scheduling.leases import LEASE, PARENT, LeaseBook
@@ -131,6 +132,8 @@ class DispatcherScheduler(BaseScheduler):
         self.politeness: Politeness | None = (
             get_politeness(crawler) if crawler.settings.getbool("ROBOTS_THROTTLE_ENABLED") else None)
         self.engine_ready = False  # engine.crawl() may be used to wake the engine only once open
+        self.timings = Timings.of(crawler)
+        self._ping_sent = 0.0  # perf_counter of the last heartbeat: its answer times the round trip
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> DispatcherScheduler:
@@ -420,6 +423,7 @@ class DispatcherScheduler(BaseScheduler):
             self._register()
             return
         self.link.send("heartbeat", node=self.node)
+        self._ping_sent = time.perf_counter()
         self._pull()
 
     def _send_stats(self) -> None:
@@ -430,6 +434,7 @@ class DispatcherScheduler(BaseScheduler):
         stats = {k: self.stats.get_value(k, 0) for k in wanted}
         stats.update(queued=len(self.queues), inflight=len(self.inflight), keys=self.queues.keys,
                      owned=len(self.owned))
+        stats.update(self.timings.report())  # timing/<op>/* of the last interval, node/cpu, keys/*
         self.link.send("stats", node=self.node, stats=stats)
 
     def _on_message(self, msg: dict[str, Any]) -> None:
@@ -472,6 +477,9 @@ class DispatcherScheduler(BaseScheduler):
         self._pull()
 
     def _on_heartbeat(self, msg: dict[str, Any]) -> None:
+        if self._ping_sent:
+            self.timings.record("dispatcher_rtt", (time.perf_counter() - self._ping_sent) * 1000.0)
+            self._ping_sent = 0.0
         if self.epoch is not None and msg["epoch"] != self.epoch:
             self.registered = False
             self._register()

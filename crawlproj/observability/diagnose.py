@@ -1,0 +1,287 @@
+"""Name the bottleneck of a crawl, with its evidence, from its logs or the dispatcher's series.
+
+    crawlproj diagnose cluster-dir/                 # node logs, dispatcher log, timing files
+    crawlproj diagnose --http http://127.0.0.1:8080  # live: the dispatcher's series
+
+Early windows (after the first, which holds the start-up) are compared with the late ones. The
+causes it knows, in the order it blames them:
+
+- dispatcher saturated: its loop busy most of the time (or, without its log, nodes' round trips
+  to it long and growing while the nodes are idle);
+- item store: item write latency grew while the other operations did not as much;
+- politeness store (robots.txt cache, last-fetch state): its lookups or writes grew, or are slow;
+- node CPU-bound: callbacks (parse and link handling) take most of a node's time;
+- politeness-bound: one politeness key takes most fetches, or only a few keys are left.
+
+A crawl rate that fell with none of these is reported as unexplained. A crawl without any of
+this is healthy: no finding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .analysis import Observations, Window, from_series, rate_trend, read_logs, windows
+
+RATE_FALL = 0.25  # a rate this much lower late than early is an alarm
+GROWTH = 3.0  # an operation this many times slower late than early has grown ...
+MIN_GROWTH_MS = 5.0  # ... by at least this much (sub-millisecond noise is no growth)
+FLOOR_MS = 1.0  # early latencies below this count as this (ratios of tiny numbers mean nothing)
+BUSY = 0.7  # dispatcher loop busy share that means saturated
+SLOW_RTT_MS = 250.0  # node -> dispatcher round trip that means the dispatcher lags
+NODE_IDLE_CPU = 0.8
+SLOW_LOOKUP_MS = 50.0  # a primary-key read of the politeness store should take well under 1 ms
+PARSE_SHARE = 0.5  # share of a node's wall time in callbacks that makes it CPU-bound
+HOT_KEY_SHARE = 0.5  # one key with this share of fetches ...
+FEW_KEYS = 3  # ... or this few keys fetched: politeness-bound
+MIN_FETCHES = 5  # fetches in a window for its key figures to count (one key at its delay is few)
+
+ITEM_OPS = ("item_write", "mongo_write")
+STORE_OPS = ("robots_lookup", "robots_store_write")
+
+
+@dataclass
+class Finding:
+    cause: str  # dispatcher, item_store, robots_store, cpu, politeness, rate
+    summary: str
+    evidence: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Diagnosis:
+    windows: int
+    span_seconds: float
+    rate_early: float | None
+    rate_late: float | None
+    rate_change: float | None  # (late - early) / early
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.findings
+
+    @property
+    def cause(self) -> str | None:
+        return self.findings[0].cause if self.findings else None
+
+    def headline(self) -> str:
+        parts = []
+        if self.rate_change is not None and self.rate_change <= -RATE_FALL:
+            parts.append(f"rate fell {-100 * self.rate_change:.0f}% in {_duration(self.span_seconds)} "
+                         f"({self.rate_early:.1f} -> {self.rate_late:.1f} pages/s)")
+        if self.findings:
+            parts.append(self.findings[0].summary)
+        else:
+            change = "" if self.rate_change is None else f" (rate {100 * self.rate_change:+.0f}%)"
+            parts.append(f"no bottleneck found{change}: operations flat, dispatcher not saturated, "
+                         "no node CPU-bound, politeness keys spread")
+        return "; ".join(parts)
+
+    def text(self) -> str:
+        lines = [self.headline()]
+        for i, f in enumerate(self.findings):
+            lines.append(f"{'cause' if i == 0 else 'also'}: [{f.cause}] {f.summary}")
+            lines += [f"  - {e}" for e in f.evidence]
+        return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _phases(bins: list[Window]) -> tuple[list[Window], list[Window]]:
+    """The first and last quarter of the windows; a first window that is a ramp-up (less than
+    half the rate of the next: the crawl was starting) is left out of the early ones."""
+    k = max(1, len(bins) // 4)
+    skip = 0
+    if len(bins) >= 4 and bins[0].rate is not None and bins[1].rate and bins[0].rate < bins[1].rate / 2:
+        skip = 1
+    return bins[skip:skip + k], bins[-k:]
+
+
+def _op(bins: list[Window], op: str, q: str) -> float | None:
+    return _mean([b.ops[op][q] for b in bins if q in b.ops.get(op, {})])
+
+
+@dataclass
+class _Growth:
+    op: str
+    early: float
+    late: float
+    early_p99: float | None
+    late_p99: float | None
+
+    @property
+    def ratio(self) -> float:
+        return self.late / max(self.early, FLOOR_MS)
+
+    @property
+    def grown(self) -> bool:
+        return self.ratio >= GROWTH and self.late - self.early >= MIN_GROWTH_MS
+
+    def describe(self) -> str:
+        p99 = ""
+        if self.early_p99 is not None and self.late_p99 is not None:
+            p99 = f", p99 {self.early_p99:.1f} -> {self.late_p99:.1f} ms"
+        return f"{self.op} p50 {self.early:.1f} -> {self.late:.1f} ms ({self.ratio:.1f}x{p99})"
+
+
+def _growths(early: list[Window], late: list[Window]) -> dict[str, _Growth]:
+    result = {}
+    for op in sorted({op for b in early + late for op in b.ops}):
+        e, l_ = _op(early, op, "p50"), _op(late, op, "p50")
+        if e is not None and l_ is not None:
+            result[op] = _Growth(op, e, l_, _op(early, op, "p99"), _op(late, op, "p99"))
+    return result
+
+
+def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
+    bins = windows(obs, window)
+    span = obs.span()
+    length = span[1] - span[0] if span else 0.0
+    if not bins:
+        return Diagnosis(0, length, None, None, None)
+    early, late = _phases(bins)
+    r_early = _mean([b.rate for b in early if b.rate is not None])
+    r_late = _mean([b.rate for b in late if b.rate is not None])
+    change = (r_late - r_early) / r_early if r_early and r_late is not None else None
+    diag = Diagnosis(len(bins), length, r_early, r_late, change)
+    growths = _growths(early, late)
+    grown = sorted((g for g in growths.values() if g.grown), key=lambda g: -g.ratio)
+    flat = [g for g in growths.values() if not g.grown]
+
+    def others(exclude: tuple[str, ...]) -> str:
+        rest = [g for g in grown if g.op not in exclude]
+        text = "other operations stayed flat" if not rest else \
+            "others grew less: " + ", ".join(f"{g.op} {g.ratio:.1f}x" for g in rest)
+        return text
+
+    # dispatcher saturated
+    busy = _mean([b.busy for b in late if b.busy is not None])
+    rtt = growths.get("dispatcher_rtt")
+    cpu = _mean([b.cpu for b in late if b.cpu is not None])
+    store_grew = any(g.op in STORE_OPS for g in grown)
+    rtt_lags = rtt is not None and rtt.late >= SLOW_RTT_MS and rtt.grown and (cpu or 0) < NODE_IDLE_CPU \
+        and not store_grew
+    if (busy is not None and busy >= BUSY) or (busy is None and rtt_lags):
+        evidence = []
+        if busy is not None:
+            evidence.append(f"dispatcher loop busy {100 * busy:.0f}% of the time (late windows)")
+        msg = _op(late, "dispatcher_message", "p99")
+        if msg is not None:
+            evidence.append(f"dispatcher_message p99 {msg:.1f} ms per message")
+        if rtt is not None:
+            evidence.append(f"node round trip to the dispatcher: {rtt.describe()}")
+        diag.findings.append(Finding(
+            "dispatcher", "the dispatcher is saturated: nodes wait for leases and acks; check its "
+            "store (frontier_commit), its CPU and disk, send fewer messages (larger "
+            "DISPATCHER_PUSH_BATCH / DISPATCHER_FLUSH_INTERVAL) or split the crawl", evidence))
+    # item store
+    for g in grown:
+        if g.op in ITEM_OPS:
+            diag.findings.append(Finding(
+                "item_store", f"item write latency grew {g.ratio:.0f}x while "
+                f"{others(ITEM_OPS + ('download', 'dispatcher_rtt'))}: the item store is the "
+                "bottleneck, check its indexes (an upsert that scans), its disk and its load",
+                [g.describe()]))
+            break
+    # politeness store
+    store = [g for g in grown if g.op in STORE_OPS]
+    lookup_late = _op(late, "robots_lookup", "p99")
+    if store or (lookup_late is not None and lookup_late >= SLOW_LOOKUP_MS):
+        evidence = [g.describe() for g in store]
+        if not store and lookup_late is not None:
+            evidence.append(f"robots_lookup p99 {lookup_late:.1f} ms (a primary-key read takes < 1 ms)")
+        knock_on = [g for g in grown if g.op in ("download", "dispatcher_rtt", "parse")]
+        if knock_on:
+            evidence.append("knock-on (lookups run on the reactor thread and stall it): "
+                            + ", ".join(f"{g.op} {g.ratio:.1f}x" for g in knock_on))
+        ratio = f" grew {store[0].ratio:.0f}x" if store else " is slow"
+        diag.findings.append(Finding(
+            "robots_store", f"politeness store latency{ratio}: the robots.txt / politeness store "
+            "is the bottleneck, check its indexes and disk, and keep ROBOTS_CACHE_MEMORY / "
+            "ROBOTS_THROTTLE_MEMORY above the number of active keys", evidence))
+    # node CPU-bound
+    share = _mean([b.parse_share for b in late if b.parse_share is not None])
+    if share is not None and share >= PARSE_SHARE:
+        parse = _op(late, "parse", "p50")
+        evidence = [f"callbacks take {100 * share:.0f}% of the busiest node's wall time"]
+        if parse is not None:
+            evidence.append(f"parse p50 {parse:.1f} ms per response")
+        if cpu is not None:
+            evidence.append(f"node CPU {100 * cpu:.0f}% of a core")
+        diag.findings.append(Finding(
+            "cpu", "a node is CPU-bound in its callbacks (parse and link handling): profile it "
+            "(crawlproj profile PID --no-idle), make the callback cheaper or run more nodes",
+            evidence))
+    # politeness-bound
+    keyed = [b for b in late if b.fetches >= MIN_FETCHES]
+    hot = _mean([b.top_share for b in keyed if b.top_share is not None])
+    distinct = _mean([float(b.distinct_keys) for b in keyed])
+    if keyed and ((hot is not None and hot >= HOT_KEY_SHARE) or (distinct is not None and distinct <= FEW_KEYS)):
+        top = keyed[-1].top_key
+        evidence = []
+        if hot is not None:
+            evidence.append(f"busiest key {top}: {100 * hot:.0f}% of fetches in the late windows")
+        if distinct is not None:
+            evidence.append(f"{distinct:.0f} politeness keys fetched per window")
+        diag.findings.append(Finding(
+            "politeness", f"politeness-bound: {'one key (' + str(top) + ') holds most pages' if hot and hot >= HOT_KEY_SHARE else 'few politeness keys left'}; "
+            "each key is fetched once per its delay, so the crawl waits on it: add other domains "
+            "(seeds), or allow that key a shorter delay (ROBOTS_THROTTLE_KEY_DELAYS)", evidence))
+    if change is not None and change <= -RATE_FALL and not diag.findings:
+        diag.findings.append(Finding(
+            "rate", f"the crawl rate fell {-100 * change:.0f}% but no operation's latency grew "
+            f"({', '.join(g.op for g in flat) or 'no timings in the logs'}): look at the "
+            "frontier (running out?) and the nodes' queues", []))
+    return diag
+
+
+def _fetch_series(url: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(url.rstrip("/") + "/api/series", timeout=timeout) as resp:
+        points: list[dict[str, Any]] = json.load(resp)["points"]
+    return points
+
+
+def command(args: argparse.Namespace) -> int:
+    """Name the bottleneck of a crawl from its logs and/or the dispatcher's live series."""
+    obs = Observations()
+    if args.paths:
+        obs = read_logs(args.paths)
+    if args.http:
+        live = from_series(_fetch_series(args.http))
+        for name, src in live.sources.items():
+            obs.sources.setdefault(name, src)
+    if not obs.sources:
+        print("crawlproj diagnose: nothing to read (give log files or --http)", file=sys.stderr)
+        return 2
+    diag = diagnose(obs, args.window)
+    if args.json:
+        print(json.dumps({**asdict(diag), "healthy": diag.healthy, "cause": diag.cause,
+                          "headline": diag.headline()}, indent=2))
+    else:
+        print(diag.text())
+    return 0
+
+
+def add_arguments(sub: Any) -> None:
+    p = sub.add_parser("diagnose", help=command.__doc__, description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="*", help="node logs, dispatcher log, TIMINGS_LOG_FILE files, or directories")
+    p.add_argument("--http", default=None, help="the dispatcher's HTTP address (its --http-port)")
+    p.add_argument("--window", type=float, default=None, help="window length in seconds (default: about 10 windows)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=command)

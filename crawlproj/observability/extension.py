@@ -1,0 +1,160 @@
+"""Time a node's operations: a Scrapy extension and a spider middleware.
+
+    EXTENSIONS = {"crawlproj.observability.extension.TimingsExtension": 510}
+    SPIDER_MIDDLEWARES = {"crawlproj.observability.extension.ParseTimingMiddleware": 1050}
+
+The extension records download latency (Scrapy's ``download_latency`` meta) and the politeness
+key of every response, ends the item timings (``item_*`` signals), adopts the politeness
+state's samplers (store lookups and writes, robots.txt fetches and parsing), writes a TIMINGS
+summary line every ``TIMINGS_LOG_INTERVAL`` and the whole-crawl ``timing/<op>/*`` stats. The
+spider middleware, innermost, times each callback's output with one ``perf_counter`` pair per
+response and stamps the items it yields. Both are off with ``TIMINGS_ENABLED = False``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+from scrapy import Request, signals
+from scrapy.exceptions import NotConfigured
+from scrapy.utils.asyncio import create_looping_call
+
+from crawlproj.nodeid import node_name
+from crawlproj.politeness import CRAWLER_ATTRIBUTE as POLITENESS_ATTRIBUTE
+
+from .timings import TimingLog, Timings
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+    from scrapy.settings import BaseSettings
+
+logger = logging.getLogger(__name__)
+
+_POLITENESS_KEY_META = "politeness_key"  # set by RobotsThrottleMiddleware
+_SLOT_META = "download_slot"
+
+
+def _setting(settings: BaseSettings, name: str, getter: Any, expect: str, ok: Any) -> Any:
+    try:
+        value = getter(name)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected {expect}, got {settings.get(name)!r}") from None
+    if not ok(value):
+        raise ValueError(f"{name}: expected {expect}, got {value!r}")
+    return value
+
+
+class TimingsConfig:
+    """TIMINGS_* settings, read and validated once."""
+
+    def __init__(self, s: BaseSettings):
+        if not s.getbool("TIMINGS_ENABLED"):
+            raise NotConfigured("TIMINGS_ENABLED is off")
+        self.interval: float = _setting(s, "TIMINGS_LOG_INTERVAL", s.getfloat, "seconds > 0",
+                                        lambda v: v > 0)
+        self.sample_rate: float = _setting(s, "TIMINGS_LOG_SAMPLE_RATE", s.getfloat,
+                                           "a share between 0 and 1", lambda v: 0 <= v <= 1)
+        self.slow_ms: float = _setting(s, "TIMINGS_LOG_SLOW_MS", s.getfloat,
+                                       "milliseconds > 0", lambda v: v > 0)
+        path = s.get("TIMINGS_LOG_FILE") or ""
+        if not isinstance(path, str):
+            raise ValueError(f"TIMINGS_LOG_FILE: expected a path or '', got {path!r}")
+        self.log_file = path
+        self.node = node_name(s)
+
+
+class TimingsExtension:
+    def __init__(self, crawler: Crawler, config: TimingsConfig):
+        self.crawler = crawler
+        self.config = config
+        self.timings = Timings.of(crawler)
+        self.log = TimingLog(config.node, config.sample_rate, config.slow_ms, config.log_file)
+        self.timings.set_log(self.log)
+        self._loop: Any = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> TimingsExtension:
+        ext = cls(crawler, TimingsConfig(crawler.settings))
+        connect = crawler.signals.connect
+        connect(ext._spider_opened, signal=signals.spider_opened)
+        connect(ext._spider_closed, signal=signals.spider_closed)
+        connect(ext._response_received, signal=signals.response_received)
+        for sig in (signals.item_scraped, signals.item_dropped, signals.item_error):
+            connect(ext._item_settled, signal=sig)
+        return ext
+
+    def _spider_opened(self) -> None:
+        pol = getattr(self.crawler, POLITENESS_ATTRIBUTE, None)
+        if pol is not None:
+            for op, sampler in (("robots_lookup", pol.store.lookup_ms),
+                                ("robots_store_write", pol.store.write_ms),
+                                ("robots_fetch", pol.fetch_ms), ("robots_parse", pol.parse_ms)):
+                self.timings.adopt(op, sampler)
+        self._loop = create_looping_call(self._tick)
+        self._loop.start(self.config.interval, now=False)
+
+    def _response_received(self, response: Response, request: Request) -> None:
+        meta = request.meta
+        latency = meta.get("download_latency")
+        if latency is not None:
+            self.timings.record("download", latency * 1000.0)
+        key = meta.get(_POLITENESS_KEY_META) or meta.get(_SLOT_META)
+        if key is not None:
+            self.timings.fetched(key)
+
+    def _item_settled(self, item: Any = None, **kwargs: Any) -> None:
+        self.timings.item_finished(item, time.perf_counter())
+
+    def _tick(self) -> None:
+        stats = self.crawler.stats
+        window = self.timings.window("log")
+        record = {"t": round(time.time(), 3), "node": self.config.node,
+                  "pages": stats.get_value("response_received_count", 0),
+                  "items": stats.get_value("item_scraped_count", 0), **window}
+        self.log.window(record)
+        self.timings.publish(stats)
+
+    def _spider_closed(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._tick()
+        self.log.close()
+
+
+class ParseTimingMiddleware:
+    """Innermost spider middleware: callback time and the start of each item's processing."""
+
+    def __init__(self, timings: Timings):
+        self.timings = timings
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> ParseTimingMiddleware:
+        TimingsConfig(crawler.settings)  # NotConfigured with the extension
+        return cls(Timings.of(crawler))
+
+    def process_spider_output(self, response: Response, result: Iterable[Any]) -> Iterable[Any]:
+        timings, clock = self.timings, time.perf_counter
+        started = clock()
+        try:
+            for element in result:
+                if element is not None and not isinstance(element, Request):
+                    timings.item_started(element, clock())
+                yield element
+        finally:
+            timings.record("parse", (clock() - started) * 1000.0)
+
+    async def process_spider_output_async(self, response: Response,
+                                          result: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        timings, clock = self.timings, time.perf_counter
+        started = clock()
+        try:
+            async for element in result:
+                if element is not None and not isinstance(element, Request):
+                    timings.item_started(element, clock())
+                yield element
+        finally:
+            timings.record("parse", (clock() - started) * 1000.0)

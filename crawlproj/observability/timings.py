@@ -1,0 +1,260 @@
+"""The timed operations of one crawler and the sampled timing log.
+
+Every operation that can get slow has a name (:data:`OPERATIONS`) and a
+:class:`~crawlproj.politeness.timing.LatencySampler`; components that already own a sampler
+(the politeness store, the robots.txt fetcher) have it *adopted* under an operation name, so
+there is one kind of timing record whoever measured it.
+
+Two readers take windows of every operation: ``"log"`` (the TIMINGS summary line every
+``TIMINGS_LOG_INTERVAL``) and ``"report"`` (the stats a node sends the dispatcher every
+``DISPATCHER_STATS_INTERVAL``). Single durations go to the log, sampled, as TIMING lines.
+
+Log records are JSON after a fixed tag, so they are stable to parse whatever the log format:
+
+    TIMING {"t": 1767225600.125, "node": "n1", "op": "item_write", "ms": 12.5}
+    TIMINGS {"t": ..., "node": "n1", "interval": 60.0, "pages": 5120, "items": 5101,
+             "cpu": 0.42, "keys": {"distinct": 38, "fetches": 900, "top": "a.test", "top_n": 40},
+             "ops": {"item_write": {"n": 899, "sum": ..., "max": ..., "p50": ..., "p90": ..., "p99": ...}}}
+
+With ``TIMINGS_LOG_FILE`` the same records (with ``"kind": "sample"`` or ``"window"``) are also
+written as JSON lines to that file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any, TextIO
+
+from crawlproj.politeness.timing import LatencySampler, StatsLike
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger("crawlproj.timing")
+
+SAMPLE_TAG = "TIMING"
+WINDOW_TAG = "TIMINGS"
+READERS = ("log", "report")
+STATS_PREFIX = "timing"
+
+#: The operations a node times, and what each measures.
+OPERATIONS = {
+    "download": "Scrapy's download_latency of a response (request sent to response received)",
+    "parse": "a spider callback, from its first output to its last (link handling included)",
+    "item_write": "an item, from the callback yielding it to the end of the item pipelines",
+    "robots_lookup": "a read of the politeness store (robots.txt cache, last-fetch state)",
+    "robots_store_write": "one batched write of the politeness store",
+    "robots_fetch": "a robots.txt fetch (politeness wait included)",
+    "robots_parse": "parsing one robots.txt",
+    "dispatcher_rtt": "a node's heartbeat to the dispatcher and its answer",
+}
+#: Operations the dispatcher times (crawlproj.observability.dispatcher).
+DISPATCHER_OPERATIONS = {
+    "dispatcher_message": "handling one message from a node",
+    "frontier_add": "storing the pushed requests of one message (dedup included)",
+    "frontier_ack": "deleting the acked requests of one message",
+    "frontier_commit": "one commit of the frontier store",
+    "dispatcher_serve": "leasing one node its credit's worth of requests",
+}
+
+_REPORT_TIMING = STATS_PREFIX + "/"
+_REPORT_TOP_KEY = "keys/top/"
+_ITEM_STARTS_MAX = 100_000  # items in flight whose start is remembered (a leak bound)
+
+
+class TimingLog:
+    """Sampled single durations and window summaries, to the log and optionally a JSON file."""
+
+    def __init__(self, node: str, sample_rate: float, slow_ms: float, path: str = ""):
+        self.node = node
+        # every k-th duration of an operation: deterministic, and cheaper than a random draw
+        self.every = round(1 / sample_rate) if sample_rate > 0 else 0
+        self.slow_ms = slow_ms
+        self.path = path
+        self._seen: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._file: TextIO | None = None
+        if path:
+            directory = os.path.dirname(os.path.abspath(path))
+            os.makedirs(directory, exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def sink(self, op: str) -> Any:
+        def record(ms: float) -> None:
+            self._seen[op] += 1
+            if (self.every and self._seen[op] % self.every == 0) or ms >= self.slow_ms:
+                self.sample(op, ms)
+
+        return record
+
+    def sample(self, op: str, ms: float) -> None:
+        record = {"t": round(time.time(), 3), "node": self.node, "op": op, "ms": round(ms, 3)}
+        logger.info("%s %s", SAMPLE_TAG, json.dumps(record))
+        self._write("sample", record)
+
+    def window(self, record: dict[str, Any]) -> None:
+        logger.info("%s %s", WINDOW_TAG, json.dumps(record, separators=(",", ":")))
+        self._write("window", record)
+
+    def _write(self, kind: str, record: dict[str, Any]) -> None:
+        if self._file is None:
+            return
+        line = json.dumps({"kind": kind, **record}, separators=(",", ":"))
+        with self._lock:  # samplers may record from other threads
+            if self._file is not None:
+                self._file.write(line + "\n")
+                self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+class Timings:
+    """The timed operations of one crawler: ``Timings.of(crawler).record("parse", ms)``."""
+
+    ATTR = "_crawlproj_timings"
+
+    def __init__(self) -> None:
+        self.samplers: dict[str, LatencySampler] = {}
+        self.log: TimingLog | None = None
+        self._item_starts: dict[int, float] = {}
+        self._keys: dict[str, Counter[str]] = {reader: Counter() for reader in READERS}
+        self._cpu_at: dict[str, tuple[float, float]] = {}
+        self._window_at: dict[str, float] = {}
+        now = time.monotonic()
+        for reader in READERS:
+            self._cpu_at[reader] = (now, _cpu_seconds())
+            self._window_at[reader] = now
+
+    @classmethod
+    def of(cls, crawler: Crawler) -> Timings:
+        timings: Timings | None = getattr(crawler, cls.ATTR, None)
+        if timings is None:
+            timings = cls()
+            setattr(crawler, cls.ATTR, timings)
+        return timings
+
+    # -- recording ------------------------------------------------------------------------------
+
+    def sampler(self, op: str) -> LatencySampler:
+        sampler = self.samplers.get(op)
+        if sampler is None:
+            sampler = self.adopt(op, LatencySampler(f"{STATS_PREFIX}/{op}"))
+        return sampler
+
+    def adopt(self, op: str, sampler: LatencySampler) -> LatencySampler:
+        """Take a component's own sampler as operation ``op``."""
+        for reader in READERS:
+            sampler.take_window(reader)  # open the reader's window now
+        if self.log is not None:
+            sampler.sink = self.log.sink(op)
+        self.samplers[op] = sampler
+        return sampler
+
+    def set_log(self, log: TimingLog) -> None:
+        self.log = log
+        for op, sampler in self.samplers.items():
+            sampler.sink = log.sink(op)
+
+    def record(self, op: str, ms: float) -> None:
+        self.sampler(op).add(ms)
+
+    def fetched(self, key: str) -> None:
+        """One response of politeness key ``key`` (for the hot-key figures)."""
+        for counter in self._keys.values():
+            counter[key] += 1
+
+    def item_started(self, item: Any, t: float) -> None:
+        starts = self._item_starts
+        if len(starts) >= _ITEM_STARTS_MAX:
+            starts.clear()  # items that never settled (dropped by an outer middleware)
+        starts[id(item)] = t
+
+    def item_finished(self, item: Any, t: float) -> None:
+        started = self._item_starts.pop(id(item), None)
+        if started is not None:
+            self.record("item_write", (t - started) * 1000.0)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def window(self, reader: str) -> dict[str, Any]:
+        """Everything since ``reader``'s last look: interval, cpu, keys and every operation."""
+        now = time.monotonic()
+        cpu_now = _cpu_seconds()
+        then, cpu_then = self._cpu_at[reader]
+        self._cpu_at[reader] = (now, cpu_now)
+        interval = max(now - self._window_at[reader], 1e-9)
+        self._window_at[reader] = now
+        keys = self._keys[reader]
+        self._keys[reader] = Counter()
+        top = keys.most_common(1)
+        ops = {}
+        for op, sampler in sorted(self.samplers.items()):
+            summary = sampler.take_window(reader)
+            if summary["n"]:
+                ops[op] = summary
+        return {
+            "interval": round(interval, 3),
+            "cpu": round((cpu_now - cpu_then) / max(now - then, 1e-9), 3),
+            "keys": {"distinct": len(keys), "fetches": sum(keys.values()),
+                     "top": top[0][0] if top else None, "top_n": top[0][1] if top else 0},
+            "ops": ops,
+        }
+
+    def report(self) -> dict[str, float]:
+        """The ``"report"`` window as flat numeric stats for the dispatcher's "stats" message:
+        ``timing/<op>/{n,sum,max,p50,p90,p99}``, ``node/cpu``, ``node/interval``,
+        ``keys/distinct``, ``keys/fetches``, ``keys/top/<key>`` (fetches of the busiest key)."""
+        window = self.window("report")
+        flat: dict[str, float] = {"node/cpu": window["cpu"], "node/interval": window["interval"]}
+        keys = window["keys"]
+        flat["keys/distinct"] = keys["distinct"]
+        flat["keys/fetches"] = keys["fetches"]
+        if keys["top"] is not None:
+            flat[f"keys/top/{keys['top']}"] = keys["top_n"]
+        for op, summary in window["ops"].items():
+            for field, value in summary.items():
+                flat[f"{STATS_PREFIX}/{op}/{field}"] = value
+        return flat
+
+    def publish(self, stats: StatsLike) -> None:
+        """Whole-crawl figures: ``timing/<op>/{count,max,p50,p90,p99}`` in the crawl stats."""
+        for op, sampler in self.samplers.items():
+            for field, value in sampler.summary().items():
+                stats.set_value(f"{STATS_PREFIX}/{op}/{field}", value)
+
+
+def parse_report(stats: dict[str, Any]) -> dict[str, Any]:
+    """A node's flat report (:meth:`Timings.report`, as the dispatcher stores it) as a window:
+    ``{"interval", "cpu", "keys": {...}, "ops": {op: {"n", "p50", ...}}}``."""
+    ops: dict[str, dict[str, float]] = {}
+    top, top_n = None, 0
+    for name, value in stats.items():
+        if not isinstance(name, str) or not isinstance(value, (int, float)):
+            continue
+        if name.startswith(_REPORT_TIMING):
+            op, _, field = name[len(_REPORT_TIMING):].rpartition("/")
+            if op:
+                ops.setdefault(op, {})[field] = value
+        elif name.startswith(_REPORT_TOP_KEY) and value >= top_n:
+            top, top_n = name[len(_REPORT_TOP_KEY):], value
+    return {
+        "interval": stats.get("node/interval"), "cpu": stats.get("node/cpu"),
+        "keys": {"distinct": stats.get("keys/distinct", 0), "fetches": stats.get("keys/fetches", 0),
+                 "top": top, "top_n": top_n},
+        "ops": {op: s for op, s in ops.items() if s.get("n")},
+    }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

@@ -1,0 +1,112 @@
+"""Planted faults for the observability drills (tests/test_observability.py): components a node
+process loads by dotted path when its settings name them. Test-only; never in crawlproj/.
+
+- SlowItemStorePipeline: an item store whose write latency grows with its size (like an upsert
+  that scans because an index is missing), written by one thread.
+- SlowPolitenessStore: an extension that makes the node's politeness store (robots.txt cache,
+  last-fetch times) slower with every lookup (a table scan that grows).
+- CpuHeavySpider: the broad spider with a callback that burns CPU first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from typing import Any
+
+from scrapy.crawler import Crawler
+from scrapy.exceptions import NotConfigured
+from scrapy.utils.defer import maybe_deferred_to_future
+from twisted.internet.threads import deferToThreadPool
+
+from crawlproj.politeness import get_politeness
+from crawlproj.spiders.broad import BroadSpider
+
+
+def _positive(crawler: Crawler, name: str) -> float:
+    try:
+        value = crawler.settings.getfloat(name)
+    except ValueError:
+        raise ValueError(f"{name}: expected a number > 0, got {crawler.settings.get(name)!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name}: expected a number > 0, got {value!r}")
+    return value
+
+
+class SlowItemStorePipeline:
+    """Each write takes FAULT_ITEM_MS_PER_ITEM ms per item already stored, one write at a time."""
+
+    def __init__(self, crawler: Crawler, ms_per_item: float):
+        self.crawler = crawler
+        self.ms_per_item = ms_per_item
+        self.written = 0
+        self._lock = threading.Lock()
+        self._pool: Any = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> SlowItemStorePipeline:
+        return cls(crawler, _positive(crawler, "FAULT_ITEM_MS_PER_ITEM"))
+
+    def open_spider(self) -> None:
+        from twisted.internet import reactor
+        from twisted.python.threadpool import ThreadPool
+
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="slow-item-store")
+        self._pool.start()
+        reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
+
+    def _write(self, item: Any) -> None:
+        with self._lock:
+            self.written += 1
+            delay = self.ms_per_item * self.written / 1000.0
+        time.sleep(delay)  # the planted fault: a store slower with every row
+
+    async def process_item(self, item: Any) -> Any:
+        from twisted.internet import reactor
+
+        await maybe_deferred_to_future(deferToThreadPool(reactor, self._pool, self._write, item))
+        return item
+
+
+class _SlowReader:
+    """The politeness store's SQLite reader, FAULT_LOOKUP_MS_PER_1K ms slower per 1000 reads."""
+
+    def __init__(self, conn: Any, ms_per_1k: float):
+        self.conn = conn
+        self.ms_per_1k = ms_per_1k
+        self.reads = 0
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        self.reads += 1
+        time.sleep(self.ms_per_1k * self.reads / 1e6)  # the planted fault, on the caller's thread
+        return self.conn.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+class SlowPolitenessStore:
+    """Extension: slows the node's politeness store reads (FAULT_LOOKUP_MS_PER_1K)."""
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> SlowPolitenessStore:
+        if not crawler.settings.get("FAULT_LOOKUP_MS_PER_1K"):
+            raise NotConfigured("FAULT_LOOKUP_MS_PER_1K is not set")
+        store = get_politeness(crawler).store
+        store._reader = _SlowReader(store._reader, _positive(crawler, "FAULT_LOOKUP_MS_PER_1K"))
+        return cls()
+
+
+class CpuHeavySpider(BroadSpider):
+    """The broad spider, burning FAULT_PARSE_BURN_MS of CPU in every callback."""
+
+    name = "cpuheavy"
+
+    def parse(self, response: Any, **kwargs: Any) -> Any:
+        burn = self.crawler.settings.getfloat("FAULT_PARSE_BURN_MS") / 1000.0
+        until = time.process_time() + burn
+        digest = response.body
+        while time.process_time() < until:
+            digest = hashlib.sha256(digest).digest()
+        yield from super().parse(response, **kwargs)

@@ -8,6 +8,7 @@ import sys
 
 from crawlproj import cluster, deploy
 from crawlproj.observability import cli as observability
+from crawlproj.security import curve
 
 # Services with their own argument parsers: the rest of the command line goes to them.
 SERVICES = {
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster.add_arguments(sub)
     deploy.add_arguments(sub)
     observability.add_arguments(sub)  # top, logs, diagnose, profile
+    curve.add_arguments(sub)  # keys
     for name, (_module, help_text) in SERVICES.items():
         sub.add_parser(name, help=help_text, add_help=False)
     args, rest = parser.parse_known_args(argv)

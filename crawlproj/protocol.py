@@ -55,6 +55,7 @@ deduplicates without parsing URLs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -129,7 +130,61 @@ def decode_from_node(frame: bytes) -> dict[str, Any]:
 
 
 def decode_from_dispatcher(frame: bytes) -> dict[str, Any]:
-    return decode(frame, DISPATCHER_TYPES)
+    """Decode and type-check a dispatcher frame: a node acts on what passes without more checks."""
+    msg = decode(frame, DISPATCHER_TYPES)
+    fault = _DISPATCHER_CHECKS[msg["t"]](msg)
+    if fault:
+        raise ProtocolError(f"{msg['t']} message with {fault}")
+    return msg
+
+
+MAX_PARTITIONS = 2 ** 31 - 1
+
+
+def _is_int(value: Any, low: int = 0, high: int = 2 ** 63 - 1) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _is_seconds(value: Any) -> bool:
+    return type(value) in (int, float) and 0 < value < float("inf")
+
+
+def _partition_list(value: Any, partitions: int = MAX_PARTITIONS) -> bool:
+    return isinstance(value, list) and all(_is_int(p, 0, partitions - 1) for p in value)
+
+
+def _check_welcome(m: dict[str, Any]) -> str:
+    if not isinstance(m["node"], str):
+        return "a node name that is not a string"
+    if not _is_int(m["partitions"], 1, MAX_PARTITIONS):
+        return f"partitions {m['partitions']!r} outside 1..{MAX_PARTITIONS}"
+    if not _partition_list(m["assigned"], m["partitions"]):
+        return "assigned partitions that are not a list of partition numbers"
+    if not _is_seconds(m["heartbeat_interval"]) or not _is_seconds(m["lease_timeout"]):
+        return "a heartbeat interval or lease time-out that is not a positive number"
+    return "" if _is_int(m["epoch"]) else "an epoch that is not a count"
+
+
+def _check_batch(m: dict[str, Any]) -> str:
+    leases = m["leases"]
+    if not isinstance(leases, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and _is_int(pair[0]) and isinstance(pair[1], dict)
+            for pair in leases):
+        return "leases that are not a list of [lease id, map] pairs"
+    return ""
+
+
+_DISPATCHER_CHECKS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "welcome": _check_welcome,
+    "heartbeat": lambda m: "" if _is_int(m["epoch"]) else "an epoch that is not a count",
+    "batch": _check_batch,
+    "assign": lambda m: "" if _partition_list(m["partitions"]) and isinstance(m["state"], dict)
+    else "partitions that are not a list of partition numbers, or a state that is not a map",
+    "revoke": lambda m: "" if _partition_list(m["partitions"]) else "partitions that are not a list of partition numbers",
+    "finished": lambda m: "",
+    "error": lambda m: "" if isinstance(m["reason"], str) else "a reason that is not a string",
+    "state": lambda m: "" if isinstance(m["state"], dict) else "a state that is not a map",
+}
 
 
 def check_wire_request(req: Any, partitions: int) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import IO, Any
 import zmq
 
 from crawlproj.protocol import decode_from_dispatcher, encode
+from crawlproj.security.curve import ClientKeys
 
 from .errors import DispatcherError, StartError
 from .server import HTTP_PREFIX, LISTENING_PREFIX
@@ -39,14 +40,17 @@ class DispatcherProcess:
     """A running ``python -m crawlproj.dispatcher``; a context manager.
 
     ``args`` are extra command-line options (``--partitions``, ``--seeds``...). Its log (stderr)
-    goes to ``log_path`` (default: ``dispatcher.log`` beside the store directory).
+    goes to ``log_path`` (default: ``dispatcher.log`` beside the store directory). With a CURVE
+    dispatcher (``--curve-secret-key``), ``status()`` authenticates with ``curve`` keys, else with
+    those named by CRAWLPROJ_CURVE_SECRET_KEY_FILE / CRAWLPROJ_CURVE_SERVER_KEY_FILE.
     """
 
     def __init__(self, store: str | os.PathLike[str], *args: str, port: int = 0,
                  host: str = "127.0.0.1", env: dict[str, str] | None = None,
                  log_path: str | os.PathLike[str] | None = None,
-                 startup_timeout: float = STARTUP_TIMEOUT) -> None:
+                 startup_timeout: float = STARTUP_TIMEOUT, curve: ClientKeys | None = None) -> None:
         self.store = Path(store)
+        self.curve = curve  # a CURVE dispatcher's monitor keys (None: CRAWLPROJ_CURVE_* or none)
         self.args = list(args)
         self.host = host
         self.env = env
@@ -180,6 +184,9 @@ class DispatcherProcess:
         sock = self.context().socket(zmq.DEALER)
         try:
             sock.setsockopt(zmq.ROUTING_ID, f"monitor-{uuid.uuid4().hex[:12]}".encode())
+            keys = self.curve if self.curve is not None else ClientKeys.from_env()
+            if keys is not None:
+                keys.apply(sock)
             sock.connect(self.endpoint)
             sock.send(encode("status"))
             if not sock.poll(int(timeout * 1000), zmq.POLLIN):

@@ -13,6 +13,7 @@ due (``--commit-interval``, or ``frontier.COMMIT_ROWS`` rows). Wire messages are
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import math
 import os
@@ -38,6 +39,7 @@ from crawlproj.protocol import (
     decode_from_node,
     encode,
 )
+from crawlproj.security.curve import CurveKeyError, CurveServer, read_authorized, read_certificate
 from crawlproj.urls import BadURL, partition_of
 
 from .errors import ConfigError, DispatcherError
@@ -71,6 +73,7 @@ MAX_PRIORITY = 2 ** 62  # |pr| beyond this does not fit SQLite's integer once ne
 SNDHWM = 100_000  # frames queued per peer before a send fails (then leases are given back)
 BAD_FRAME_LOG_INTERVAL = 5.0  # seconds between two log lines about bad frames of one reason
 STATS_MAX_KEYS = 256  # numbers kept from one node's latest "stats"
+FIELD_MAX_CHARS = 256  # longest node-supplied string kept (stats names, host): "state" must stay small
 DEAD_NODES_KEPT = 256  # departed nodes still listed in "state"
 PARTITION_CACHE_MAX = 100_000  # politeness keys whose partition is remembered
 SUMMARY_INTERVAL = 30.0  # seconds between two summary lines in the log
@@ -115,6 +118,8 @@ class Config:
     hot_seen: int = DEFAULT_HOT_SEEN
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
     restart_hold: float | None = None  # None: heartbeat_timeout when resuming a store
+    curve_secret_key: str | None = None  # CURVE: this dispatcher's key pair (crawlproj keys)
+    curve_authorized_dir: str | None = None  # CURVE: the allowed clients' public *.key files
     http_port: int | None = None  # HTTP API, metrics and status page (0: a free port; None: off)
     http_host: str = "127.0.0.1"
     series_interval: float = 1.0  # seconds between two points of the cluster's time series
@@ -136,6 +141,18 @@ class Config:
             raise ConfigError(f"--key-by must be 'domain' or 'host', got {self.key_by!r}")
         if not self.bind.startswith("tcp://") and not self.bind.startswith("ipc://"):
             raise ConfigError(f"--bind must be a tcp:// or ipc:// endpoint, got {self.bind!r}")
+        if bool(self.curve_secret_key) != bool(self.curve_authorized_dir):
+            raise ConfigError("--curve-secret-key and --curve-authorized-dir go together "
+                              f"(got {self.curve_secret_key!r} and {self.curve_authorized_dir!r})")
+        if self.curve_secret_key and self.curve_authorized_dir:
+            try:
+                read_certificate(self.curve_secret_key, secret=True)
+            except CurveKeyError as exc:
+                raise ConfigError(f"--curve-secret-key: {exc}") from exc
+            try:
+                read_authorized(self.curve_authorized_dir)
+            except CurveKeyError as exc:
+                raise ConfigError(f"--curve-authorized-dir: {exc}") from exc
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise ConfigError(f"--http-port must be a port number (0: a free one), got {self.http_port}")
         if self.series_interval <= 0 or self.timings_interval <= 0 or self.series_points < 2:
@@ -195,6 +212,10 @@ class Dispatcher:
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.SNDHWM, SNDHWM)
+        self.curve: CurveServer | None = None  # before bind: the ZAP handler must be up first
+        if config.curve_secret_key and config.curve_authorized_dir:
+            self.curve = CurveServer(self.ctx, config.curve_secret_key, config.curve_authorized_dir)
+            self.curve.secure(self.sock)
         self.endpoint = ""
         self.nodes: dict[str, Node] = {}
         self.owner: list[str | None] = [None] * self.P
@@ -284,6 +305,8 @@ class Dispatcher:
             self.frontier.close()
         finally:
             self.sock.close(0)
+            if self.curve is not None:
+                self.curve.close()
             if self.redis_seeds is not None:
                 self.redis_seeds.close()
             if self._own_context:
@@ -427,10 +450,10 @@ class Dispatcher:
             node.alive = True
             node.leaving = False
             node.credit = 0
-            logger.info("Node %s joined (pid %s on %s, capacity %s)", name, msg["pid"],
-                        msg["host"], msg["capacity"])
+            logger.info("Node %s joined (pid %s on %s, capacity %s)", name, _scalar(msg["pid"]),
+                        _scalar(msg["host"]), _scalar(msg["capacity"]))
             self.counters["joined"] += 1
-        node.pid, node.host, node.capacity = msg["pid"], msg["host"], msg["capacity"]
+        node.pid, node.host, node.capacity = _scalar(msg["pid"]), _scalar(msg["host"]), _scalar(msg["capacity"])
         node.registered_at = time.time()
         node.last_seen = now
         node.last_heartbeat = node.registered_at
@@ -875,8 +898,9 @@ class Dispatcher:
         if not isinstance(stats, dict):
             self._bad("stats", identity, envelope, "stats must be a map")
             return
-        if len(stats) > STATS_MAX_KEYS:
-            stats = dict(list(stats.items())[:STATS_MAX_KEYS])
+        # numbers under short names only: a node's stats go into every "state" answer
+        stats = {k: v for k, v in itertools.islice(stats.items(), STATS_MAX_KEYS)
+                 if type(k) is str and len(k) <= FIELD_MAX_CHARS and type(v) in (int, float)}
         node.stats = stats
         node.stats_at = time.time()
         self.observer.on_stats(node.name, stats)
@@ -911,9 +935,19 @@ class Dispatcher:
             "messages": dict(self.messages), "nodes": nodes,
             "store": {"path": str(fr.path), "commits": fr.commits, **fr.timings},
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+            "security": self.curve.summary() if self.curve is not None else {"curve": False},
             "observability": self.observer.summary(),
             **_memory_kib(),
         }
+
+
+def _scalar(value: Any) -> int | float | str | None:
+    """A node-supplied field kept in "state": a number, a string of at most FIELD_MAX_CHARS, or None."""
+    if type(value) in (int, float):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, str):
+        return value[:FIELD_MAX_CHARS]
+    return None
 
 
 def _memory_kib() -> dict[str, int]:
@@ -1007,6 +1041,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between TIMINGS lines in the log (default %(default)s)")
     p.add_argument("--test-message-delay", type=float, default=float(_env("test_message_delay", 0.0)),
                    help=argparse.SUPPRESS)  # tests: a dispatcher slowed down per message
+    p.add_argument("--curve-secret-key", default=_env("curve_secret_key", None), metavar="FILE",
+                   help="CURVE: this dispatcher's key pair (crawlproj keys: dispatcher.key_secret); "
+                        "with --curve-authorized-dir, only those clients can talk to it")
+    p.add_argument("--curve-authorized-dir", default=_env("curve_authorized_dir", None), metavar="DIR",
+                   help="CURVE: directory of the allowed clients' public *.key files (SIGHUP re-reads it)")
     p.add_argument("--log-level", default=_env("log_level", "INFO"))
     return p
 
@@ -1021,6 +1060,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         seeds_poll_interval=args.seeds_poll_interval, key_by=args.key_by,
         readahead=args.readahead, hot_seen=args.hot_seen, commit_interval=args.commit_interval,
         restart_hold=None if args.restart_hold is None else float(args.restart_hold),
+        curve_secret_key=args.curve_secret_key, curve_authorized_dir=args.curve_authorized_dir,
         http_port=None if args.http_port is None else int(args.http_port), http_host=args.http_host,
         series_interval=args.series_interval, series_points=args.series_points,
         timings_interval=args.timings_interval, test_message_delay=args.test_message_delay,
@@ -1044,6 +1084,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if dispatcher.curve is not None:
+        curve = dispatcher.curve
+        signal.signal(signal.SIGHUP, lambda signum, frame: curve.reload())
     try:
         endpoint = dispatcher.bind()
         http_url = ""

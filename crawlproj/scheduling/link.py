@@ -11,6 +11,7 @@ import zmq
 import zmq.asyncio
 
 from crawlproj.protocol import ProtocolError, decode_from_dispatcher, encode
+from crawlproj.security.curve import ClientKeys
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ class DispatcherLink:
     """Sends protocol messages and hands every decoded reply to ``on_message``."""
 
     def __init__(self, endpoint: str, node_name: str, on_message: Callable[[dict[str, Any]], None],
-                 stats: Any):
+                 stats: Any, curve: ClientKeys | None = None):
         self.endpoint = endpoint
         self.node_name = node_name
         self.on_message = on_message
@@ -33,6 +34,8 @@ class DispatcherLink:
         self.sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         self.sock.setsockopt(zmq.RCVHWM, SEND_HWM)
         self.sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        if curve is not None:
+            curve.apply(self.sock)  # CURVE: authenticated and encrypted, or no connection at all
         self.sock.connect(endpoint)
         self._reader: asyncio.Task[None] | None = None
         self.last_heard = 0.0

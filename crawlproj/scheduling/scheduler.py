@@ -30,10 +30,12 @@ from crawlproj.nodeid import node_name
 from crawlproj.linkfilter import CANONICAL, recent_links
 from crawlproj.observability.timings import Timings
 from crawlproj.politeness import Politeness, get_politeness
+from crawlproj.protocol import check_wire_request
 from crawlproj.scheduling.keyqueue import KeyQueues
 from crawlproj.scheduling.leases import LEASE, PARENT, LeaseBook
 from crawlproj.scheduling.link import DispatcherLink
 from crawlproj.scheduling.wire import Unserializable, WireCodec
+from crawlproj.security.curve import ClientKeys, CurveKeyError, read_certificate
 from crawlproj.urls import BadURL, canonicalize
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ WAKE = "_wake"  # meta: a queued request re-injected through engine.crawl() to w
 OWN_ERRBACK = "_eb"  # meta: name of the spider's own errback of a leased request
 KEY = "_key"
 PART = "_part"
+OVER_CREDIT_FACTOR = 8  # leases held past this x DISPATCHER_QUEUE_TARGET (more than ever asked for) go back
 
 
 class Settings:
@@ -72,6 +75,30 @@ class Settings:
         self.key_by = s.get("POLITENESS_KEY")
         if self.key_by not in ("domain", "host"):
             raise ValueError(f"POLITENESS_KEY: expected 'domain' or 'host', got {self.key_by!r}")
+        self.curve = self._curve_keys(s)
+
+    @staticmethod
+    def _curve_keys(s: BaseSettings) -> ClientKeys | None:
+        """DISPATCHER_CURVE_SECRET_KEY_FILE + DISPATCHER_CURVE_SERVER_KEY_FILE, read now."""
+        secret_name, server_name = "DISPATCHER_CURVE_SECRET_KEY_FILE", "DISPATCHER_CURVE_SERVER_KEY_FILE"
+        secret_file, server_file = str(s.get(secret_name) or ""), str(s.get(server_name) or "")
+        if not secret_file and not server_file:
+            return None
+        if not secret_file or not server_file:
+            raise ValueError(f"{secret_name} and {server_name}: expected both (CURVE) or neither, "
+                             f"got {secret_file!r} and {server_file!r}")
+        try:
+            public, secret = read_certificate(secret_file, secret=True)
+        except CurveKeyError as exc:
+            raise ValueError(f"{secret_name}: expected this node's CURVE key pair file (crawlproj keys: "
+                             f"clients/<name>.key_secret), got {secret_file!r}: {exc}") from None
+        try:
+            server, _ = read_certificate(server_file, secret=False)
+        except CurveKeyError as exc:
+            raise ValueError(f"{server_name}: expected the dispatcher's public key file (crawlproj keys: "
+                             f"dispatcher.key), got {server_file!r}: {exc}") from None
+        assert secret is not None
+        return ClientKeys(public, secret, server)
 
     @staticmethod
     def _positive_int(s: BaseSettings, name: str) -> int:
@@ -151,7 +178,8 @@ class DispatcherScheduler(BaseScheduler):
 
     async def _open(self, spider: Spider) -> None:
         self.spider = spider
-        self.link = DispatcherLink(self.config.endpoint, self.node, self._on_message, self.stats)
+        self.link = DispatcherLink(self.config.endpoint, self.node, self._on_message, self.stats,
+                                   curve=self.config.curve)
         self.link.start()
         self._register()
         loop = asyncio.get_event_loop()
@@ -485,15 +513,26 @@ class DispatcherScheduler(BaseScheduler):
             self._register()
 
     def _on_batch(self, msg: dict[str, Any]) -> None:
-        assert self.codec is not None and self.spider is not None
+        if self.codec is None or self.spider is None:
+            self.stats.inc_value("dispatcher/unexpected/batch")  # before any welcome
+            return
         errback = self.book.errback(self.spider)
-        for lease_id, wire in msg["leases"]:
+        # Credit bounds what a dispatcher sends; a broken or hostile one still cannot fill our memory.
+        room = OVER_CREDIT_FACTOR * self.config.queue_target - len(self.queues) - len(self.inflight)
+        unasked = [lease_id for lease_id, _ in msg["leases"][max(0, room):]]
+        if unasked:
+            assert self.link is not None
+            self.stats.inc_value("dispatcher/over_credit", len(unasked))
+            logger.error("The dispatcher sent %d leases past our credit: giving them back", len(unasked))
+            self.link.send("release", node=self.node, leases=unasked)
+        for lease_id, wire in msg["leases"][:max(0, room)]:
             self.requested = max(0, self.requested - 1)
             try:
+                check_wire_request(wire, self.partitions)
                 request = self.codec.decode(wire)
             except Exception as exc:
                 self.stats.inc_value("dispatcher/undecodable")
-                logger.error("Undecodable leased request %r: %r; acking it as final", wire, exc)
+                logger.error("Undecodable leased request %r: %r; acking it as final", repr(wire)[:500], exc)
                 self.ack_buffer.append(lease_id)
                 continue
             key, part = wire["k"], wire["p"]
@@ -510,7 +549,7 @@ class DispatcherScheduler(BaseScheduler):
                 # a key fetched before a restart, or by the node that handed it over, waits
                 self.queues.hold(key, self.politeness.next_allowed(key))
             self.queues.push(key, request)
-        self.stats.inc_value("dispatcher/leased", len(msg["leases"]))
+        self.stats.inc_value("dispatcher/leased", len(msg["leases"]) - len(unasked))
         self._wake_soon()
 
     def _on_assign(self, msg: dict[str, Any]) -> None:

@@ -18,11 +18,12 @@ back: nothing is applied twice, ``fetch_count`` included. Writes leave one worke
 the spill is replayed before anything newer is written, so a re-sent upsert is always the last
 one its document saw.
 
-Outage: failed writes are retried with exponential back-off; items wait in memory up to
-``MONGO_SPILL_AFTER`` seconds (or until ``MONGO_BUFFER_MAX_ITEMS`` wait), then go to the spill
-file; when MongoDB answers again the spill is replayed in order and removed. When the buffer is
-full and the spill cannot take more (``MONGO_SPILL_MAX_BYTES``), or MongoDB is reachable but
-slower than the crawl, the engine is paused until the buffer drains to half.
+Outage: a failed write is kept and sent again once a ``ping`` (after an exponential back-off)
+succeeds; items wait in memory up to ``MONGO_SPILL_AFTER`` seconds (or until
+``MONGO_BUFFER_MAX_ITEMS`` wait), then go to the spill file; when MongoDB answers again the spill
+is replayed in order and removed. When the buffer is full and the spill cannot take more
+(``MONGO_SPILL_MAX_BYTES``), or MongoDB is reachable but slower than the crawl, the engine is
+paused until the buffer drains to half.
 """
 
 from __future__ import annotations

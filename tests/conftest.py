@@ -32,6 +32,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll ``condition`` until it returns a truthy value or ``timeout`` passes (then fail)."""
     deadline = time.monotonic() + timeout
@@ -81,8 +92,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         client.close()
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc)
 
 
 def _nx_binary() -> str:
@@ -111,8 +121,7 @@ def mongo_uri() -> Iterator[str]:
     finally:
         client.close()
         if proc is not None:
-            proc.terminate()
-            proc.wait(10)
+            stop_process(proc)
 
 
 @pytest.fixture

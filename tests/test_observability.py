@@ -268,6 +268,10 @@ def test_http_api_metrics_and_top(live_dispatcher: DispatcherProcess, capsys: py
         assert "fake1" in out and "frontier 0" in out and "20.0/" in out
         assert crawlproj_main(["top", "--http", d.http_url, "--watch", "--count", "2", "--interval", "0.2"]) == 0
         assert capsys.readouterr().out.count("dispatcher busy") == 2
+        # diagnose reads the same series live
+        assert crawlproj_main(["diagnose", "--http", d.http_url, "--json"]) == 0
+        live = json.loads(capsys.readouterr().out)
+        assert live["windows"] >= 1 and live["headline"] and live["span_seconds"] > 0
     assert crawlproj_main(["top", "--endpoint", "tcp://127.0.0.1:1", "--timeout", "0.3"]) == 1
 
 

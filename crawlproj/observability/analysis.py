@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crawlproj.politeness.timing import percentiles
+
 from .timings import SAMPLE_TAG, WINDOW_TAG
 
 DISPATCHER = "dispatcher"
@@ -318,8 +320,6 @@ def _combine(summaries: list[dict[str, float]]) -> dict[str, float]:
     n = sum(s.get("n", 0) for s in summaries)
     if len(summaries) > 1 and all(s.get("n") == 1 for s in summaries):  # single samples
         values = sorted(s["p50"] for s in summaries)
-        from crawlproj.politeness.timing import percentiles
-
         return {"n": n, "max": values[-1], **percentiles(values)}
     result: dict[str, float] = {"n": n, "max": max(s.get("max", 0) for s in summaries),
                                 "sum": sum(s.get("sum", 0) for s in summaries)}

@@ -3,14 +3,15 @@
     crawlproj diagnose cluster-dir/                 # node logs, dispatcher log, timing files
     crawlproj diagnose --http http://127.0.0.1:8080  # live: the dispatcher's series
 
-Early windows (after the first, which holds the start-up) are compared with the late ones. The
-causes it knows, in the order it blames them:
+The first third of the windows (without a ramp-up at the start) is compared with the last
+third. The causes it knows, in the order it blames them:
 
 - dispatcher saturated: its loop busy most of the time (or, without its log, nodes' round trips
   to it long and growing while the nodes are idle);
+- node CPU-bound: callbacks (parse and link handling) take most of a node's time (a busy
+  interpreter slows every timing in the process, so this goes before the stores);
 - item store: item write latency grew while the other operations did not as much;
 - politeness store (robots.txt cache, last-fetch state): its lookups or writes grew, or are slow;
-- node CPU-bound: callbacks (parse and link handling) take most of a node's time;
 - politeness-bound: one politeness key takes most fetches, or only a few keys are left.
 
 A crawl rate that fell with none of these is reported as unexplained. A crawl without any of
@@ -26,7 +27,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .analysis import Observations, Window, from_series, rate_trend, read_logs, windows
+from .analysis import Observations, Window, from_series, read_logs, windows
 
 RATE_FALL = 0.25  # a rate this much lower late than early is an alarm
 GROWTH = 3.0  # an operation this many times slower late than early has grown ...
@@ -36,6 +37,7 @@ BUSY = 0.7  # dispatcher loop busy share that means saturated
 SLOW_RTT_MS = 250.0  # node -> dispatcher round trip that means the dispatcher lags
 NODE_IDLE_CPU = 0.8
 SLOW_LOOKUP_MS = 50.0  # a primary-key read of the politeness store should take well under 1 ms
+REACTOR_SHARE = 0.25  # store lookups taking this share of a node's time block its reactor
 PARSE_SHARE = 0.5  # share of a node's wall time in callbacks that makes it CPU-bound
 HOT_KEY_SHARE = 0.5  # one key with this share of fetches ...
 FEW_KEYS = 3  # ... or this few keys fetched: politeness-bound
@@ -103,13 +105,20 @@ def _mean(values: list[float]) -> float | None:
 
 
 def _phases(bins: list[Window]) -> tuple[list[Window], list[Window]]:
-    """The first and last quarter of the windows; a first window that is a ramp-up (less than
+    """The first and last third of the windows; a first window that is a ramp-up (less than
     half the rate of the next: the crawl was starting) is left out of the early ones."""
-    k = max(1, len(bins) // 4)
+    k = max(1, len(bins) // 3)
     skip = 0
     if len(bins) >= 4 and bins[0].rate is not None and bins[1].rate and bins[0].rate < bins[1].rate / 2:
         skip = 1
     return bins[skip:skip + k], bins[-k:]
+
+
+def _time_share(bins: list[Window], op: str) -> float:
+    """Time spent in ``op`` per node, as a share of the windows' length (0 without figures)."""
+    shares = [b.ops[op]["sum"] / ((b.end - b.start) * 1000.0 * max(1, len(b.node_rates)))
+              for b in bins if "sum" in b.ops.get(op, {})]
+    return sum(shares) / len(shares) if shares else 0.0
 
 
 def _op(bins: list[Window], op: str, q: str) -> float | None:
@@ -189,31 +198,6 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
             "dispatcher", "the dispatcher is saturated: nodes wait for leases and acks; check its "
             "store (frontier_commit), its CPU and disk, send fewer messages (larger "
             "DISPATCHER_PUSH_BATCH / DISPATCHER_FLUSH_INTERVAL) or split the crawl", evidence))
-    # item store
-    for g in grown:
-        if g.op in ITEM_OPS:
-            diag.findings.append(Finding(
-                "item_store", f"item write latency grew {g.ratio:.0f}x while "
-                f"{others(ITEM_OPS + ('download', 'dispatcher_rtt'))}: the item store is the "
-                "bottleneck, check its indexes (an upsert that scans), its disk and its load",
-                [g.describe()]))
-            break
-    # politeness store
-    store = [g for g in grown if g.op in STORE_OPS]
-    lookup_late = _op(late, "robots_lookup", "p99")
-    if store or (lookup_late is not None and lookup_late >= SLOW_LOOKUP_MS):
-        evidence = [g.describe() for g in store]
-        if not store and lookup_late is not None:
-            evidence.append(f"robots_lookup p99 {lookup_late:.1f} ms (a primary-key read takes < 1 ms)")
-        knock_on = [g for g in grown if g.op in ("download", "dispatcher_rtt", "parse")]
-        if knock_on:
-            evidence.append("knock-on (lookups run on the reactor thread and stall it): "
-                            + ", ".join(f"{g.op} {g.ratio:.1f}x" for g in knock_on))
-        ratio = f" grew {store[0].ratio:.0f}x" if store else " is slow"
-        diag.findings.append(Finding(
-            "robots_store", f"politeness store latency{ratio}: the robots.txt / politeness store "
-            "is the bottleneck, check its indexes and disk, and keep ROBOTS_CACHE_MEMORY / "
-            "ROBOTS_THROTTLE_MEMORY above the number of active keys", evidence))
     # node CPU-bound
     share = _mean([b.parse_share for b in late if b.parse_share is not None])
     if share is not None and share >= PARSE_SHARE:
@@ -223,10 +207,49 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
             evidence.append(f"parse p50 {parse:.1f} ms per response")
         if cpu is not None:
             evidence.append(f"node CPU {100 * cpu:.0f}% of a core")
+        if grown:
+            # a busy interpreter (its GIL) slows every thread's timings, the store writers' too
+            evidence.append("grown with it, likely knock-on: "
+                            + ", ".join(f"{g.op} {g.ratio:.1f}x" for g in grown))
         diag.findings.append(Finding(
             "cpu", "a node is CPU-bound in its callbacks (parse and link handling): profile it "
             "(crawlproj profile PID --no-idle), make the callback cheaper or run more nodes",
             evidence))
+    # politeness store; its lookups run on the reactor thread: when they take much of it, they
+    # stall everything else there (item completions, downloads, heartbeats) and come first
+    store = [g for g in grown if g.op in STORE_OPS]
+    lookup_late = _op(late, "robots_lookup", "p99")
+    blocked = _time_share(late, "robots_lookup")
+    store_finding = None
+    if store or (lookup_late is not None and lookup_late >= SLOW_LOOKUP_MS) or blocked >= REACTOR_SHARE:
+        evidence = [g.describe() for g in store]
+        if not store and lookup_late is not None:
+            evidence.append(f"robots_lookup p99 {lookup_late:.1f} ms (a primary-key read takes < 1 ms)")
+        if blocked:
+            evidence.append(f"store lookups take {100 * blocked:.0f}% of the node's time (reactor thread)")
+        knock_on = [g for g in grown if g.op not in STORE_OPS]
+        if knock_on and blocked >= REACTOR_SHARE:
+            evidence.append("knock-on (the reactor waits for the lookups): "
+                            + ", ".join(f"{g.op} {g.ratio:.1f}x" for g in knock_on))
+        ratio = f" grew {store[0].ratio:.0f}x" if store else " is slow"
+        store_finding = Finding(
+            "robots_store", f"politeness store latency{ratio}: the robots.txt / politeness store "
+            "is the bottleneck, check its indexes and disk, and keep ROBOTS_CACHE_MEMORY / "
+            "ROBOTS_THROTTLE_MEMORY above the number of active keys", evidence)
+        if blocked >= REACTOR_SHARE:
+            diag.findings.append(store_finding)
+            store_finding = None
+    # item store
+    for g in grown:
+        if g.op in ITEM_OPS:
+            diag.findings.append(Finding(
+                "item_store", f"item write latency grew {g.ratio:.0f}x while "
+                f"{others(ITEM_OPS + ('download', 'dispatcher_rtt'))}: the item store is the "
+                "bottleneck, check its indexes (an upsert that scans), its disk and its load",
+                [g.describe()]))
+            break
+    if store_finding is not None:
+        diag.findings.append(store_finding)
     # politeness-bound
     keyed = [b for b in late if b.fetches >= MIN_FETCHES]
     hot = _mean([b.top_share for b in keyed if b.top_share is not None])

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .analysis import Observations, Trend, Window, op_trends, rate_trend, read_logs, windows
+from .analysis import Observations, Window, op_trends, rate_trend, read_logs, windows
 
 
 def summary(obs: Observations, bins: list[Window]) -> dict[str, Any]:

@@ -13,12 +13,14 @@ import json
 import sys
 import time
 import urllib.request
-import uuid
 from typing import Any, TextIO
+
+from crawlproj.deploy import DeployError, dispatcher_state
 
 from .timings import parse_report
 
 CLEAR = "\x1b[H\x1b[2J"
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5570"
 OPS_SHOWN = ("download", "parse", "item_write", "robots_lookup", "robots_fetch", "dispatcher_rtt")
 
 
@@ -27,27 +29,7 @@ def fetch_state(endpoint: str | None, http: str | None, timeout: float = 5.0) ->
         with urllib.request.urlopen(http.rstrip("/") + "/api/state", timeout=timeout) as resp:
             state: dict[str, Any] = json.load(resp)
         return state
-    import zmq
-
-    from crawlproj.protocol import decode_from_dispatcher, encode
-
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    try:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTING_ID, f"top-{uuid.uuid4().hex[:12]}".encode())
-        sock.connect(endpoint or "tcp://127.0.0.1:5570")
-        sock.send(encode("status"))
-        if not sock.poll(int(timeout * 1000), zmq.POLLIN):
-            raise TimeoutError(f"no answer from the dispatcher at {endpoint} in {timeout} s")
-        msg = decode_from_dispatcher(sock.recv())
-    finally:
-        sock.close(0)
-        ctx.term()
-    if msg["t"] != "state":
-        raise RuntimeError(f"the dispatcher answered {msg['t']}: {msg}")
-    state = msg["state"]
-    return state
+    return dispatcher_state(endpoint or DEFAULT_ENDPOINT, timeout)
 
 
 def _num(v: Any, digits: int = 0) -> str:
@@ -101,7 +83,7 @@ def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     while True:
         try:
             screen = render(fetch_state(args.endpoint, args.http, args.timeout))
-        except (OSError, TimeoutError, RuntimeError) as exc:
+        except (OSError, DeployError) as exc:
             if not args.watch:
                 print(f"crawlproj top: {exc}", file=sys.stderr)
                 return 1
@@ -122,7 +104,7 @@ def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def add_arguments(sub: Any) -> None:
     p = sub.add_parser("top", help=command.__doc__, description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--endpoint", default="tcp://127.0.0.1:5570", help="the dispatcher's ZeroMQ endpoint")
+    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="the dispatcher's ZeroMQ endpoint")
     p.add_argument("--http", default=None, help="use the dispatcher's HTTP API instead")
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (--watch)")

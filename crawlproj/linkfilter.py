@@ -51,7 +51,11 @@ def recent_links(crawler: Crawler) -> RecentSet:
     """The crawler's one filter of recent canonical URLs (``RECENT_LINKS_SIZE`` entries)."""
     links: RecentSet | None = getattr(crawler, ATTRIBUTE, None)
     if links is None:
-        size = crawler.settings.getint("RECENT_LINKS_SIZE")
+        try:
+            size = crawler.settings.getint("RECENT_LINKS_SIZE")
+        except ValueError:
+            raise ValueError(f"RECENT_LINKS_SIZE: expected a positive integer, got "
+                             f"{crawler.settings.get('RECENT_LINKS_SIZE')!r}") from None
         if size <= 0:
             raise ValueError(f"RECENT_LINKS_SIZE: expected a positive integer, got {size}")
         links = RecentSet(size)

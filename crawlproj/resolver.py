@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING, Any
 
-from scrapy.exceptions import NotConfigured
 from scrapy.resolver import CachingThreadedResolver
 from twisted.internet import defer
 
@@ -31,11 +31,16 @@ class SyntheticResolver(CachingThreadedResolver):
         settings = crawler.settings
         suffixes = tuple(s.lower().lstrip(".") for s in settings.getlist("SYNTHWEB_RESOLVE_SUFFIXES"))
         for suffix in suffixes:
-            if not suffix or " " in suffix:
-                raise NotConfigured(f"SYNTHWEB_RESOLVE_SUFFIXES: bad suffix {suffix!r}")
+            if not suffix or any(c.isspace() or c in "/:@" for c in suffix):
+                raise ValueError(f"SYNTHWEB_RESOLVE_SUFFIXES: expected domain suffixes like ['test'], "
+                                 f"got a bad suffix {suffix!r}")
+        address = str(settings.get("SYNTHWEB_RESOLVE_ADDRESS", "127.0.0.1"))
+        try:
+            ipaddress.IPv4Address(address)  # getHostByName answers IPv4
+        except ValueError:
+            raise ValueError(f"SYNTHWEB_RESOLVE_ADDRESS: expected an IPv4 address, got {address!r}") from None
         cache_size = settings.getint("DNSCACHE_SIZE") if settings.getbool("DNSCACHE_ENABLED") else 0
-        return cls(reactor, cache_size, settings.getfloat("DNS_TIMEOUT"), suffixes,
-                   settings.get("SYNTHWEB_RESOLVE_ADDRESS", "127.0.0.1"))
+        return cls(reactor, cache_size, settings.getfloat("DNS_TIMEOUT"), suffixes, address)
 
     def matches(self, name: str) -> bool:
         name = name.lower().rstrip(".")

@@ -10,7 +10,8 @@ from typing import Any, Mapping
 
 SETTINGS_MODULE = "crawlproj.settings"
 
-#: Settings that make a crawl of the synthetic web work: its names resolve to 127.0.0.1.
+#: Settings that make a crawl of the synthetic web work: its names resolve to 127.0.0.1, which
+#: the SSRF guard then allows (SYNTHWEB_RESOLVE_ADDRESS is allowed whenever the suffixes are set).
 SYNTHWEB_SETTINGS: dict[str, Any] = {"SYNTHWEB_RESOLVE_SUFFIXES": "test"}
 
 

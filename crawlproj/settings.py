@@ -92,6 +92,26 @@ ROBOTS_STATE_FILE = ""  # SQLite state file; "" = <CRAWLPROJ_STATE_DIR>/<node na
 ROBOTS_STORE_FLUSH_INTERVAL = 0.5  # seconds between batched writes of the state file
 CRAWLPROJ_STATE_DIR = "state"  # where nodes keep their local state files
 
+# -- Hostile input (crawlproj.security): SSRF guard, crawler traps, oversized responses ----------
+DOWNLOADER_MIDDLEWARES.update({
+    "crawlproj.security.ssrf.SSRFGuardMiddleware": 50,  # before robots.txt: no fetch at all
+    "crawlproj.security.traps.TrapGuardMiddleware": 60,
+    "crawlproj.security.ssrf.SSRFPeerCheckMiddleware": 950,  # first to see a response
+    # counts decompression bombs (hostile/decompression_bomb); otherwise Scrapy's own
+    "scrapy.downloadermiddlewares.httpcompression.HttpCompressionMiddleware": None,
+    "crawlproj.security.traps.CountingHttpCompressionMiddleware": 590,
+})
+SSRF_ENABLED = True  # refuse hosts that resolve to private, loopback, link-local, metadata... addresses
+SSRF_ALLOWED_NETWORKS: list[str] = []  # CIDRs always allowed (+ SYNTHWEB_RESOLVE_ADDRESS when SYNTHWEB_RESOLVE_SUFFIXES is set)
+SSRF_BLOCKED_NETWORKS: list[str] = []  # CIDRs refused on top of the non-public ones
+DOWNLOAD_MAXSIZE = 16 * 1024 * 1024  # Scrapy's 1 GiB x CONCURRENT_REQUESTS is a memory bomb; also caps decompression
+DOWNLOAD_WARNSIZE = 4 * 1024 * 1024  # a warning in the log past this size (Scrapy: 32 MiB)
+TRAP_GUARD_ENABLED = True  # refuse trap URLs (traps/refused/<reason>)
+TRAP_MAX_DEPTH = 0  # request depth (hops from a seed, across hosts too); 0 = no cap
+TRAP_MAX_SEGMENT_REPEATS = 3  # one path segment at most this often (/a/b/a/b/a/b/a/...); 0 = no cap
+TRAP_MAX_PAGES_PER_HOST = 50000  # requests per host and node process; 0 = no cap
+TRAP_HOSTS_TRACKED = 100000  # hosts whose request count is kept (LRU)
+
 # -- MongoDB item pipeline (crawlproj.pipelines.mongo; off while MONGO_URI is empty) -------------
 ITEM_PIPELINES = {
     "crawlproj.pipelines.mongo.MongoPipeline": 800,  # NotConfigured (skipped) without MONGO_URI

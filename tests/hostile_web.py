@@ -13,7 +13,7 @@ Pages (any host unless said otherwise):
     /loop/a, /loop/b redirect to each other
     /cal/N           an endless calendar: links to /cal/N+1 and /cal/N-1 (cal.hostile.test)
     /s/SID/          a new session id in every link (sess.hostile.test)
-    /long            a link of TRAP_MAX_URL_LENGTH+ characters
+    /long            a link of more than URLLENGTH_LIMIT characters; /long-redirect: a redirect to one
     /rel/...         a relative link "x/" to itself: /rel/x/x/x/...
     /malformed       broken markup, NUL bytes, unclosed tags
     /latin1          ISO-8859-1 bytes declared as UTF-8; /nocharset: the same without a charset
@@ -90,7 +90,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(404, b"none", "text/plain")
         if path == "/":
             links = ["/big", "/big-stream", "/bomb", "/loop/a", f"http://cal.hostile.test:{port}/cal/0",
-                     f"http://sess.hostile.test:{port}/s/start/", "/long", "/rel/", "/malformed",
+                     f"http://sess.hostile.test:{port}/s/start/", "/long", "/long-redirect", "/rel/", "/malformed",
                      "/latin1", "/nocharset", "/odd", *(b.format(port=port) for b in SSRF_BAIT)]
             return self._send(200, _page(links, "index"))
         if path == "/big":
@@ -118,6 +118,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, _page([f"/s/{sid}/", "/s/start/"], "session"))
         if path == "/long":
             return self._send(200, _page(["/long-target?q=" + "z" * LONG_URL_CHARS], "long"))
+        if path == "/long-redirect":
+            return self._send(302, b"", Location="/long-target?r=" + "z" * LONG_URL_CHARS)
         if path.startswith("/rel/"):
             return self._send(200, _page(["x/"], "relative"))
         if path == "/malformed":

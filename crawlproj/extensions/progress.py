@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -30,10 +31,15 @@ class Progress:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Progress:
-        interval = crawler.settings.getfloat("PROGRESS_INTERVAL")
+        try:
+            interval = crawler.settings.getfloat("PROGRESS_INTERVAL")
+        except ValueError:
+            interval = -1.0
         stats_file = crawler.settings.get("PROGRESS_STATS_FILE") or None
         if interval < 0:
-            raise ValueError(f"PROGRESS_INTERVAL: expected seconds >= 0, got {interval}")
+            raise ValueError(f"PROGRESS_INTERVAL: expected seconds >= 0, got {crawler.settings.get('PROGRESS_INTERVAL')!r}")
+        if stats_file and not os.path.isdir(os.path.dirname(os.path.abspath(stats_file))):
+            raise ValueError(f"PROGRESS_STATS_FILE: expected a file in an existing directory, got {stats_file!r}")
         if interval == 0 and not stats_file:
             raise NotConfigured("PROGRESS_INTERVAL is 0 and PROGRESS_STATS_FILE is empty")
         ext = cls(crawler, interval, stats_file)

@@ -97,7 +97,7 @@ class RobotsThrottleMiddleware:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> RobotsThrottleMiddleware:
         settings = crawler.settings
-        if not settings.getbool("ROBOTS_THROTTLE_ENABLED"):
+        if not typed_setting(settings, "ROBOTS_THROTTLE_ENABLED", settings.getbool, "a boolean"):
             raise NotConfigured("ROBOTS_THROTTLE_ENABLED is off")
         hold = typed_setting(settings, "ROBOTS_HOLD_TIME", settings.getfloat, "seconds")
         check_setting(hold >= 0, "ROBOTS_HOLD_TIME", hold, "seconds >= 0")

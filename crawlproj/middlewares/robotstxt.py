@@ -21,6 +21,8 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.defer import Deferred
 
+from crawlproj.politeness.core import typed_setting
+
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.http import Request
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
 class FixedRobotsTxtMiddleware(RobotsTxtMiddleware):
     def __init__(self, crawler: Crawler):
-        if crawler.settings.getbool("ROBOTS_THROTTLE_ENABLED"):
+        if typed_setting(crawler.settings, "ROBOTS_THROTTLE_ENABLED", crawler.settings.getbool, "a boolean"):
             raise NotConfigured("RobotsThrottleMiddleware replaces it (ROBOTS_THROTTLE_ENABLED)")
         super().__init__(crawler)
 

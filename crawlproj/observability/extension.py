@@ -14,6 +14,7 @@ response and stamps the items it yields. Both are off with ``TIMINGS_ENABLED = F
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,7 @@ class TimingsConfig:
     """TIMINGS_* settings, read and validated once."""
 
     def __init__(self, s: BaseSettings):
-        if not s.getbool("TIMINGS_ENABLED"):
+        if not _setting(s, "TIMINGS_ENABLED", s.getbool, "a boolean", lambda v: True):
             raise NotConfigured("TIMINGS_ENABLED is off")
         self.interval: float = _setting(s, "TIMINGS_LOG_INTERVAL", s.getfloat, "seconds > 0",
                                         lambda v: v > 0)
@@ -63,6 +64,12 @@ class TimingsConfig:
         path = s.get("TIMINGS_LOG_FILE") or ""
         if not isinstance(path, str):
             raise ValueError(f"TIMINGS_LOG_FILE: expected a path or '', got {path!r}")
+        if path:
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            except OSError as exc:
+                raise ValueError(f"TIMINGS_LOG_FILE: expected a file in a directory that exists or can be "
+                                 f"created, got {path!r} ({exc.strerror})") from None
         self.log_file = path
         self.node = node_name(s)
 

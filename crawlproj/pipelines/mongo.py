@@ -281,7 +281,8 @@ class MongoConfig:
             try:
                 item_class = load_object(path) if isinstance(path, str) else path
             except (ImportError, AttributeError, NameError, ValueError) as exc:
-                raise ValueError(f"MONGO_COLLECTIONS: cannot import item class {path!r}: {exc}") from exc
+                raise ValueError(f"MONGO_COLLECTIONS: expected importable item classes as keys, cannot "
+                                 f"import item class {path!r}: {exc}") from exc
             if not isinstance(item_class, type):
                 raise ValueError(f"MONGO_COLLECTIONS: expected item classes as keys, {path!r} is "
                                  f"a {type(item_class).__name__}")
@@ -485,7 +486,8 @@ class MongoPipeline:
         try:
             config.spill_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise RuntimeError(f"MONGO_SPILL_DIR: cannot create {str(config.spill_dir)!r}: {exc}") from exc
+            raise RuntimeError(f"MONGO_SPILL_DIR: expected a directory that exists or can be created, "
+                               f"got {str(config.spill_dir)!r}: {exc}") from exc
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="crawlproj-mongo")
         self._pool.start()
         # the thread is not a daemon: stop it with the reactor even if close_spider never runs

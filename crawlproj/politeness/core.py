@@ -173,8 +173,15 @@ class PolitenessConfig:
         flush = number("ROBOTS_STORE_FLUSH_INTERVAL")
         check_setting(flush > 0, "ROBOTS_STORE_FLUSH_INTERVAL", flush, "seconds > 0")
         user_agent = settings.get("ROBOTSTXT_USER_AGENT") or settings.get("USER_AGENT") or "*"
+        state_file = state_file_of(settings, spider)
+        source = "ROBOTS_STATE_FILE" if str(settings.get("ROBOTS_STATE_FILE") or "").strip() else "CRAWLPROJ_STATE_DIR"
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(state_file)), exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"{source}: expected a place where the state file {state_file!r} can be created, "
+                             f"got {settings.get(source)!r} ({exc.strerror})") from None
         return cls(
-            state_file=state_file_of(settings, spider),
+            state_file=state_file,
             key_by=key_by,
             delay=delay,
             key_delays=key_delays,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from crawlproj.nodeid import node_name
 from crawlproj.linkfilter import CANONICAL, recent_links
 from crawlproj.observability.timings import Timings
 from crawlproj.politeness import Politeness, get_politeness
+from crawlproj.politeness.core import typed_setting
 from crawlproj.protocol import check_wire_request
 from crawlproj.scheduling.keyqueue import KeyQueues
 from crawlproj.scheduling.leases import LEASE, PARENT, LeaseBook
@@ -49,6 +51,7 @@ WAKE = "_wake"  # meta: a queued request re-injected through engine.crawl() to w
 OWN_ERRBACK = "_eb"  # meta: name of the spider's own errback of a leased request
 KEY = "_key"
 PART = "_part"
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
 OVER_CREDIT_FACTOR = 8  # leases held past this x DISPATCHER_QUEUE_TARGET (more than ever asked for) go back
 
 
@@ -72,6 +75,8 @@ class Settings:
         if self.delay < 0:
             raise ValueError(f"DOWNLOAD_DELAY: expected seconds >= 0, got {self.delay}")
         self.node_header = s.get("DISPATCHER_NODE_HEADER") or ""
+        if self.node_header and not HEADER_NAME.match(str(self.node_header)):
+            raise ValueError(f"DISPATCHER_NODE_HEADER: expected an HTTP header name (or ''), got {self.node_header!r}")
         self.key_by = s.get("POLITENESS_KEY")
         if self.key_by not in ("domain", "host"):
             raise ValueError(f"POLITENESS_KEY: expected 'domain' or 'host', got {self.key_by!r}")
@@ -157,7 +162,8 @@ class DispatcherScheduler(BaseScheduler):
         self._welcomed = asyncio.Event()
         # robots.txt + politeness state of this node (RobotsThrottleMiddleware), when enabled
         self.politeness: Politeness | None = (
-            get_politeness(crawler) if crawler.settings.getbool("ROBOTS_THROTTLE_ENABLED") else None)
+            get_politeness(crawler) if typed_setting(crawler.settings, "ROBOTS_THROTTLE_ENABLED",
+                                                     crawler.settings.getbool, "a boolean") else None)
         self.engine_ready = False  # engine.crawl() may be used to wake the engine only once open
         self.timings = Timings.of(crawler)
         self._ping_sent = 0.0  # perf_counter of the last heartbeat: its answer times the round trip

@@ -30,6 +30,8 @@ from crawlproj.urls import BadURL, canonicalize, host_of, registered_domain
 logger = logging.getLogger(__name__)
 
 SCOPES = ("domain", "allowed", "any")
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def _split(value: str | list[str] | None) -> list[str]:
@@ -79,12 +81,26 @@ class BroadSpider(scrapy.Spider):
             raise ValueError(f"BROAD_SCOPE (or -a scope): expected one of {SCOPES}, got {self.scope!r}")
         self.scope_domains = {d.lower().lstrip(".") for d in
                               (_split(self.allowed_arg) or settings.getlist("BROAD_ALLOWED_DOMAINS"))}
+        for domain in self.scope_domains:
+            if not domain or any(c.isspace() or c in "/:@?#" for c in domain):
+                raise ValueError(f"BROAD_ALLOWED_DOMAINS (or -a allowed_domains): expected domain names like "
+                                 f"'example.com', got {domain!r}")
         self.allow_res = self._compile("BROAD_ALLOW", _split(self.allow_arg) or settings.getlist("BROAD_ALLOW"))
         self.deny_res = self._compile("BROAD_DENY", _split(self.deny_arg) or settings.getlist("BROAD_DENY"))
         self.item_headers = settings.getlist("BROAD_ITEM_HEADERS")
+        for header in self.item_headers:
+            if not HEADER_NAME.match(header):
+                raise ValueError(f"BROAD_ITEM_HEADERS: expected HTTP header names, got {header!r}")
         self.recent = recent_links(self.crawler)
         self.redis_url = settings.get("BROAD_REDIS_URL")
-        self.redis_key = settings.get("BROAD_REDIS_START_URLS_KEY") % {"name": self.name}
+        if not isinstance(self.redis_url, str) or not self.redis_url.startswith(REDIS_SCHEMES):
+            raise ValueError(f"BROAD_REDIS_URL: expected a redis://, rediss:// or unix:// URL, got {self.redis_url!r}")
+        key = settings.get("BROAD_REDIS_START_URLS_KEY")
+        try:
+            self.redis_key = str(key) % {"name": self.name}
+        except (KeyError, ValueError, TypeError):
+            raise ValueError(f"BROAD_REDIS_START_URLS_KEY: expected a key where %(name)s may stand for the "
+                             f"spider's name, got {key!r}") from None
         self.max_depth: int | None = settings.getint("DEPTH_LIMIT") or None  # Scrapy: 0 = no limit
         if self.max_depth_arg is not None:
             try:
@@ -103,7 +119,7 @@ class BroadSpider(scrapy.Spider):
             try:
                 compiled.append(re.compile(pattern))
             except re.error as exc:
-                raise ValueError(f"{setting}: bad regular expression {pattern!r}: {exc}") from exc
+                raise ValueError(f"{setting}: expected regular expressions, got {pattern!r} ({exc})") from exc
         return compiled
 
     # -- seeds ------------------------------------------------------------------------------------

@@ -337,7 +337,10 @@ async def _watch_page(ws_url: str, shot: Path) -> dict[str, Any]:
                     "rows: document.querySelectorAll('#nodes tbody tr').length, "
                     "rate: document.getElementById('k-rate').textContent})")
             result = await call("Runtime.evaluate", expression=expr, returnByValue=True)
-            return dict(json.loads(result["result"]["value"]))
+            value = (result or {}).get("result", {}).get("value")
+            if value is None:  # the page is not there yet (the expression threw)
+                return {"points": 0, "updates": 0, "status": "", "rows": 0, "rate": ""}
+            return dict(json.loads(value))
 
         async def until(cond: Any, timeout: float, what: str) -> dict[str, Any]:
             deadline = time.monotonic() + timeout

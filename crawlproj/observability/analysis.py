@@ -36,6 +36,7 @@ _LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:[,.](\d+))? \[([^\]]+)\
 _LOGSTATS = re.compile(r"Crawled (\d+) pages \(at (\d+) pages/min\)(?:, scraped (\d+) items)?")
 _STATS_ITEM = re.compile(r"^\s*[{ ]?'([^']+)': (.+?),?\}?$")
 _WINDOW_TARGET = 10  # windows wanted when the window length is left to us
+_SAMPLES_PER_WINDOW = 3  # page counts of a node a window spans at least
 _NICE_SECONDS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600)
 
 
@@ -206,7 +207,11 @@ def from_series(points: list[dict[str, Any]]) -> Observations:
                              "cpu": p.get("cpu"), "ops": p.get("ops") or {}})
         for name, n in (p.get("nodes") or {}).items():
             src = obs.source(name)
-            src.pages.append((t, float(n.get("pages") or 0)))
+            pages = float(n.get("pages") or 0)
+            # a count changes once per node report: keep the changes (rates are interpolated
+            # between them), not every tick that repeats the last report
+            if not src.pages or src.pages[-1][1] != pages:
+                src.pages.append((t, pages))
             report = n.get("report")
             if report:
                 src.windows.append({"t": t, **report})
@@ -223,7 +228,8 @@ def auto_window(obs: Observations) -> float:
         return 60.0
     length = max(span[1] - span[0], 1.0)
     gaps = [b[0] - a[0] for s in obs.sources.values() for a, b in zip(s.pages, s.pages[1:])]
-    floor = sorted(gaps)[len(gaps) // 2] if gaps else 1.0
+    # a window spans a few page counts of each node, or its rate is mostly sampling noise
+    floor = _SAMPLES_PER_WINDOW * sorted(gaps)[len(gaps) // 2] if gaps else 1.0
     want = max(length / _WINDOW_TARGET, floor)
     return next((n for n in _NICE_SECONDS if n >= want), want)
 

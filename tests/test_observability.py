@@ -98,7 +98,8 @@ def test_report_round_trip_and_hierarchical_stats() -> None:
 
 
 @pytest.mark.parametrize("name, value", [("TIMINGS_LOG_SAMPLE_RATE", "2"), ("TIMINGS_LOG_INTERVAL", "0"),
-                                         ("TIMINGS_LOG_SLOW_MS", "fast")])
+                                         ("TIMINGS_LOG_SLOW_MS", "fast"), ("TIMINGS_ENABLED", "perhaps"),
+                                         ("TIMINGS_LOG_FILE", "/dev/null/timings.jl")])
 def test_bad_timings_setting_names_itself(name: str, value: str) -> None:
     from scrapy.settings import Settings
 

@@ -43,7 +43,7 @@ HOT_KEY_SHARE = 0.5  # one key with this share of fetches ...
 FEW_KEYS = 3  # ... or this few keys fetched: politeness-bound
 MIN_FETCHES = 5  # fetches in a window for its key figures to count (one key at its delay is few)
 
-ITEM_OPS = ("item_write", "mongo_write")
+ITEM_OPS = ("item_write",)
 STORE_OPS = ("robots_lookup", "robots_store_write")
 
 

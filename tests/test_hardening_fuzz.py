@@ -25,7 +25,14 @@ from crawlproj.dispatcher.process import DispatcherProcess
 from crawlproj.dispatcher.simnode import SimNode, drive
 from crawlproj.protocol import ProtocolError, decode_from_dispatcher, decode_from_node, encode
 from crawlproj.runner import SYNTHWEB_SETTINGS, start_crawl
-from crawlproj.security.fuzz import FrameFuzzer, dispatcher_messages, node_messages, wire_request
+from crawlproj.security.fuzz import (
+    FrameFuzzer,
+    dispatcher_messages,
+    fuzz_dispatcher,
+    node_messages,
+    read_answers,
+    wire_request,
+)
 
 FRAMES = 10_000
 PARTITIONS = 16
@@ -44,26 +51,6 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def drain(sock: zmq.Socket[Any]) -> list[bytes]:
-    frames = []
-    while True:
-        try:
-            frames.append(sock.recv(zmq.NOBLOCK))
-        except zmq.Again:
-            return frames
-
-
-def answers(sock: zmq.Socket[Any], wait_ms: int = 0) -> list[dict[str, Any]]:
-    """The "state" answers among the frames waiting on ``sock``."""
-    sock.poll(wait_ms)
-    found = []
-    for frame in drain(sock):
-        msg = decode_from_dispatcher(frame)  # what the dispatcher sends always decodes
-        if msg["t"] == "state":
-            found.append(msg["state"])
-    return found
-
-
 @pytest.fixture
 def dispatcher(tmp_path: Path) -> Iterator[DispatcherProcess]:
     with DispatcherProcess(tmp_path / "store", "--partitions", str(PARTITIONS), *HEARTBEATS,
@@ -75,35 +62,30 @@ def test_dispatcher_survives_10k_hostile_frames(dispatcher, zmq_context):
     d = dispatcher
     before = d.status()
     rss_before = before["rss_kib"]
-    expected_bad = statuses = 0
     states: list[dict[str, Any]] = []
-    kinds: Counter[str] = Counter()
+
+    def keep_state(msg: dict[str, Any]) -> None:
+        if msg["t"] == "state":
+            states.append(msg["state"])
+
     sock = zmq_context.socket(zmq.DEALER)
     try:
         sock.setsockopt(zmq.ROUTING_ID, b"fuzzer")
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.connect(d.endpoint)
-        fuzzer = FrameFuzzer(node_messages("fuzzer", PARTITIONS), seed=SEED)
-        for i, (kind, frame) in enumerate(itertools.islice(fuzzer, FRAMES)):
-            kinds[kind] += 1
-            try:
-                statuses += decode_from_node(frame)["t"] == "status"
-            except ProtocolError:
-                expected_bad += 1
-            sock.send(frame)
-            if i % 500 == 0:
-                states += answers(sock)
+        run = fuzz_dispatcher(sock, iter(FrameFuzzer(node_messages("fuzzer", PARTITIONS), seed=SEED)),
+                              FRAMES, keep_state)
         sock.send(encode("status"))  # the last frame: its answer means every frame was handled
-        wait_until(lambda: (states.extend(answers(sock, 1000)) or len(states) > statuses), 120,
-                   "the dispatcher to answer every status after the fuzz")
+        wait_until(lambda: read_answers(sock, keep_state, 1000) or len(states) > run.decoded["status"],
+                   120, "the dispatcher to answer every status after the fuzz")
         state = states[-1]
     finally:
         sock.close(0)
     assert d.running(), "the dispatcher died"
-    assert set(kinds) == {"mutated", "confused", "random", "deep", "huge"}
+    assert set(run.kinds) == {"mutated", "confused", "random", "deep", "huge"}
     # every frame the protocol refuses is counted as a bad frame (handlers refuse some more)
     refused = sum(state["bad_frames"].values())
-    assert refused >= expected_bad, (refused, expected_bad, state["bad_frames"])
+    assert refused >= run.refused, (refused, run.refused, state["bad_frames"])
     assert {"undecodable", "oversized"} & set(state["bad_frames"])
     assert state["rss_kib"] - rss_before < RSS_GROWTH_LIMIT_KIB, (rss_before, state["rss_kib"])
     print(f"dispatcher fuzz: {FRAMES} frames, {refused} refused {dict(state['bad_frames'])}, "

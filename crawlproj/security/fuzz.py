@@ -12,7 +12,8 @@
   2^32-1 elements that the frame does not contain.
 
 Valid templates come from :func:`node_messages` (what nodes send the dispatcher) or
-:func:`dispatcher_messages` (what the dispatcher sends nodes).
+:func:`dispatcher_messages` (what the dispatcher sends nodes). :func:`fuzz_dispatcher` sends a
+stream to a dispatcher and reads its answers as they come.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from __future__ import annotations
 import math
 import random
 import struct
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import zmq
 
-from crawlproj.protocol import PROTOCOL_VERSION, encode
+from crawlproj.protocol import PROTOCOL_VERSION, ProtocolError, decode_from_dispatcher, decode_from_node, encode
 from crawlproj.urls import canonicalize, fingerprint, partition_of, politeness_key
 
 KINDS = ("mutated", "confused", "random", "deep", "huge")
@@ -206,3 +210,46 @@ def _with_extra_field(packed_map: bytes, size: int, extra_pair: bytes) -> bytes:
     if size < 15:
         return bytes([0x80 | (size + 1)]) + packed_map[1:] + extra_pair
     return b"\xde" + struct.pack(">H", size + 1) + packed_map[3:] + extra_pair
+
+
+# -- driving a dispatcher --------------------------------------------------------------------------
+
+
+@dataclass
+class FuzzRun:
+    """What was sent, and what the receiver's own decoder makes of it."""
+
+    sent: int = 0
+    refused: int = 0  # frames the protocol decoder refuses: the receiver must count them as bad
+    kinds: Counter[str] = field(default_factory=Counter)
+    decoded: Counter[str] = field(default_factory=Counter)  # message types of the frames that decode
+
+
+def read_answers(sock: zmq.Socket[Any], on_answer: Callable[[dict[str, Any]], None], wait_ms: int = 0) -> None:
+    """Hand every dispatcher message waiting on ``sock`` to ``on_answer`` (they always decode)."""
+    sock.poll(wait_ms)
+    while True:
+        try:
+            frame = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        on_answer(decode_from_dispatcher(frame))
+
+
+def fuzz_dispatcher(sock: zmq.Socket[Any], frames: Iterator[tuple[str, bytes]], count: int,
+                    on_answer: Callable[[dict[str, Any]], None], read_every: int = 500) -> FuzzRun:
+    """Send ``count`` frames on a DEALER connected to a dispatcher, reading its answers meanwhile."""
+    run = FuzzRun()
+    for kind, frame in frames:
+        run.kinds[kind] += 1
+        try:
+            run.decoded[decode_from_node(frame)["t"]] += 1
+        except ProtocolError:
+            run.refused += 1
+        sock.send(frame)
+        run.sent += 1
+        if run.sent % read_every == 0:
+            read_answers(sock, on_answer)
+        if run.sent >= count:
+            break
+    return run

@@ -29,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.defer import maybe_deferred_to_future
@@ -185,7 +185,7 @@ class SSRFGuardMiddleware(_Guard):
             from twisted.internet import reactor
 
             # DNSLookupError and time-outs propagate: the download would fail the same way.
-            resolved = await maybe_deferred_to_future(reactor.resolve(host))  # type: ignore[attr-defined]
+            resolved = await maybe_deferred_to_future(cast(Any, reactor).resolve(host))
             ip = ipaddress.ip_address(resolved)
         self._check(request, ip, "before connecting")
         return None

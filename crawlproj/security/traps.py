@@ -125,6 +125,8 @@ class TrapGuardMiddleware:
         raise IgnoreRequest(f"trap guard: {detail}")
 
     def process_exception(self, request: Request, exception: BaseException) -> None:
+        # Scrapy 2.19 cancels a download (DownloadCancelledError, its message empty when the body
+        # was streamed past the limit) for DOWNLOAD_MAXSIZE; time-outs have an exception of their own.
         if isinstance(exception, DownloadCancelledError) or MAXSIZE_MESSAGE in str(exception):
             self.stats.inc_value("hostile/too_large")
         return None

@@ -46,6 +46,7 @@ import zmq
 
 from crawlproj.cluster import SCHEDULER
 from crawlproj.protocol import ProtocolError, decode_from_dispatcher, encode
+from crawlproj.security.curve import ClientKeys
 
 DEFAULT_PROJECT = "crawlproj"
 DEFAULT_SPIDER = "broad"
@@ -467,6 +468,9 @@ def dispatcher_state(endpoint: str, timeout: float = DISPATCHER_TIMEOUT) -> dict
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.ROUTING_ID, f"monitor-{uuid.uuid4().hex[:12]}".encode())
+            keys = ClientKeys.from_env()  # CRAWLPROJ_CURVE_*_KEY_FILE: a CURVE dispatcher
+            if keys is not None:
+                keys.apply(sock)
             sock.connect(endpoint)
             sock.send(encode("status"))
             if not sock.poll(int(timeout * 1000), zmq.POLLIN):

@@ -190,21 +190,9 @@ def demo(args: argparse.Namespace) -> int:
               flush=True)
         # every host is a seed and the web is closed: follow cross-host links too
         settings = {**SYNTHWEB_SETTINGS, "DOWNLOAD_TIMEOUT": 3, "BROAD_SCOPE": "any"}
-        rc = 0
         with Cluster(workdir, seeds, settings=settings,
                      dispatcher_args=("--partitions", str(args.partitions))) as cluster:
-            print(f"dispatcher at {cluster.dispatcher.endpoint}", flush=True)
-            for i in range(args.nodes):
-                cluster.start_node(f"node{i + 1}")
-            try:
-                wall = watch(cluster)
-            except KeyboardInterrupt:
-                print("\n[cluster] Ctrl-C: stopping the nodes gracefully", flush=True)
-                rc = 130
-                wall = 0.0
-            for name in cluster.running():
-                cluster.stop_node(name)
-            result = summary(cluster, wall)
+            rc, result = run(cluster, args.nodes)
         accesses = web.accesses()
         server_cpu = web.stats()["cpu_seconds"]
         # the nodes obey robots.txt per RFC 9309 (RobotsThrottleMiddleware, on by default)
@@ -230,19 +218,26 @@ def cluster_command(args: argparse.Namespace) -> int:
     with Cluster(workdir, Path(args.seeds_file) if args.seeds_file else None, spider=args.spider,
                  settings=settings,
                  dispatcher_args=("--partitions", str(args.partitions))) as cluster:
-        print(f"dispatcher at {cluster.dispatcher.endpoint}; work dir {workdir}", flush=True)
-        for i in range(args.nodes):
-            cluster.start_node(f"node{i + 1}")
-        try:
-            wall = watch(cluster)
-        except KeyboardInterrupt:
-            print("\n[cluster] Ctrl-C: stopping the nodes gracefully", flush=True)
-            for name in cluster.running():
-                cluster.stop_node(name)
-            summary(cluster, 0.0)
-            return 130
-        summary(cluster, wall)
-    return 0
+        print(f"work dir {workdir}", flush=True)
+        rc, _ = run(cluster, args.nodes)
+    return rc
+
+
+def run(cluster: Cluster, nodes: int) -> tuple[int, dict[str, Any]]:
+    """Start ``nodes`` nodes, show progress until they finish (or Ctrl-C stops them gracefully),
+    print the summary; (exit code, summary)."""
+    print(f"dispatcher at {cluster.dispatcher.endpoint}", flush=True)
+    for i in range(nodes):
+        cluster.start_node(f"node{i + 1}")
+    rc = 0
+    try:
+        wall = watch(cluster)
+    except KeyboardInterrupt:
+        print("\n[cluster] Ctrl-C: stopping the nodes gracefully", flush=True)
+        rc, wall = 130, 0.0
+    for name in cluster.running():
+        cluster.stop_node(name)
+    return rc, summary(cluster, wall)
 
 
 def add_arguments(sub: Any) -> None:

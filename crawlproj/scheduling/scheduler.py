@@ -31,6 +31,7 @@ from crawlproj.nodeid import node_name
 from crawlproj.linkfilter import CANONICAL, recent_links
 from crawlproj.observability.timings import Timings
 from crawlproj.politeness import Politeness, get_politeness
+from crawlproj.politeness.core import check_setting, typed_setting
 from crawlproj.politeness.core import typed_setting
 from crawlproj.protocol import check_wire_request
 from crawlproj.scheduling.keyqueue import KeyQueues
@@ -107,22 +108,14 @@ class Settings:
 
     @staticmethod
     def _positive_int(s: BaseSettings, name: str) -> int:
-        try:
-            value = s.getint(name)
-        except ValueError:
-            raise ValueError(f"{name}: expected a positive integer, got {s.get(name)!r}") from None
-        if value <= 0:
-            raise ValueError(f"{name}: expected a positive integer, got {value}")
+        value: int = typed_setting(s, name, s.getint, "a positive integer")
+        check_setting(value > 0, name, value, "a positive integer")
         return value
 
     @staticmethod
     def _positive_float(s: BaseSettings, name: str) -> float:
-        try:
-            value = s.getfloat(name)
-        except ValueError:
-            raise ValueError(f"{name}: expected a positive number, got {s.get(name)!r}") from None
-        if value <= 0:
-            raise ValueError(f"{name}: expected a positive number, got {value}")
+        value: float = typed_setting(s, name, s.getfloat, "a positive number")
+        check_setting(value > 0, name, value, "a positive number")
         return value
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
+from crawlproj.setting_checks import int_at_least
+
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
@@ -51,13 +53,6 @@ def recent_links(crawler: Crawler) -> RecentSet:
     """The crawler's one filter of recent canonical URLs (``RECENT_LINKS_SIZE`` entries)."""
     links: RecentSet | None = getattr(crawler, ATTRIBUTE, None)
     if links is None:
-        try:
-            size = crawler.settings.getint("RECENT_LINKS_SIZE")
-        except ValueError:
-            raise ValueError(f"RECENT_LINKS_SIZE: expected a positive integer, got "
-                             f"{crawler.settings.get('RECENT_LINKS_SIZE')!r}") from None
-        if size <= 0:
-            raise ValueError(f"RECENT_LINKS_SIZE: expected a positive integer, got {size}")
-        links = RecentSet(size)
+        links = RecentSet(int_at_least(crawler.settings, "RECENT_LINKS_SIZE", 1, "a positive integer"))
         setattr(crawler, ATTRIBUTE, links)
     return links

@@ -21,17 +21,8 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.threads import deferToThreadPool
 
 from crawlproj.politeness import get_politeness
+from crawlproj.setting_checks import positive_float
 from crawlproj.spiders.broad import BroadSpider
-
-
-def _positive(crawler: Crawler, name: str) -> float:
-    try:
-        value = crawler.settings.getfloat(name)
-    except ValueError:
-        raise ValueError(f"{name}: expected a number > 0, got {crawler.settings.get(name)!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name}: expected a number > 0, got {value!r}")
-    return value
 
 
 class SlowItemStorePipeline:
@@ -46,7 +37,7 @@ class SlowItemStorePipeline:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> SlowItemStorePipeline:
-        return cls(crawler, _positive(crawler, "FAULT_ITEM_MS_PER_ITEM"))
+        return cls(crawler, positive_float(crawler.settings, "FAULT_ITEM_MS_PER_ITEM"))
 
     def open_spider(self) -> None:
         from twisted.internet import reactor
@@ -94,7 +85,7 @@ class SlowPolitenessStore:
         if not crawler.settings.get("FAULT_LOOKUP_MS_PER_1K"):
             raise NotConfigured("FAULT_LOOKUP_MS_PER_1K is not set")
         store = get_politeness(crawler).store
-        store._reader = _SlowReader(store._reader, _positive(crawler, "FAULT_LOOKUP_MS_PER_1K"))
+        store._reader = _SlowReader(store._reader, positive_float(crawler.settings, "FAULT_LOOKUP_MS_PER_1K"))
         return cls()
 
 

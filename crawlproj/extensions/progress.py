@@ -12,6 +12,8 @@ from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from twisted.internet import task
 
+from crawlproj.setting_checks import float_at_least
+
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
@@ -31,13 +33,8 @@ class Progress:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Progress:
-        try:
-            interval = crawler.settings.getfloat("PROGRESS_INTERVAL")
-        except ValueError:
-            interval = -1.0
+        interval = float_at_least(crawler.settings, "PROGRESS_INTERVAL", 0.0, "seconds >= 0")
         stats_file = crawler.settings.get("PROGRESS_STATS_FILE") or None
-        if interval < 0:
-            raise ValueError(f"PROGRESS_INTERVAL: expected seconds >= 0, got {crawler.settings.get('PROGRESS_INTERVAL')!r}")
         if stats_file and not os.path.isdir(os.path.dirname(os.path.abspath(stats_file))):
             raise ValueError(f"PROGRESS_STATS_FILE: expected a file in an existing directory, got {stats_file!r}")
         if interval == 0 and not stats_file:

@@ -37,8 +37,9 @@ from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.defer import Deferred
 
 from crawlproj.politeness import MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, get_politeness
-from crawlproj.politeness.core import FAILING, check_setting, typed_setting
+from crawlproj.politeness.core import FAILING
 from crawlproj.politeness.robots import REDIRECT_STATUSES
+from crawlproj.setting_checks import float_at_least, typed_setting
 from crawlproj.urls import BadURL
 
 if TYPE_CHECKING:
@@ -99,8 +100,7 @@ class RobotsThrottleMiddleware:
         settings = crawler.settings
         if not typed_setting(settings, "ROBOTS_THROTTLE_ENABLED", settings.getbool, "a boolean"):
             raise NotConfigured("ROBOTS_THROTTLE_ENABLED is off")
-        hold = typed_setting(settings, "ROBOTS_HOLD_TIME", settings.getfloat, "seconds")
-        check_setting(hold >= 0, "ROBOTS_HOLD_TIME", hold, "seconds >= 0")
+        hold = float_at_least(settings, "ROBOTS_HOLD_TIME", 0.0, "seconds >= 0")
         if settings.getbool("AUTOTHROTTLE_ENABLED"):
             logger.warning("AUTOTHROTTLE_ENABLED: AutoThrottle changes slot delays too; "
                            "RobotsThrottleMiddleware sets them again before every request "

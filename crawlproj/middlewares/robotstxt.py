@@ -21,7 +21,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.defer import Deferred
 
-from crawlproj.politeness.core import typed_setting
+from crawlproj.setting_checks import typed_setting
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler

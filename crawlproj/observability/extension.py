@@ -25,6 +25,7 @@ from scrapy.utils.asyncio import create_looping_call
 
 from crawlproj.nodeid import node_name
 from crawlproj.politeness import CRAWLER_ATTRIBUTE as POLITENESS_ATTRIBUTE
+from crawlproj.setting_checks import positive_float, typed_setting
 
 from .timings import TimingLog, Timings
 
@@ -39,28 +40,16 @@ _POLITENESS_KEY_META = "politeness_key"  # set by RobotsThrottleMiddleware
 _SLOT_META = "download_slot"
 
 
-def _setting(settings: BaseSettings, name: str, getter: Any, expect: str, ok: Any) -> Any:
-    try:
-        value = getter(name)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected {expect}, got {settings.get(name)!r}") from None
-    if not ok(value):
-        raise ValueError(f"{name}: expected {expect}, got {value!r}")
-    return value
-
-
 class TimingsConfig:
     """TIMINGS_* settings, read and validated once."""
 
     def __init__(self, s: BaseSettings):
-        if not _setting(s, "TIMINGS_ENABLED", s.getbool, "a boolean", lambda v: True):
+        if not typed_setting(s, "TIMINGS_ENABLED", s.getbool, "a boolean"):
             raise NotConfigured("TIMINGS_ENABLED is off")
-        self.interval: float = _setting(s, "TIMINGS_LOG_INTERVAL", s.getfloat, "seconds > 0",
-                                        lambda v: v > 0)
-        self.sample_rate: float = _setting(s, "TIMINGS_LOG_SAMPLE_RATE", s.getfloat,
-                                           "a share between 0 and 1", lambda v: 0 <= v <= 1)
-        self.slow_ms: float = _setting(s, "TIMINGS_LOG_SLOW_MS", s.getfloat,
-                                       "milliseconds > 0", lambda v: v > 0)
+        self.interval = positive_float(s, "TIMINGS_LOG_INTERVAL", "seconds > 0")
+        self.sample_rate: float = typed_setting(s, "TIMINGS_LOG_SAMPLE_RATE", s.getfloat,
+                                                "a share between 0 and 1", lambda v: 0 <= v <= 1)
+        self.slow_ms = positive_float(s, "TIMINGS_LOG_SLOW_MS", "milliseconds > 0")
         path = s.get("TIMINGS_LOG_FILE") or ""
         if not isinstance(path, str):
             raise ValueError(f"TIMINGS_LOG_FILE: expected a path or '', got {path!r}")

@@ -61,6 +61,7 @@ from twisted.python.threadpool import ThreadPool
 
 from crawlproj.pipelines.spill import SpillFile, SpillRecord, SpillWriter, claim_spill_files
 from crawlproj.politeness.timing import LatencySampler
+from crawlproj.setting_checks import float_at_least, int_at_least, positive_float, typed_setting
 from crawlproj.urls import BadURL, fingerprint_hex
 
 if TYPE_CHECKING:
@@ -140,15 +141,8 @@ def _redact(uri: str) -> str:
     return re.sub(r"(mongodb(?:\+srv)?://)[^@/]*@", r"\1***@", uri)
 
 
-def _typed(settings: Any, name: str, getter: Callable[[str], Any], ok: Callable[[Any], bool],
-           expected: str) -> Any:
-    raw = settings.get(name)
-    try:
-        value = getter(name)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: expected {expected}, got {raw!r}") from exc
-    if not ok(value):
-        raise ValueError(f"{name}: expected {expected}, got {raw!r}")
+def _json_dict(settings: Any, name: str) -> dict[str, Any]:
+    value: dict[str, Any] = typed_setting(settings, name, settings.getdict, "a dict (or a JSON object)")
     return value
 
 
@@ -169,15 +163,6 @@ def _json_list(settings: Any, name: str) -> list[Any]:
     if not isinstance(raw, (list, tuple)):
         raise ValueError(f"{name}: expected a list, got {raw!r}")
     return list(raw)
-
-
-def _json_dict(settings: Any, name: str) -> dict[str, Any]:
-    raw = settings.get(name)
-    try:
-        value = settings.getdict(name)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: expected a dict (or a JSON object), got {raw!r}") from exc
-    return value
 
 
 def _check_collection_name(setting: str, value: Any) -> str:
@@ -328,18 +313,12 @@ class MongoConfig:
                                  f"{{'fields': [...], 'collection': one of {sorted(written)}}}, got {raw!r}")
             query_paths.append(QueryPath(_field_list(setting, spec.get("fields")), target))
 
-        def positive(x: float) -> bool:
-            return x > 0
-
-        def non_negative(x: float) -> bool:
-            return x >= 0
-
-        backoff_min = _typed(settings, "MONGO_RETRY_BACKOFF_MIN", settings.getfloat, positive, "seconds > 0")
-        backoff_max = _typed(settings, "MONGO_RETRY_BACKOFF_MAX", settings.getfloat,
-                             lambda x: x >= backoff_min, f"seconds >= MONGO_RETRY_BACKOFF_MIN ({backoff_min})")
-        batch_size = _typed(settings, "MONGO_BATCH_SIZE", settings.getint, positive, "an integer >= 1")
-        buffer_max_items = _typed(settings, "MONGO_BUFFER_MAX_ITEMS", settings.getint, lambda x: x >= batch_size,
-                                  f"an integer >= MONGO_BATCH_SIZE ({batch_size})")
+        backoff_min = positive_float(settings, "MONGO_RETRY_BACKOFF_MIN", "seconds > 0")
+        backoff_max = float_at_least(settings, "MONGO_RETRY_BACKOFF_MAX", backoff_min,
+                                     f"seconds >= MONGO_RETRY_BACKOFF_MIN ({backoff_min})")
+        batch_size = int_at_least(settings, "MONGO_BATCH_SIZE", 1)
+        buffer_max_items = int_at_least(settings, "MONGO_BUFFER_MAX_ITEMS", batch_size,
+                                        f"an integer >= MONGO_BATCH_SIZE ({batch_size})")
         spill_dir = settings.get("MONGO_SPILL_DIR")
         if not isinstance(spill_dir, str) or not spill_dir.strip():
             raise ValueError(f"MONGO_SPILL_DIR: expected a directory path, got {spill_dir!r}")
@@ -349,22 +328,20 @@ class MongoConfig:
             collection=collection,
             collections=collections,
             batch_size=batch_size,
-            flush_interval=_typed(settings, "MONGO_FLUSH_INTERVAL", settings.getfloat, positive, "seconds > 0"),
+            flush_interval=positive_float(settings, "MONGO_FLUSH_INTERVAL", "seconds > 0"),
             write_concern=write_concern,
             indexes=tuple(indexes),
             query_paths=tuple(query_paths),
-            allow_unindexed=_typed(settings, "MONGO_ALLOW_UNINDEXED", settings.getbool, lambda x: True,
-                                   "True or False"),
+            allow_unindexed=typed_setting(settings, "MONGO_ALLOW_UNINDEXED", settings.getbool, "True or False"),
             spill_dir=Path(spill_dir),
-            spill_max_bytes=_typed(settings, "MONGO_SPILL_MAX_BYTES", settings.getint, non_negative,
-                                   "bytes >= 0 (0: never spill)"),
-            spill_after=_typed(settings, "MONGO_SPILL_AFTER", settings.getfloat, non_negative, "seconds >= 0"),
+            spill_max_bytes=int_at_least(settings, "MONGO_SPILL_MAX_BYTES", 0, "bytes >= 0 (0: never spill)"),
+            spill_after=float_at_least(settings, "MONGO_SPILL_AFTER", 0.0, "seconds >= 0"),
             buffer_max_items=buffer_max_items,
             retry_backoff_min=backoff_min,
             retry_backoff_max=backoff_max,
-            connect_timeout=_typed(settings, "MONGO_CONNECT_TIMEOUT", settings.getfloat, positive, "seconds > 0"),
-            socket_timeout=_typed(settings, "MONGO_SOCKET_TIMEOUT", settings.getfloat, positive, "seconds > 0"),
-            stats_interval=_typed(settings, "MONGO_STATS_INTERVAL", settings.getfloat, positive, "seconds > 0"),
+            connect_timeout=positive_float(settings, "MONGO_CONNECT_TIMEOUT", "seconds > 0"),
+            socket_timeout=positive_float(settings, "MONGO_SOCKET_TIMEOUT", "seconds > 0"),
+            stats_interval=positive_float(settings, "MONGO_STATS_INTERVAL", "seconds > 0"),
         )
 
 

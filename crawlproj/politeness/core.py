@@ -22,6 +22,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.threads import deferToThread
 
 from crawlproj.nodeid import node_name
+from crawlproj.setting_checks import check_setting, float_at_least, int_at_least, positive_float, typed_setting
 from crawlproj.urls import politeness_key
 
 from .robots import (
@@ -96,20 +97,6 @@ class LRU(Generic[_K, _V]):
         return len(self._data)
 
 
-def typed_setting(settings: BaseSettings, name: str, getter: Callable[[str], Any], expect: str) -> Any:
-    """``getter(name)``, or ValueError naming the setting, its value and what was expected."""
-    try:
-        return getter(name)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: expected {expect}, got {settings.get(name)!r}") from exc
-
-
-def check_setting(ok: bool, name: str, value: Any, expect: str) -> None:
-    """ValueError naming the setting, its value and what was expected, unless ``ok``."""
-    if not ok:
-        raise ValueError(f"{name}: expected {expect}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class PolitenessConfig:
     """The settings Politeness runs on; defaults and meanings live in crawlproj/settings.py."""
@@ -133,24 +120,14 @@ class PolitenessConfig:
 
     @classmethod
     def from_settings(cls, settings: BaseSettings, spider: Any = None) -> PolitenessConfig:
-        def number(name: str, minimum: float = 0.0) -> float:
-            value = typed_setting(settings, name, settings.getfloat, "a number of seconds")
-            check_setting(value >= minimum, name, value, f"a number >= {minimum}")
-            return float(value)
-
-        def count(name: str) -> int:
-            value = typed_setting(settings, name, settings.getint, "an integer")
-            check_setting(value >= 1, name, value, "an integer >= 1")
-            return int(value)
-
         # the scheduler's per-key queues read the same setting: one key for both
         key_by = str(settings.get("POLITENESS_KEY") or "domain")
         check_setting(key_by in KEY_KINDS, "POLITENESS_KEY", key_by, f"one of {KEY_KINDS}")
         raw_delay = settings.get("ROBOTS_THROTTLE_DELAY")
-        delay = number("DOWNLOAD_DELAY") if raw_delay in (None, "", "None") else number(
-            "ROBOTS_THROTTLE_DELAY")
+        delay = float_at_least(settings, "DOWNLOAD_DELAY" if raw_delay in (None, "", "None")
+                               else "ROBOTS_THROTTLE_DELAY")
         raw_key_delays = typed_setting(settings, "ROBOTS_THROTTLE_KEY_DELAYS", settings.getdict,
-                                  "a dict {politeness key: seconds}")
+                                       "a dict {politeness key: seconds}")
         key_delays: dict[str, float] = {}
         for key, value in raw_key_delays.items():
             try:
@@ -158,20 +135,16 @@ class PolitenessConfig:
             except (TypeError, ValueError):
                 seconds = -1.0
             check_setting(seconds >= 0, "ROBOTS_THROTTLE_KEY_DELAYS", {key: value},
-                   "seconds >= 0 for every key")
+                          "seconds >= 0 for every key")
             key_delays[str(key).lower()] = seconds
-        ttl = number("ROBOTS_CACHE_TTL")
-        check_setting(0 < ttl <= MAX_TTL, "ROBOTS_CACHE_TTL", ttl,
-               f"seconds in (0, {MAX_TTL:.0f}] (RFC 9309: at most 24 hours)")
-        retry_delay = number("ROBOTS_RETRY_DELAY")
-        check_setting(retry_delay > 0, "ROBOTS_RETRY_DELAY", retry_delay, "seconds > 0")
-        retry_max = number("ROBOTS_RETRY_MAX_DELAY")
-        check_setting(retry_max >= retry_delay, "ROBOTS_RETRY_MAX_DELAY", retry_max,
-               f"seconds >= ROBOTS_RETRY_DELAY ({retry_delay})")
-        factor = number("ROBOTS_THROTTLE_ADAPTIVE_FACTOR")
-        check_setting(factor > 0, "ROBOTS_THROTTLE_ADAPTIVE_FACTOR", factor, "a number > 0")
-        flush = number("ROBOTS_STORE_FLUSH_INTERVAL")
-        check_setting(flush > 0, "ROBOTS_STORE_FLUSH_INTERVAL", flush, "seconds > 0")
+        ttl = float(typed_setting(settings, "ROBOTS_CACHE_TTL", settings.getfloat,
+                                  f"a number of seconds in (0, {MAX_TTL:.0f}] (RFC 9309: at most 24 hours)",
+                                  lambda v: 0 < v <= MAX_TTL))
+        retry_delay = positive_float(settings, "ROBOTS_RETRY_DELAY", "seconds > 0")
+        retry_max = float_at_least(settings, "ROBOTS_RETRY_MAX_DELAY", retry_delay,
+                                   f"seconds >= ROBOTS_RETRY_DELAY ({retry_delay})")
+        factor = positive_float(settings, "ROBOTS_THROTTLE_ADAPTIVE_FACTOR")
+        flush = positive_float(settings, "ROBOTS_STORE_FLUSH_INTERVAL", "seconds > 0")
         user_agent = settings.get("ROBOTSTXT_USER_AGENT") or settings.get("USER_AGENT") or "*"
         state_file = state_file_of(settings, spider)
         source = "ROBOTS_STATE_FILE" if str(settings.get("ROBOTS_STATE_FILE") or "").strip() else "CRAWLPROJ_STATE_DIR"
@@ -185,16 +158,16 @@ class PolitenessConfig:
             key_by=key_by,
             delay=delay,
             key_delays=key_delays,
-            crawl_delay_max=number("ROBOTS_CRAWL_DELAY_MAX"),
+            crawl_delay_max=float_at_least(settings, "ROBOTS_CRAWL_DELAY_MAX"),
             adaptive=typed_setting(settings, "ROBOTS_THROTTLE_ADAPTIVE", settings.getbool, "a boolean"),
             adaptive_factor=factor,
-            adaptive_max_delay=number("ROBOTS_THROTTLE_ADAPTIVE_MAX_DELAY"),
+            adaptive_max_delay=float_at_least(settings, "ROBOTS_THROTTLE_ADAPTIVE_MAX_DELAY"),
             ttl=ttl,
             retry_delay=retry_delay,
             retry_max_delay=retry_max,
-            fallback_after=number("ROBOTS_FALLBACK_AFTER"),
-            robots_memory=count("ROBOTS_CACHE_MEMORY"),
-            keys_memory=count("ROBOTS_THROTTLE_MEMORY"),
+            fallback_after=float_at_least(settings, "ROBOTS_FALLBACK_AFTER"),
+            robots_memory=int_at_least(settings, "ROBOTS_CACHE_MEMORY", 1),
+            keys_memory=int_at_least(settings, "ROBOTS_THROTTLE_MEMORY", 1),
             flush_interval=flush,
             user_agent=str(user_agent),
         )

@@ -31,14 +31,13 @@ from crawlproj.nodeid import node_name
 from crawlproj.linkfilter import CANONICAL, recent_links
 from crawlproj.observability.timings import Timings
 from crawlproj.politeness import Politeness, get_politeness
-from crawlproj.politeness.core import check_setting, typed_setting
-from crawlproj.politeness.core import typed_setting
 from crawlproj.protocol import check_wire_request
 from crawlproj.scheduling.keyqueue import KeyQueues
 from crawlproj.scheduling.leases import LEASE, PARENT, LeaseBook
 from crawlproj.scheduling.link import DispatcherLink
 from crawlproj.scheduling.wire import Unserializable, WireCodec
 from crawlproj.security.curve import ClientKeys, CurveKeyError, read_certificate
+from crawlproj.setting_checks import float_at_least, int_at_least, positive_float, typed_setting
 from crawlproj.urls import BadURL, canonicalize
 
 if TYPE_CHECKING:
@@ -65,16 +64,14 @@ class Settings:
             raise ValueError(f"DISPATCHER_ENDPOINT: expected a ZeroMQ endpoint like "
                              f"tcp://host:port, got {self.endpoint!r}")
         self.node_name = node_name(s, spider)
-        self.queue_target = self._positive_int(s, "DISPATCHER_QUEUE_TARGET")
-        self.push_batch = self._positive_int(s, "DISPATCHER_PUSH_BATCH")
-        self.flush_interval = self._positive_float(s, "DISPATCHER_FLUSH_INTERVAL")
-        self.heartbeat_interval = self._positive_float(s, "DISPATCHER_HEARTBEAT_INTERVAL")
-        self.timeout = self._positive_float(s, "DISPATCHER_TIMEOUT")
-        self.stats_interval = self._positive_float(s, "DISPATCHER_STATS_INTERVAL")
-        self.replay_seconds = self._positive_float(s, "DISPATCHER_REPLAY_SECONDS")
-        self.delay = s.getfloat("DOWNLOAD_DELAY")
-        if self.delay < 0:
-            raise ValueError(f"DOWNLOAD_DELAY: expected seconds >= 0, got {self.delay}")
+        self.queue_target = int_at_least(s, "DISPATCHER_QUEUE_TARGET", 1, "a positive integer")
+        self.push_batch = int_at_least(s, "DISPATCHER_PUSH_BATCH", 1, "a positive integer")
+        self.flush_interval = positive_float(s, "DISPATCHER_FLUSH_INTERVAL")
+        self.heartbeat_interval = positive_float(s, "DISPATCHER_HEARTBEAT_INTERVAL")
+        self.timeout = positive_float(s, "DISPATCHER_TIMEOUT")
+        self.stats_interval = positive_float(s, "DISPATCHER_STATS_INTERVAL")
+        self.replay_seconds = positive_float(s, "DISPATCHER_REPLAY_SECONDS")
+        self.delay = float_at_least(s, "DOWNLOAD_DELAY", 0.0, "seconds >= 0")
         self.node_header = s.get("DISPATCHER_NODE_HEADER") or ""
         if self.node_header and not HEADER_NAME.match(str(self.node_header)):
             raise ValueError(f"DISPATCHER_NODE_HEADER: expected an HTTP header name (or ''), got {self.node_header!r}")
@@ -105,18 +102,6 @@ class Settings:
                              f"dispatcher.key), got {server_file!r}: {exc}") from None
         assert secret is not None
         return ClientKeys(public, secret, server)
-
-    @staticmethod
-    def _positive_int(s: BaseSettings, name: str) -> int:
-        value: int = typed_setting(s, name, s.getint, "a positive integer")
-        check_setting(value > 0, name, value, "a positive integer")
-        return value
-
-    @staticmethod
-    def _positive_float(s: BaseSettings, name: str) -> float:
-        value: float = typed_setting(s, name, s.getfloat, "a positive number")
-        check_setting(value > 0, name, value, "a positive number")
-        return value
 
 
 class DispatcherScheduler(BaseScheduler):

@@ -35,6 +35,8 @@ from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 
+from crawlproj.setting_checks import typed_setting
+
 if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.crawler import Crawler
@@ -141,13 +143,6 @@ def _networks(settings: BaseSettings, name: str) -> list[IPNetwork]:
     return networks
 
 
-def _enabled(settings: BaseSettings) -> bool:
-    try:
-        return settings.getbool("SSRF_ENABLED")
-    except ValueError:
-        raise ValueError(f"SSRF_ENABLED: expected a boolean, got {settings.get('SSRF_ENABLED')!r}") from None
-
-
 class _Guard:
     def __init__(self, crawler: Crawler, policy: AddressPolicy):
         self.crawler = crawler
@@ -156,7 +151,7 @@ class _Guard:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Any:
-        if not _enabled(crawler.settings):
+        if not typed_setting(crawler.settings, "SSRF_ENABLED", crawler.settings.getbool, "a boolean"):
             raise NotConfigured("SSRF_ENABLED is off")
         return cls(crawler, AddressPolicy.from_settings(crawler.settings))
 

@@ -37,7 +37,7 @@ from scrapy.downloadermiddlewares.httpcompression import HttpCompressionMiddlewa
 from scrapy.exceptions import DownloadCancelledError, IgnoreRequest, NotConfigured
 from scrapy.utils.httpobj import urlparse_cached
 
-from crawlproj.politeness.core import check_setting, typed_setting
+from crawlproj.setting_checks import int_at_least, typed_setting
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -51,10 +51,8 @@ ROBOTS_FETCH_META = "robots_throttle_fetch"  # RobotsThrottleMiddleware's own ro
 MAXSIZE_MESSAGE = "download max size"  # Scrapy's get_maxsize_msg() for cancelled downloads
 
 
-def _count(settings: BaseSettings, name: str, minimum: int = 0) -> int:
-    value = typed_setting(settings, name, settings.getint, "an integer")
-    check_setting(value >= minimum, name, value, f"an integer >= {minimum}" + (" (0 = no cap)" if minimum == 0 else ""))
-    return int(value)
+def _cap(settings: BaseSettings, name: str) -> int:
+    return int_at_least(settings, name, 0, "an integer >= 0 (0 = no cap)")
 
 
 class TrapGuardMiddleware:
@@ -72,15 +70,11 @@ class TrapGuardMiddleware:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> TrapGuardMiddleware:
         s = crawler.settings
-        try:
-            enabled = s.getbool("TRAP_GUARD_ENABLED")
-        except ValueError:
-            raise ValueError(f"TRAP_GUARD_ENABLED: expected a boolean, got {s.get('TRAP_GUARD_ENABLED')!r}") from None
-        if not enabled:
+        if not typed_setting(s, "TRAP_GUARD_ENABLED", s.getbool, "a boolean"):
             raise NotConfigured("TRAP_GUARD_ENABLED is off")
-        return cls(crawler, _count(s, "URLLENGTH_LIMIT"), _count(s, "TRAP_MAX_DEPTH"),
-                   _count(s, "TRAP_MAX_SEGMENT_REPEATS"), _count(s, "TRAP_MAX_PAGES_PER_HOST"),
-                   _count(s, "TRAP_HOSTS_TRACKED", minimum=1))
+        return cls(crawler, _cap(s, "URLLENGTH_LIMIT"), _cap(s, "TRAP_MAX_DEPTH"),
+                   _cap(s, "TRAP_MAX_SEGMENT_REPEATS"), _cap(s, "TRAP_MAX_PAGES_PER_HOST"),
+                   int_at_least(s, "TRAP_HOSTS_TRACKED", 1))
 
     def process_request(self, request: Request) -> None:
         meta = request.meta

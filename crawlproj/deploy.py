@@ -35,18 +35,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import zmq
-
 from crawlproj.cluster import SCHEDULER
-from crawlproj.protocol import ProtocolError, decode_from_dispatcher, encode
-from crawlproj.security.curve import ClientKeys
+from crawlproj.dispatcher.errors import DispatcherError
+from crawlproj.dispatcher.process import request_state
 
 DEFAULT_PROJECT = "crawlproj"
 DEFAULT_SPIDER = "broad"
@@ -460,34 +457,6 @@ def schedule_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def dispatcher_state(endpoint: str, timeout: float = DISPATCHER_TIMEOUT) -> dict[str, Any]:
-    """The dispatcher's "state" map (one status round trip on a fresh DEALER), or DeployError."""
-    ctx: zmq.Context[Any] = zmq.Context()
-    try:
-        sock = ctx.socket(zmq.DEALER)
-        try:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTING_ID, f"monitor-{uuid.uuid4().hex[:12]}".encode())
-            keys = ClientKeys.from_env()  # CRAWLPROJ_CURVE_*_KEY_FILE: a CURVE dispatcher
-            if keys is not None:
-                keys.apply(sock)
-            sock.connect(endpoint)
-            sock.send(encode("status"))
-            if not sock.poll(int(timeout * 1000), zmq.POLLIN):
-                raise DeployError(f"no answer from the dispatcher at {endpoint} in {timeout:g} s")
-            msg = decode_from_dispatcher(sock.recv())
-        except (zmq.ZMQError, ProtocolError) as exc:
-            raise DeployError(f"dispatcher at {endpoint}: {exc}") from exc
-        finally:
-            sock.close(0)
-    finally:
-        ctx.term()
-    if msg["t"] != "state":
-        raise DeployError(f"dispatcher at {endpoint} answered status with {msg['t']}")
-    state: dict[str, Any] = msg["state"]
-    return state
-
-
 def gather_status(record: Record, timeout: float = HTTP_TIMEOUT) -> dict[str, Any]:
     """Each recorded node: its scrapyd job (listjobs.json) joined with the dispatcher's view of it."""
     jobs: dict[str, dict[str, JobInfo] | str] = {}
@@ -500,8 +469,8 @@ def gather_status(record: Record, timeout: float = HTTP_TIMEOUT) -> dict[str, An
     known: dict[str, Any] = {}
     if record.dispatcher:
         try:
-            state = dispatcher_state(record.dispatcher)
-        except DeployError as exc:
+            state = request_state(record.dispatcher, DISPATCHER_TIMEOUT)
+        except DispatcherError as exc:
             dispatcher["error"] = str(exc)
         else:
             known = state.get("nodes", {})

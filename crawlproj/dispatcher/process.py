@@ -7,6 +7,8 @@
 
     with DispatcherProcess(store, "--http-port", "0") as d:
         d.http_url            # "http://127.0.0.1:PORT" (the line after LISTENING), else ""
+
+    request_state("tcp://host:5570")  # the same status round trip with any running dispatcher
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import IO, Any
 
 import zmq
 
-from crawlproj.protocol import decode_from_dispatcher, encode
+from crawlproj.protocol import ProtocolError, decode_from_dispatcher, encode
 from crawlproj.security.curve import ClientKeys
 
 from .errors import DispatcherError, StartError
@@ -34,6 +36,42 @@ STOP_TIMEOUT = 10.0  # seconds a SIGTERM gets before SIGKILL
 STATUS_TIMEOUT = 5.0
 REBIND_TIMEOUT = 10.0  # a restart on the same port retries this long if the port is still busy
 LOG_TAIL_BYTES = 4000
+
+
+def request_state(endpoint: str, timeout: float = STATUS_TIMEOUT, keys: ClientKeys | None = None,
+                  context: zmq.Context[Any] | None = None) -> dict[str, Any]:
+    """The dispatcher's "state" map, by one status round trip on a fresh DEALER.
+
+    A CURVE dispatcher is asked with ``keys``, else with those named by
+    CRAWLPROJ_CURVE_SECRET_KEY_FILE / CRAWLPROJ_CURVE_SERVER_KEY_FILE (CurveKeyError if they
+    cannot be read). No answer, a bad frame or a socket error is a DispatcherError. Without a
+    ``context`` one is made for the call and terminated after it.
+    """
+    ctx: zmq.Context[Any] = zmq.Context() if context is None else context
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTING_ID, f"monitor-{uuid.uuid4().hex[:12]}".encode())
+            keys = keys if keys is not None else ClientKeys.from_env()
+            if keys is not None:
+                keys.apply(sock)
+            sock.connect(endpoint)
+            sock.send(encode("status"))
+            if not sock.poll(int(timeout * 1000), zmq.POLLIN):
+                raise DispatcherError(f"no answer to status from the dispatcher at {endpoint} in {timeout:g} s")
+            msg = decode_from_dispatcher(sock.recv())
+        except (zmq.ZMQError, ProtocolError) as exc:
+            raise DispatcherError(f"dispatcher at {endpoint}: {exc}") from exc
+        finally:
+            sock.close(0)
+    finally:
+        if context is None:
+            ctx.term()
+    if msg["t"] != "state":
+        raise DispatcherError(f"dispatcher at {endpoint} answered status with {msg['t']}: {msg}")
+    state: dict[str, Any] = msg["state"]
+    return state
 
 
 class DispatcherProcess:
@@ -180,24 +218,8 @@ class DispatcherProcess:
         return self._ctx
 
     def status(self, timeout: float = STATUS_TIMEOUT) -> dict[str, Any]:
-        """The dispatcher's "state" map, by a status round trip on a fresh DEALER."""
-        sock = self.context().socket(zmq.DEALER)
-        try:
-            sock.setsockopt(zmq.ROUTING_ID, f"monitor-{uuid.uuid4().hex[:12]}".encode())
-            keys = self.curve if self.curve is not None else ClientKeys.from_env()
-            if keys is not None:
-                keys.apply(sock)
-            sock.connect(self.endpoint)
-            sock.send(encode("status"))
-            if not sock.poll(int(timeout * 1000), zmq.POLLIN):
-                raise DispatcherError(f"no answer to status from {self.endpoint} in {timeout} s")
-            msg = decode_from_dispatcher(sock.recv())
-        finally:
-            sock.close(0)
-        if msg["t"] != "state":
-            raise DispatcherError(f"status answered with {msg['t']}: {msg}")
-        state: dict[str, Any] = msg["state"]
-        return state
+        """The dispatcher's "state" map (:func:`request_state`), or DispatcherError."""
+        return request_state(self.endpoint, timeout, self.curve, self.context())
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

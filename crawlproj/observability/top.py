@@ -15,7 +15,8 @@ import time
 import urllib.request
 from typing import Any, TextIO
 
-from crawlproj.deploy import DeployError, dispatcher_state
+from crawlproj.dispatcher.errors import DispatcherError
+from crawlproj.dispatcher.process import request_state
 
 from .timings import parse_report
 
@@ -29,7 +30,7 @@ def fetch_state(endpoint: str | None, http: str | None, timeout: float = 5.0) ->
         with urllib.request.urlopen(http.rstrip("/") + "/api/state", timeout=timeout) as resp:
             state: dict[str, Any] = json.load(resp)
         return state
-    return dispatcher_state(endpoint or DEFAULT_ENDPOINT, timeout)
+    return request_state(endpoint or DEFAULT_ENDPOINT, timeout)
 
 
 def _num(v: Any, digits: int = 0) -> str:
@@ -83,7 +84,7 @@ def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     while True:
         try:
             screen = render(fetch_state(args.endpoint, args.http, args.timeout))
-        except (OSError, DeployError) as exc:
+        except (OSError, DispatcherError) as exc:
             if not args.watch:
                 print(f"crawlproj top: {exc}", file=sys.stderr)
                 return 1

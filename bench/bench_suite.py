@@ -10,8 +10,9 @@ Sections (``--only`` picks some):
               crawler CPU ms per page, ratios to plain Scrapy.
   politeness  D hosts, delay d, ~5 ms latency, one node: pages/s against the D/d limit.
   latency     100-200 ms responses, CONCURRENT_REQUESTS=16 per node: 1, 2 and 4 nodes.
-  long        >= 200k pages over hosts with heavy-tailed sizes, 2 nodes: rate per 10% window of
-              pages and node RSS over time.
+  long        200k pages (--long-pages) of a web of heavy-tailed hosts about 1.5x as big, 2 nodes:
+              rate per 10% window of pages, hosts fetched per window, node RSS over time.
+              --long-to-end crawls the whole web, its drain to the biggest hosts included.
   dispatcher  dispatcher capacity with simulated nodes (bench/bench_dispatcher.py).
 Writes bench/results/suite.json, bench/results/suite.md and PNG charts beside them.
 """
@@ -188,13 +189,46 @@ def _rss_kib(pid: int) -> int | None:
     return None
 
 
-def long_crawl(workdir: Path, target_pages: int, nodes: int) -> dict[str, Any]:
+def window_rates(pages: list[tuple[float, str]]) -> tuple[list[float], list[dict[str, Any]]]:
+    """pages/s per 10% window of (start ms, host) sorted by time, and who was fetched in each.
+
+    A window's profile: distinct hosts fetched, the busiest host's share of its pages, and the
+    median gap between two fetches of one host (ms). When few hosts are left, a polite crawl is
+    bound by hosts x (1 / gap), whatever the crawler's speed.
+    """
+    rates, profile = [], []
+    n = len(pages)
+    for w in range(10):
+        lo, hi = n * w // 10, n * (w + 1) // 10 - 1
+        secs = (pages[hi][0] - pages[lo][0]) / 1000.0
+        rates.append((hi - lo) / secs if secs > 0 else 0.0)
+        per_host: dict[str, list[float]] = {}
+        for t, host in pages[lo:hi + 1]:
+            per_host.setdefault(host, []).append(t)
+        gaps = sorted(b - a for ts in per_host.values() for a, b in zip(ts, ts[1:]))
+        profile.append({"hosts": len(per_host),
+                        "top_host_share": max(len(ts) for ts in per_host.values()) / (hi - lo + 1),
+                        "median_gap_ms": gaps[len(gaps) // 2] if gaps else 0.0})
+    return rates, profile
+
+
+def long_crawl(workdir: Path, target_pages: int, nodes: int, to_end: bool = False) -> dict[str, Any]:
+    """A crawl of ``target_pages`` pages of a web about 1.5x that size, then stopped.
+
+    The web is bigger than the crawl so that work stays plentiful to the last window, as in a
+    crawl that runs for hours: a slowdown then comes from the crawler (state growing, caches
+    filling), not from the web running out. ``to_end`` crawls the whole web instead; its last
+    windows are then the drain, when only the biggest hosts are left and each is fetched one
+    request at a time (the window profile shows how many hosts were left).
+    """
     hosts = max(200, target_pages // 150)
     spec = WebSpec(seed=5, hosts=hosts, min_pages=60, max_pages=20000, pareto_alpha=1.3,
                    robots_variants=False, slow_host_share=0.0, page_bytes=5000)
     samples: list[dict[str, Any]] = []
     with SynthWebProcess(spec, access_log=workdir / "access.log") as web:
         total = sum(h.pages for h in web.web.hosts)
+        if not to_end and total < 1.4 * target_pages:
+            raise ValueError(f"the long-crawl web has {total} pages, too few for {target_pages}")
         seeds = workdir / "seeds.txt"
         seeds.write_text("\n".join(web.seed_urls()) + "\n")
         settings = {**SYNTHWEB_SETTINGS, "BROAD_SCOPE": "any", "LOG_LEVEL": "INFO"}
@@ -213,18 +247,22 @@ def long_crawl(workdir: Path, target_pages: int, nodes: int) -> dict[str, Any]:
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            finished = cluster.wait(CRAWL_TIMEOUT)
+            # served requests include at most one robots.txt per host (this web has no errors)
+            enough = None if to_end else target_pages + hosts
+            deadline = time.monotonic() + CRAWL_TIMEOUT
+            while not cluster.wait(1.0):
+                if enough is not None and web.stats()["requests"] >= enough:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("long crawl did not finish")
             stop.set()
             sampler.join()
-            if not finished:
-                raise RuntimeError("long crawl did not finish")
-        times = sorted(a.start_ms for a in web.accesses() if not a.is_robots)
-    windows = []
-    n = len(times)
-    for w in range(10):
-        lo, hi = n * w // 10, n * (w + 1) // 10 - 1
-        secs = (times[hi] - times[lo]) / 1000.0
-        windows.append((hi - lo) / secs if secs > 0 else 0.0)
+        pages = sorted((a.start_ms, a.host) for a in web.accesses() if not a.is_robots)
+    if not to_end:
+        if len(pages) < target_pages:
+            raise RuntimeError(f"the crawl ended after {len(pages)} pages, before {target_pages}")
+        pages = pages[:target_pages]
+    windows, profile = window_rates(pages)
     rss = {name: [s[name] for s in samples if s.get(name)] for name in (f"n{i + 1}" for i in range(nodes))}
     # Growth from the second tenth of the run (the first is start-up: imports, caches filling)
     # to the last tenth.
@@ -235,12 +273,18 @@ def long_crawl(workdir: Path, target_pages: int, nodes: int) -> dict[str, Any]:
             second = sum(values[tenth: 2 * tenth]) / tenth
             last = sum(values[-tenth:]) / tenth
             growth[name] = last / second - 1.0
-    r = {"hosts": hosts, "pages_in_web": total, "pages": n, "rate_per_10pct_window": windows,
+    n = len(pages)
+    r = {"hosts": hosts, "pages_in_web": total, "pages": n, "to_end": to_end,
+         "rate_per_10pct_window": windows, "window_profile": profile,
          "last_over_first_window": windows[-1] / windows[0] if windows[0] else 0.0,
          "rss_growth": growth, "rss_samples": samples}
-    print(f"  long crawl: {n} pages; rate per 10% window: " + ", ".join(f"{w:.0f}" for w in windows)
+    print(f"  long crawl: {n} of {total} pages; rate per 10% window: "
+          + ", ".join(f"{w:.0f}" for w in windows)
           + f"; last/first {r['last_over_first_window']:.2f}; RSS growth "
           + ", ".join(f"{k} {100 * v:+.1f}%" for k, v in growth.items()), flush=True)
+    print("  hosts per window: " + ", ".join(str(p["hosts"]) for p in profile)
+          + "; median gap between fetches of a host (ms): "
+          + ", ".join(f"{p['median_gap_ms']:.0f}" for p in profile), flush=True)
     return r
 
 
@@ -277,8 +321,12 @@ def markdown(results: dict[str, Any]) -> str:
         out.append("")
     if "long" in results:
         r = results["long"]
-        out += ["## Long crawl", "", f"{r['pages']} pages over {r['hosts']} hosts (heavy-tailed sizes).",
+        scope = "the whole web" if r.get("to_end") else "then stopped"
+        out += ["## Long crawl", "",
+                f"{r['pages']} pages of a web of {r['pages_in_web']} pages on {r['hosts']} hosts "
+                f"(heavy-tailed sizes), {scope}.",
                 "Rate per 10% window (pages/s): " + ", ".join(f"{w:.0f}" for w in r["rate_per_10pct_window"]),
+                "Hosts fetched per window: " + ", ".join(str(p["hosts"]) for p in r["window_profile"]),
                 f"Last / first window: {r['last_over_first_window']:.2f}. Node RSS growth (second to last "
                 f"tenth of the run): "
                 + ", ".join(f"{k} {100 * v:+.1f}%" for k, v in r["rss_growth"].items()), ""]
@@ -333,6 +381,8 @@ def main() -> None:
     parser.add_argument("--latency-nodes", default="1,2,4")
     parser.add_argument("--long-pages", type=int, default=200_000)
     parser.add_argument("--long-nodes", type=int, default=2)
+    parser.add_argument("--long-to-end", action="store_true",
+                        help="crawl the whole long-crawl web (its drain included), not --long-pages")
     args = parser.parse_args()
     only = set(args.only.split(","))
     results: dict[str, Any] = {}
@@ -342,7 +392,7 @@ def main() -> None:
             ("cpu", lambda d: cpu(d, args.hosts, args.pages)),
             ("politeness", lambda d: politeness(d, args.politeness_hosts, args.politeness_delay, 40)),
             ("latency", lambda d: latency(d, [int(n) for n in args.latency_nodes.split(",")], 300, 20)),
-            ("long", lambda d: long_crawl(d, args.long_pages, args.long_nodes)),
+            ("long", lambda d: long_crawl(d, args.long_pages, args.long_nodes, args.long_to_end)),
         )
         for name, run in sections:
             if name in only:

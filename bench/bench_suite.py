@@ -353,10 +353,16 @@ def charts(results: dict[str, Any]) -> list[Path]:
     if "long" in results:
         r = results["long"]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-        a1.plot(range(1, 11), r["rate_per_10pct_window"], marker="o")
+        a1.plot(range(1, 11), r["rate_per_10pct_window"], marker="o", label="pages/s")
+        a1.set_ylim(bottom=0)
         a1.set_xlabel("10% window of pages")
         a1.set_ylabel("pages/s")
-        a1.set_title("Long crawl: rate")
+        a1.set_title("Long crawl: rate, and hosts fetched per window")
+        hosts = a1.twinx()
+        hosts.plot(range(1, 11), [p["hosts"] for p in r["window_profile"]], color="tab:gray",
+                   linestyle="--", label="hosts")
+        hosts.set_ylim(bottom=0)
+        hosts.set_ylabel("hosts fetched in the window")
         for name in r["rss_growth"]:
             pts = [(s["t"], s[name] / 1024) for s in r["rss_samples"] if s.get(name)]
             a2.plot([p[0] for p in pts], [p[1] for p in pts], label=name)

@@ -187,6 +187,35 @@ def test_log_analyzer_reports_a_planted_rate_drop(tmp_path: Path, capsys: pytest
     assert verdict.startswith("rate fell 4") and "item store is the bottleneck" in verdict, verdict
 
 
+def test_shutdown_tail_is_not_a_rate_drop(tmp_path: Path) -> None:
+    """After "Closing spider" a node only finishes its in-flight requests: those last pages are
+    not its crawl rate. A node started again in the same log counts again from "Spider opened"."""
+    t0 = time.mktime(time.strptime("2026-01-05 10:00:00", "%Y-%m-%d %H:%M:%S"))
+
+    def line(t: float, logger: str, message: str) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f" [{logger}] INFO: {message}\n"
+
+    def crawled(t: float, pages: int) -> str:
+        return line(t, "scrapy.extensions.logstats", f"Crawled {pages} pages (at 6000 pages/min)")
+
+    log = [line(t0, "scrapy.core.engine", "Spider opened")]
+    log += [crawled(t0 + s, 100 * s) for s in range(1, 21)]  # 100 pages/s for 20 s
+    log.append(line(t0 + 21, "scrapy.core.engine", "Closing spider (closespider_timeout)"))
+    log.append(crawled(t0 + 22, 2005))  # in-flight requests ending: 5 pages in a second
+    (tmp_path / "n1.log").write_text("".join(log))
+    obs = read_logs([tmp_path])
+    assert [round(b.rate or 0) for b in windows(obs, 2.0)] == [100] * 10
+    result = diagnose(obs, window=2.0)
+    assert result.healthy, result.text()
+
+    # the same node started again after the close: its pages count once more
+    restart = [line(t0 + 30, "scrapy.core.engine", "Spider opened")]
+    restart += [crawled(t0 + 30 + s, 2005 + 100 * s) for s in range(1, 11)]
+    (tmp_path / "n1.log").write_text("".join(log + restart))
+    pages = read_logs([tmp_path]).sources["n1"].pages
+    assert (t0 + 22, 2005.0) not in pages and (t0 + 40, 3005.0) in pages
+
+
 # -- the dispatcher's HTTP API, metrics, `top`, the page -----------------------------------------------
 
 

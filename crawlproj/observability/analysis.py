@@ -34,6 +34,8 @@ DISPATCHER = "dispatcher"
 QUANTILES = ("p50", "p90", "p99")
 _LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:[,.](\d+))? \[([^\]]+)\] (\w+): (.*)$")
 _LOGSTATS = re.compile(r"Crawled (\d+) pages \(at (\d+) pages/min\)(?:, scraped (\d+) items)?")
+_CLOSING = "Closing spider ("  # scrapy.core.engine: the node takes no new work from here on
+_OPENED = "Spider opened"  # scrapy.core.engine: a (re)started node crawls again
 _STATS_ITEM = re.compile(r"^\s*[{ ]?'([^']+)': (.+?),?\}?$")
 _WINDOW_TARGET = 10  # windows wanted when the window length is left to us
 _SAMPLES_PER_WINDOW = 3  # page counts of a node a window spans at least
@@ -49,6 +51,9 @@ class Source:
     windows: list[dict[str, Any]] = field(default_factory=list)  # TIMINGS records
     samples: list[tuple[float, str, float]] = field(default_factory=list)  # (epoch, op, ms)
     final_stats: dict[str, Any] = field(default_factory=dict)
+    # (closing, reopened) epochs: the node was shutting down, its last pages are in-flight
+    # requests ending, not its crawl rate; reopened is inf unless the node started again
+    closing: list[tuple[float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -67,7 +72,8 @@ class Observations:
     def span(self) -> tuple[float, float] | None:
         """From the first record to the last growth of any node's page count: once every
         count has stopped growing the crawl has ended (or stalled, which the page counts of a
-        live crawl show as zero rates), and the quiet tail is not a slowdown."""
+        live crawl show as zero rates), and the quiet tail is not a slowdown. Page counts a
+        node logged while shutting down are already left out (see Source.closing)."""
         times = [t for s in self.sources.values() for t, _ in s.pages]
         times += [w["t"] for s in self.sources.values() for w in s.windows]
         if not times:
@@ -90,6 +96,9 @@ class Observations:
                     windows.append(w)
             src.windows = windows
             src.samples = sorted(set(src.samples))
+            if src.closing:
+                src.pages = [(t, n) for t, n in src.pages
+                             if not any(closed <= t < reopened for closed, reopened in src.closing)]
 
 
 @dataclass
@@ -144,6 +153,7 @@ def _epoch(stamp: str, fraction: str | None) -> float:
 def _read_file(obs: Observations, path: Path) -> None:
     name = path.name.split(".")[0]
     pending_pages: list[tuple[float, float]] = []
+    closing: list[tuple[float, float]] = []
     node: str | None = None
     stats_block: list[str] | None = None
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -168,10 +178,16 @@ def _read_file(obs: Observations, path: Path) -> None:
                 pending_pages.append((t, float(ls.group(1))))
             elif message.startswith("Dumping Scrapy stats"):
                 stats_block = [message.split(":", 1)[1]] if ":" in message else []
+            elif message.startswith(_CLOSING):
+                closing.append((t, math.inf))
+            elif message.startswith(_OPENED) and closing and closing[-1][1] == math.inf:
+                closing[-1] = (closing[-1][0], t)
     if stats_block is not None:
         obs.source(node or name).final_stats.update(_stats(stats_block))
     if pending_pages:
         obs.source(node or name).pages.extend(pending_pages)
+    if closing:
+        obs.source(node or name).closing.extend(closing)
 
 
 def _json_record(obs: Observations, text: str, t: float | None = None) -> str | None:

@@ -350,6 +350,23 @@ def charts(results: dict[str, Any]) -> list[Path]:
         path = RESULTS / "suite_cpu.png"
         fig.savefig(path)
         made.append(path)
+    if "latency" in results:
+        runs = sorted(results["latency"].values(), key=lambda r: r["nodes"])
+        fig, ax = plt.subplots(figsize=(6, 4))
+        nodes = [r["nodes"] for r in runs]
+        ax.plot(nodes, [r["pages_per_s"] for r in runs], marker="o", label="measured")
+        ax.plot(nodes, [runs[0]["pages_per_s"] * n / nodes[0] for n in nodes], linestyle="--",
+                color="tab:gray", label="linear from 1 node")
+        ax.set_xticks(nodes)
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("nodes")
+        ax.set_ylabel("pages/s")
+        ax.set_title("Latency-bound crawl: scaling")
+        ax.legend()
+        fig.tight_layout()
+        path = RESULTS / "suite_latency.png"
+        fig.savefig(path)
+        made.append(path)
     if "long" in results:
         r = results["long"]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))

@@ -32,9 +32,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_cluster import crawlproj_run  # noqa: E402
 from bench_foundation import bench_spec, plain_scrapy  # noqa: E402
-from common import RESULTS, save  # noqa: E402
+from common import RESULTS, child_cpu, save  # noqa: E402
 
 from crawlproj.cluster import Cluster  # noqa: E402
 from crawlproj.runner import SYNTHWEB_SETTINGS  # noqa: E402
@@ -73,6 +72,30 @@ def _redis_server(port: int, workdir: Path) -> subprocess.Popen[bytes]:
             time.sleep(0.05)  # poll interval of a deadline-bound wait for the server to start
     client.close()
     return proc
+
+
+def crawlproj_run(server: SynthWebProcess, workdir: Path, nodes: int) -> dict[str, float]:
+    """crawlproj with its default settings (robots.txt per RFC 9309, one fetch per politeness
+    key at a time) on ``nodes`` nodes; the rate uses the nodes' spider-open-to-close time."""
+    seeds = workdir / "seeds.txt"
+    seeds.write_text("\n".join(server.seed_urls()) + "\n")
+    settings = {**SYNTHWEB_SETTINGS, "BROAD_SCOPE": "any", "LOG_LEVEL": "INFO"}
+    server_cpu0 = server.stats()["cpu_seconds"]
+    with Cluster(workdir / "cluster", seeds, settings=settings) as cluster:
+        cpu0 = child_cpu()
+        for i in range(nodes):
+            cluster.start_node(f"n{i + 1}")
+        if not cluster.wait(CRAWL_TIMEOUT):
+            raise RuntimeError("crawl did not finish")
+        cpu = child_cpu() - cpu0
+        state = cluster.status()
+        stats = [cluster.node_stats(f"n{i + 1}") for i in range(nodes)]
+    pages = sum(s.get("response_received_count", 0) for s in stats)
+    elapsed = max(s["elapsed_wall_seconds"] for s in stats)
+    return {"nodes": nodes, "pages": pages, "pages_per_s": pages / elapsed, "crawl_seconds": elapsed,
+            "crawler_cpu_s_per_page": cpu / max(pages, 1),
+            "dispatcher_cpu_seconds": state["cpu_seconds"],
+            "server_cpu_share": (server.stats()["cpu_seconds"] - server_cpu0) / elapsed}
 
 
 def cpu(workdir: Path, hosts: int, pages: int) -> dict[str, Any]:

@@ -61,6 +61,7 @@ DISPATCHER_HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats
 DISPATCHER_TIMEOUT = 10.0  # no word from the dispatcher this long: register again
 DISPATCHER_STATS_INTERVAL = 2.0  # seconds between stats reports to the dispatcher
 DISPATCHER_REPLAY_SECONDS = 30.0  # pushes and acks sent again to a restarted dispatcher
+DISPATCHER_HANDOFF_TIMEOUT = 120.0  # a revoked partition is handed off after this long even if its requests have not ended
 DISPATCHER_CURVE_SECRET_KEY_FILE = ""  # CURVE: this node's key pair (crawlproj keys: clients/<name>.key_secret)
 DISPATCHER_CURVE_SERVER_KEY_FILE = ""  # CURVE: the dispatcher's public key (crawlproj keys: dispatcher.key)
 POLITENESS_KEY = "domain"  # "domain" (registered domain, eTLD+1) or "host"

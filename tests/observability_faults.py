@@ -6,10 +6,13 @@ process loads by dotted path when its settings name them. Test-only; never in cr
 - SlowPolitenessStore: an extension that makes the node's politeness store (robots.txt cache,
   last-fetch times) slower with every lookup (a table scan that grows).
 - CpuHeavySpider: the broad spider with a callback that burns CPU first.
+- HangingSpider: the broad spider whose callback never returns for the pages of one host
+  (tests/test_cluster.py: a revoked partition is handed off anyway).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -101,3 +104,15 @@ class CpuHeavySpider(BroadSpider):
         while time.process_time() < until:
             digest = hashlib.sha256(digest).digest()
         yield from super().parse(response, **kwargs)
+
+
+class HangingSpider(BroadSpider):
+    """The broad spider; a page of host FAULT_HANG_HOST is answered but its callback never ends."""
+
+    name = "hangs"
+
+    async def parse(self, response: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if response.url.split("/")[2].split(":")[0] == self.crawler.settings.get("FAULT_HANG_HOST"):
+            await asyncio.get_running_loop().create_future()  # never set
+        for output in super().parse(response, **kwargs):
+            yield output

@@ -10,6 +10,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import os
+
 import pytest
 from conftest import wait_until
 from politeness_checks import assert_polite
@@ -19,6 +21,9 @@ from crawlproj.dispatcher.partitions import rendezvous_owner
 from crawlproj.runner import SYNTHWEB_SETTINGS
 from crawlproj.synthweb.model import RFC9309_OUTCOME, WebSpec
 from crawlproj.synthweb.process import SynthWebProcess
+from crawlproj.urls import partition_of, politeness_key
+
+TESTS = Path(__file__).resolve().parent
 
 PARTITIONS = 64
 DELAY = 0.05  # seconds between fetches on one key
@@ -155,3 +160,39 @@ def test_kill_9_of_the_dispatcher_then_restart(tmp_path, synthweb):
     counts = assert_ground_truth(web)
     twice = [u for u, n in counts.items() if n > 1]
     print(f"kill -9 of the dispatcher: {len(twice)} URLs fetched twice")
+
+
+def test_revoked_partition_is_handed_off_when_a_callback_never_ends(tmp_path, synthweb, monkeypatch):
+    """A node whose callback never returns still hands a revoked partition off after
+    DISPATCHER_HANDOFF_TIMEOUT: the joining node gets it and crawls its keys."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    web = synthweb(SPEC, hold_seconds=4)
+    # a host whose partition moves from n1 to n2 when n2 joins
+    hang = next(h.name for h in web.web.hosts
+                if rendezvous_owner(partition_of(politeness_key(web.url(h.name)), PARTITIONS),
+                                    ["n1", "n2"]) == "n2")
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("\n".join(web.seed_urls()) + "\n")
+    settings = {**NODE_SETTINGS, "SPIDER_MODULES": "crawlproj.spiders,observability_faults",
+                "FAULT_HANG_HOST": hang, "DISPATCHER_HANDOFF_TIMEOUT": 3}
+    with Cluster(tmp_path / "cluster", seeds, spider="hangs", settings=settings,
+                 dispatcher_args=("--partitions", str(PARTITIONS))) as cluster:
+        cluster.start_node("n1")
+        wait_until(lambda: any(a.host == hang for a in web.accesses() if not a.is_robots), 60,
+                   f"n1 to fetch a page of {hang}")
+        cluster.start_node("n2")
+
+        def handed_over() -> bool:
+            state = cluster.status()
+            n2 = state["nodes"].get("n2") or {}
+            return state["pending_handoffs"] == 0 and bool(n2.get("partitions"))
+
+        wait_until(handed_over, 60, "the revoked partitions to reach n2")
+        # the hung page's lease went back to the dispatcher, and n2 fetches the host again
+        wait_until(lambda: any(a.host == hang and a.node == "n2" for a in web.accesses()), 60,
+                   f"n2 to fetch a page of {hang}")
+        log = (tmp_path / "cluster" / "n1.log").read_text()
+        assert "DISPATCHER_HANDOFF_TIMEOUT" in log
+        cluster.kill_node("n1")
+        cluster.kill_node("n2")
+    assert_one_node_per_key_at_a_time(web)

@@ -49,6 +49,7 @@ ROWS: list[Row] = [
     ("DISPATCHER_TIMEOUT", "soon", None, SCHEDULER),
     ("DISPATCHER_STATS_INTERVAL", "0", None, SCHEDULER),
     ("DISPATCHER_REPLAY_SECONDS", "-5", None, SCHEDULER),
+    ("DISPATCHER_HANDOFF_TIMEOUT", "0", None, SCHEDULER),
     ("DISPATCHER_CURVE_SECRET_KEY_FILE", "/nonexistent/n1.key_secret", None,
      {**SCHEDULER, "DISPATCHER_CURVE_SERVER_KEY_FILE": "/nonexistent/dispatcher.key"}),
     ("DISPATCHER_CURVE_SERVER_KEY_FILE", "/nonexistent/dispatcher.key", None, SCHEDULER),

@@ -71,6 +71,8 @@ class Settings:
         self.timeout = positive_float(s, "DISPATCHER_TIMEOUT")
         self.stats_interval = positive_float(s, "DISPATCHER_STATS_INTERVAL")
         self.replay_seconds = positive_float(s, "DISPATCHER_REPLAY_SECONDS")
+        self.handoff_timeout = positive_float(s, "DISPATCHER_HANDOFF_TIMEOUT")
+        self.download_timeout = float_at_least(s, "DOWNLOAD_TIMEOUT", 0.0, "seconds >= 0")
         self.delay = float_at_least(s, "DOWNLOAD_DELAY", 0.0, "seconds >= 0")
         self.node_header = s.get("DISPATCHER_NODE_HEADER") or ""
         if self.node_header and not HEADER_NAME.match(str(self.node_header)):
@@ -120,6 +122,7 @@ class DispatcherScheduler(BaseScheduler):
         self.partitions = 0  # P, from the dispatcher's welcome
         self.owned: set[int] = set()
         self.revoking: set[int] = set()
+        self.revoked_at: dict[int, float] = {}  # revoking partition -> monotonic time of its revoke
         self.inflight: dict[int, tuple[str, int]] = {}  # lease id -> (key, partition), given to Scrapy
         self.started_at: dict[str, float] = {}  # key -> when its current fetch reached the downloader
         self.busy_by: dict[str, int] = {}  # key -> lease id of the request holding it
@@ -436,6 +439,7 @@ class DispatcherScheduler(BaseScheduler):
             return
         self.link.send("heartbeat", node=self.node)
         self._ping_sent = time.perf_counter()
+        self._force_late_handoffs()
         self._pull()
 
     def _send_stats(self) -> None:
@@ -547,6 +551,9 @@ class DispatcherScheduler(BaseScheduler):
         parts = set(msg["partitions"])
         self.owned -= parts
         self.revoking |= parts
+        now = time.monotonic()
+        for p in parts:
+            self.revoked_at.setdefault(p, now)
         released = self._unqueue(self._take_partitions(parts))
         if released:
             assert self.link is not None
@@ -573,9 +580,40 @@ class DispatcherScheduler(BaseScheduler):
         done = {p for p in self.revoking if p not in busy}
         if not done or self.link is None:
             return
+        self._hand_off(done)
+
+    def _hand_off(self, parts: set[int]) -> None:
+        assert self.link is not None
         self._flush()  # acks of the finished requests go before the handoff
-        self.revoking -= done
-        self.link.send("handoff", node=self.node, partitions=sorted(done), state=self._export_state(done))
+        self.revoking -= parts
+        for p in parts:
+            self.revoked_at.pop(p, None)
+        self.link.send("handoff", node=self.node, partitions=sorted(parts), state=self._export_state(parts))
+
+    def _force_late_handoffs(self) -> None:
+        """Hand off revoked partitions whose requests have not ended DISPATCHER_HANDOFF_TIMEOUT
+        after the revoke (a callback that never returns...), so the new owner is not kept
+        waiting for ever. Their leases go back to the dispatcher (a page may be fetched twice;
+        nothing is lost), and a key still in the downloader is exported as busy until
+        DOWNLOAD_TIMEOUT from now, so its new owner still keeps the delay after it."""
+        deadline = time.monotonic() - self.config.handoff_timeout
+        late = {p for p in self.revoking if self.revoked_at.get(p, deadline) <= deadline}
+        if not late or self.link is None:
+            return
+        stuck = [lease_id for lease_id, (_, part) in self.inflight.items() if part in late]
+        if self.politeness is not None:
+            ends_by = time.time() + self.config.download_timeout
+            for key, lease_id in self.busy_by.items():
+                where = self.inflight.get(lease_id)
+                if where is not None and where[1] in late and key in self.started_at:
+                    self.politeness.record_fetch_done(key, ends_by)
+        for lease_id in stuck:
+            del self.inflight[lease_id]
+        self.stats.inc_value("dispatcher/handoff_forced", len(late))
+        logger.warning("Handing off %d revoked partitions %.0f s after the revoke with %d requests "
+                       "not finished (DISPATCHER_HANDOFF_TIMEOUT): the dispatcher serves them again",
+                       len(late), self.config.handoff_timeout, len(stuck))
+        self._hand_off(late)
 
     def _on_finished(self, msg: dict[str, Any]) -> None:
         if not self.finished:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crawlproj.dispatcher.process import DispatcherProcess
-from crawlproj.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
+from crawlproj.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env, stop_process
 from crawlproj.synthweb.model import RFC9309_OUTCOME, WebSpec
 from crawlproj.synthweb.process import SynthWebProcess
 
@@ -70,15 +69,7 @@ class Cluster:
 
     def stop_node(self, name: str, timeout: float = STOP_GRACE_SECONDS) -> int:
         """Graceful leave: SIGTERM makes Scrapy finish in-flight work; the node hands off and says bye."""
-        proc = self.nodes[name]
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return stop_process(self.nodes[name], timeout)
 
     def kill_node(self, name: str) -> None:
         proc = self.nodes[name]

@@ -23,6 +23,18 @@ def _setting_value(value: Any) -> str:
     return str(value)
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float) -> int:
+    """SIGTERM (a clean shutdown), then SIGKILL if ``proc`` has not exited within ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def crawl_argv(spider: str = "broad", settings: Mapping[str, Any] | None = None,
                spider_args: Mapping[str, Any] | None = None) -> list[str]:
     argv = [sys.executable, "-m", "scrapy", "crawl", spider]

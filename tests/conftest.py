@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from crawlproj.runner import stop_process
 from crawlproj.synthweb.model import WebSpec
 from crawlproj.synthweb.process import SynthWebProcess
 
@@ -30,17 +31,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -92,7 +82,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         client.close()
-        stop_process(proc)
+        stop_process(proc, 10)
 
 
 def _nx_binary() -> str:
@@ -121,7 +111,7 @@ def mongo_uri() -> Iterator[str]:
     finally:
         client.close()
         if proc is not None:
-            stop_process(proc)
+            stop_process(proc, 10)
 
 
 @pytest.fixture

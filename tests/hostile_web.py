@@ -35,6 +35,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from crawlproj.runner import stop_process
+
 LISTENING = "HOSTILE LISTENING "
 BIG_BYTES = 3 * 1024 * 1024
 BOMB_BYTES = 32 * 1024 * 1024
@@ -180,9 +182,7 @@ class HostileWeb:
         return [json.loads(line) for line in self.log_path.read_text(encoding="utf-8").splitlines() if line]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        stop_process(self.proc, 10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 

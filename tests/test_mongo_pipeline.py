@@ -30,7 +30,7 @@ from scrapy.utils.test import get_crawler
 from conftest import ROOT, free_port, wait_until
 from crawlproj.pipelines.mongo import MongoConfig, MongoPipeline
 from crawlproj.pipelines.spill import SpillRecord, SpillWriter, claim_spill_files
-from crawlproj.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
+from crawlproj.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env, stop_process
 from crawlproj.synthweb.model import WebSpec
 from crawlproj.urls import fingerprint_hex
 
@@ -91,13 +91,8 @@ class NxServer:
             client.close()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:  # its SIGTERM handler can hang; data is committed
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc, 15)  # its SIGTERM handler can hang (then SIGKILL); data is committed
         self.proc = None
 
 

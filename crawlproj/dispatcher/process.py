@@ -26,6 +26,7 @@ from typing import IO, Any
 import zmq
 
 from crawlproj.protocol import ProtocolError, decode_from_dispatcher, encode
+from crawlproj.runner import stop_process
 from crawlproj.security.curve import ClientKeys
 
 from .errors import DispatcherError, StartError
@@ -171,15 +172,9 @@ class DispatcherProcess:
     def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM (clean shutdown: commit, close); SIGKILL if it does not exit in time."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, timeout)
         self._close_pipes()
-        return self.proc.returncode
+        return code
 
     def kill(self) -> None:
         """kill -9: no commit, no goodbye."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -17,8 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .model import ROBOTS_PATHS, Web, WebSpec
+from crawlproj.runner import stop_process
 
+from .model import ROBOTS_PATHS, Web, WebSpec
 
 
 @dataclass(frozen=True)
@@ -104,13 +104,7 @@ class SynthWebProcess:
         return ((a.host, a.path) for a in self.accesses() if not a.is_robots)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 

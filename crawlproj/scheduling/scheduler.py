@@ -121,8 +121,7 @@ class DispatcherScheduler(BaseScheduler):
         self.recent = recent_links(crawler)
         self.partitions = 0  # P, from the dispatcher's welcome
         self.owned: set[int] = set()
-        self.revoking: set[int] = set()
-        self.revoked_at: dict[int, float] = {}  # revoking partition -> monotonic time of its revoke
+        self.revoking: dict[int, float] = {}  # revoked, not yet handed off -> monotonic revoke time
         self.inflight: dict[int, tuple[str, int]] = {}  # lease id -> (key, partition), given to Scrapy
         self.started_at: dict[str, float] = {}  # key -> when its current fetch reached the downloader
         self.busy_by: dict[str, int] = {}  # key -> lease id of the request holding it
@@ -205,7 +204,7 @@ class DispatcherScheduler(BaseScheduler):
         if released:
             self.link.send("release", node=self.node, leases=released)
         if self.registered and self.partitions:
-            parts = sorted(self.owned | self.revoking)
+            parts = sorted(self.owned | self.revoking.keys())
             self.link.send("handoff", node=self.node, partitions=parts,
                            state=self._export_state(set(parts)))
             self.link.send("bye", node=self.node)
@@ -244,6 +243,9 @@ class DispatcherScheduler(BaseScheduler):
         """A retry (same URL) stays here under its lease; a redirect is a new URL for the
         dispatcher to deduplicate (so redirect loops end as they do in Scrapy), and the lease
         of the redirected request ends."""
+        if lease_id not in self.inflight:  # given up (a late handoff): its new owner fetches it
+            self.stats.inc_value("dispatcher/retry_given_up")
+            return False
         # leased requests arrive without redirect history, so any history means a redirect
         if not request.meta.get("redirect_urls"):
             self.stats.inc_value("dispatcher/retried")
@@ -550,10 +552,9 @@ class DispatcherScheduler(BaseScheduler):
     def _on_revoke(self, msg: dict[str, Any]) -> None:
         parts = set(msg["partitions"])
         self.owned -= parts
-        self.revoking |= parts
         now = time.monotonic()
         for p in parts:
-            self.revoked_at.setdefault(p, now)
+            self.revoking.setdefault(p, now)
         released = self._unqueue(self._take_partitions(parts))
         if released:
             assert self.link is not None
@@ -570,10 +571,14 @@ class DispatcherScheduler(BaseScheduler):
         is also counted in flight under its lease: forget it there too, or a handoff would wait
         for it forever."""
         leases = [r.meta[LEASE] for r in requests]
+        self._give_up(leases)
+        return leases
+
+    def _give_up(self, leases: list[int]) -> None:
+        """Leases this node no longer works on: out of the in-flight set, no ack will follow."""
         for lease_id in leases:
             self.inflight.pop(lease_id, None)
             self.book.forget(lease_id)
-        return leases
 
     def _maybe_handoff(self) -> None:
         busy = {part for _, part in self.inflight.values()}
@@ -585,9 +590,8 @@ class DispatcherScheduler(BaseScheduler):
     def _hand_off(self, parts: set[int]) -> None:
         assert self.link is not None
         self._flush()  # acks of the finished requests go before the handoff
-        self.revoking -= parts
         for p in parts:
-            self.revoked_at.pop(p, None)
+            self.revoking.pop(p, None)
         self.link.send("handoff", node=self.node, partitions=sorted(parts), state=self._export_state(parts))
 
     def _force_late_handoffs(self) -> None:
@@ -597,18 +601,22 @@ class DispatcherScheduler(BaseScheduler):
         nothing is lost), and a key still in the downloader is exported as busy until
         DOWNLOAD_TIMEOUT from now, so its new owner still keeps the delay after it."""
         deadline = time.monotonic() - self.config.handoff_timeout
-        late = {p for p in self.revoking if self.revoked_at.get(p, deadline) <= deadline}
-        if not late or self.link is None:
+        late = {p for p, revoked in self.revoking.items() if revoked <= deadline}
+        if not late:
             return
+        assert self.link is not None
+        # queued retries of those partitions are given back too: this node fetches them no more
+        released = self._unqueue(self._take_partitions(late))
+        if released:
+            self.link.send("release", node=self.node, leases=released)
         stuck = [lease_id for lease_id, (_, part) in self.inflight.items() if part in late]
         if self.politeness is not None:
             ends_by = time.time() + self.config.download_timeout
-            for key, lease_id in self.busy_by.items():
-                where = self.inflight.get(lease_id)
-                if where is not None and where[1] in late and key in self.started_at:
-                    self.politeness.record_fetch_done(key, ends_by)
-        for lease_id in stuck:
-            del self.inflight[lease_id]
+            for lease_id in stuck:
+                key = self.inflight[lease_id][0]
+                if self.busy_by.get(key) == lease_id and key in self.started_at:
+                    self.politeness.record_fetch_done(key, ends_by)  # still downloading: busy until then
+        self._give_up(stuck)  # no ack and no retry from here: the dispatcher serves them again
         self.stats.inc_value("dispatcher/handoff_forced", len(late))
         logger.warning("Handing off %d revoked partitions %.0f s after the revoke with %d requests "
                        "not finished (DISPATCHER_HANDOFF_TIMEOUT): the dispatcher serves them again",

@@ -29,8 +29,8 @@ from typing import Any
 import msgpack
 import zmq
 
+from crawlproj.dispatcher.seeds import wire_seed
 from crawlproj.protocol import PROTOCOL_VERSION, ProtocolError, decode_from_dispatcher, decode_from_node, encode
-from crawlproj.urls import canonicalize, fingerprint, partition_of, politeness_key
 
 KINDS = ("mutated", "confused", "random", "deep", "huge")
 MAX_RANDOM_BYTES = 4096
@@ -38,9 +38,7 @@ DEEP_LEVELS = (100, 1000, 10_000, 100_000)
 
 
 def wire_request(url: str, partitions: int, **extra: Any) -> dict[str, Any]:
-    canonical = canonicalize(url)
-    key = politeness_key(canonical)
-    return {"u": canonical, "f": fingerprint(canonical), "k": key, "p": partition_of(key, partitions), **extra}
+    return {**wire_seed(url, partitions, "domain"), **extra}
 
 
 def node_messages(node: str, partitions: int, host: str = "fuzz.test") -> list[dict[str, Any]]:

@@ -163,9 +163,7 @@ class DispatcherObserver:
 
     def on_stats(self, name: str, stats: dict[str, Any]) -> None:
         now = time.monotonic()
-        pages = stats.get("response_received_count", 0)
-        if not isinstance(pages, (int, float)):
-            pages = 0
+        pages = stats.get("response_received_count", 0)  # the server passes numbers only
         prev = self._node_prev.get(name)
         if prev is not None and now > prev[0]:
             # a restarted node counts from 0 again: its rate is what it did since its start

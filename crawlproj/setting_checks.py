@@ -6,11 +6,14 @@ Every bad value is a ValueError naming the setting, what it expects and the valu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
+
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name: a token (RFC 9110)
 
 
 def check_setting(ok: bool, name: str, value: Any, expect: str) -> None:

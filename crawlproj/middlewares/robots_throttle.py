@@ -36,10 +36,10 @@ from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.defer import Deferred
 
-from crawlproj.politeness import MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, get_politeness
+from crawlproj.politeness import MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, get_politeness, throttle_enabled
 from crawlproj.politeness.core import FAILING
 from crawlproj.politeness.robots import REDIRECT_STATUSES
-from crawlproj.setting_checks import float_at_least, typed_setting
+from crawlproj.setting_checks import float_at_least
 from crawlproj.urls import BadURL
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class RobotsThrottleMiddleware:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> RobotsThrottleMiddleware:
         settings = crawler.settings
-        if not typed_setting(settings, "ROBOTS_THROTTLE_ENABLED", settings.getbool, "a boolean"):
+        if not throttle_enabled(settings):
             raise NotConfigured("ROBOTS_THROTTLE_ENABLED is off")
         hold = float_at_least(settings, "ROBOTS_HOLD_TIME", 0.0, "seconds >= 0")
         if settings.getbool("AUTOTHROTTLE_ENABLED"):

@@ -21,7 +21,7 @@ from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.defer import Deferred
 
-from crawlproj.setting_checks import typed_setting
+from crawlproj.politeness import throttle_enabled
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 class FixedRobotsTxtMiddleware(RobotsTxtMiddleware):
     def __init__(self, crawler: Crawler):
-        if typed_setting(crawler.settings, "ROBOTS_THROTTLE_ENABLED", crawler.settings.getbool, "a boolean"):
+        if throttle_enabled(crawler.settings):
             raise NotConfigured("RobotsThrottleMiddleware replaces it (ROBOTS_THROTTLE_ENABLED)")
         super().__init__(crawler)
 

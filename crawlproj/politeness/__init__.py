@@ -18,6 +18,7 @@ from .core import (
     get_politeness,
     node_name,
     state_file_of,
+    throttle_enabled,
 )
 from .robots import MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, ParsedRobots, RobotsRow, parse_robots
 from .store import KeyRow, StateStore
@@ -37,4 +38,5 @@ __all__ = [
     "node_name",
     "parse_robots",
     "state_file_of",
+    "throttle_enabled",
 ]

@@ -13,7 +13,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from scrapy import signals
@@ -481,6 +481,11 @@ class Politeness:
         if not self._closed:
             self._closed = True
             self.store.close()
+
+
+def throttle_enabled(settings: BaseSettings) -> bool:
+    """ROBOTS_THROTTLE_ENABLED: robots.txt and politeness by RobotsThrottleMiddleware."""
+    return bool(typed_setting(settings, "ROBOTS_THROTTLE_ENABLED", settings.getbool, "a boolean"))
 
 
 def get_politeness(crawler: Crawler) -> Politeness:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import socket
 import time
 from collections import deque
@@ -27,17 +26,17 @@ from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 from twisted.internet.defer import Deferred
 
-from crawlproj.nodeid import node_name
 from crawlproj.linkfilter import CANONICAL, recent_links
+from crawlproj.nodeid import node_name
 from crawlproj.observability.timings import Timings
-from crawlproj.politeness import Politeness, get_politeness
+from crawlproj.politeness import Politeness, get_politeness, throttle_enabled
 from crawlproj.protocol import check_wire_request
 from crawlproj.scheduling.keyqueue import KeyQueues
 from crawlproj.scheduling.leases import LEASE, PARENT, LeaseBook
 from crawlproj.scheduling.link import DispatcherLink
 from crawlproj.scheduling.wire import Unserializable, WireCodec
 from crawlproj.security.curve import ClientKeys, CurveKeyError, read_certificate
-from crawlproj.setting_checks import float_at_least, int_at_least, positive_float, typed_setting
+from crawlproj.setting_checks import HEADER_NAME, float_at_least, int_at_least, positive_float
 from crawlproj.urls import BadURL, canonicalize
 
 if TYPE_CHECKING:
@@ -51,7 +50,6 @@ WAKE = "_wake"  # meta: a queued request re-injected through engine.crawl() to w
 OWN_ERRBACK = "_eb"  # meta: name of the spider's own errback of a leased request
 KEY = "_key"
 PART = "_part"
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
 OVER_CREDIT_FACTOR = 8  # leases held past this x DISPATCHER_QUEUE_TARGET (more than ever asked for) go back
 
 
@@ -142,8 +140,7 @@ class DispatcherScheduler(BaseScheduler):
         self._welcomed = asyncio.Event()
         # robots.txt + politeness state of this node (RobotsThrottleMiddleware), when enabled
         self.politeness: Politeness | None = (
-            get_politeness(crawler) if typed_setting(crawler.settings, "ROBOTS_THROTTLE_ENABLED",
-                                                     crawler.settings.getbool, "a boolean") else None)
+            get_politeness(crawler) if throttle_enabled(crawler.settings) else None)
         self.engine_ready = False  # engine.crawl() may be used to wake the engine only once open
         self.timings = Timings.of(crawler)
         self._ping_sent = 0.0  # perf_counter of the last heartbeat: its answer times the round trip

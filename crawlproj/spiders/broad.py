@@ -25,12 +25,12 @@ from scrapy.http import Response, TextResponse
 
 from crawlproj.items import PageItem
 from crawlproj.linkfilter import CANONICAL, recent_links
+from crawlproj.setting_checks import HEADER_NAME
 from crawlproj.urls import BadURL, canonicalize, host_of, registered_domain
 
 logger = logging.getLogger(__name__)
 
 SCOPES = ("domain", "allowed", "any")
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 

@@ -75,6 +75,7 @@ def test_sampler_windows_per_reader_and_sink() -> None:
 
 def test_report_round_trip_and_hierarchical_stats() -> None:
     timings = Timings()
+    timings.open_reader("report")  # as the DispatcherScheduler does
     for ms in (1.0, 2.0, 3.0, 40.0):
         timings.record("item_write", ms)
     timings.fetched("a.test")

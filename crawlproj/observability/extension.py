@@ -68,6 +68,7 @@ class TimingsExtension:
         self.crawler = crawler
         self.config = config
         self.timings = Timings.of(crawler)
+        self.timings.open_reader("log")
         self.log = TimingLog(config.node, config.sample_rate, config.slow_ms, config.log_file)
         self.timings.set_log(self.log)
         self._loop: Any = None

@@ -40,7 +40,6 @@ logger = logging.getLogger("crawlproj.timing")
 
 SAMPLE_TAG = "TIMING"
 WINDOW_TAG = "TIMINGS"
-READERS = ("log", "report")
 STATS_PREFIX = "timing"
 
 #: The operations a node times, and what each measures.
@@ -127,13 +126,10 @@ class Timings:
         self.samplers: dict[str, LatencySampler] = {}
         self.log: TimingLog | None = None
         self._item_starts: dict[int, float] = {}
-        self._keys: dict[str, Counter[str]] = {reader: Counter() for reader in READERS}
-        self._cpu_at: dict[str, tuple[float, float]] = {}
-        self._window_at: dict[str, float] = {}
-        now = time.monotonic()
-        for reader in READERS:
-            self._cpu_at[reader] = (now, _cpu_seconds())
-            self._window_at[reader] = now
+        # per reader ("log": the TIMINGS lines, "report": the dispatcher's stats), opened by the
+        # component that reads it, so a standalone crawl keeps no "report" window or key counts
+        self._keys: dict[str, Counter[str]] = {}
+        self._cpu_at: dict[str, tuple[float, float]] = {}  # (monotonic, CPU seconds) of the last look
 
     @classmethod
     def of(cls, crawler: Crawler) -> Timings:
@@ -151,9 +147,18 @@ class Timings:
             sampler = self.adopt(op, LatencySampler(f"{STATS_PREFIX}/{op}"))
         return sampler
 
+    def open_reader(self, reader: str) -> None:
+        """Start keeping ``reader``'s windows (each ``window(reader)`` reports since the last)."""
+        if reader in self._cpu_at:
+            return
+        self._cpu_at[reader] = (time.monotonic(), _cpu_seconds())
+        self._keys[reader] = Counter()
+        for sampler in self.samplers.values():
+            sampler.take_window(reader)
+
     def adopt(self, op: str, sampler: LatencySampler) -> LatencySampler:
         """Take a component's own sampler as operation ``op``."""
-        for reader in READERS:
+        for reader in self._cpu_at:
             sampler.take_window(reader)  # open the reader's window now
         if self.log is not None:
             sampler.sink = self.log.sink(op)
@@ -188,12 +193,12 @@ class Timings:
 
     def window(self, reader: str) -> dict[str, Any]:
         """Everything since ``reader``'s last look: interval, cpu, keys and every operation."""
+        self.open_reader(reader)
         now = time.monotonic()
         cpu_now = _cpu_seconds()
         then, cpu_then = self._cpu_at[reader]
         self._cpu_at[reader] = (now, cpu_now)
-        interval = max(now - self._window_at[reader], 1e-9)
-        self._window_at[reader] = now
+        interval = max(now - then, 1e-9)
         keys = self._keys[reader]
         self._keys[reader] = Counter()
         top = keys.most_common(1)
@@ -204,7 +209,7 @@ class Timings:
                 ops[op] = summary
         return {
             "interval": round(interval, 3),
-            "cpu": round((cpu_now - cpu_then) / max(now - then, 1e-9), 3),
+            "cpu": round((cpu_now - cpu_then) / interval, 3),
             "keys": {"distinct": len(keys), "fetches": sum(keys.values()),
                      "top": top[0][0] if top else None, "top_n": top[0][1] if top else 0},
             "ops": ops,

@@ -143,6 +143,7 @@ class DispatcherScheduler(BaseScheduler):
             get_politeness(crawler) if throttle_enabled(crawler.settings) else None)
         self.engine_ready = False  # engine.crawl() may be used to wake the engine only once open
         self.timings = Timings.of(crawler)
+        self.timings.open_reader("report")  # read by _send_stats
         self._ping_sent = 0.0  # perf_counter of the last heartbeat: its answer times the round trip
 
     @classmethod

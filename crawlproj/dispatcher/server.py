@@ -433,6 +433,7 @@ class Dispatcher:
                       "register's node must be a non-empty string equal to the socket routing id")
             return
         now = time.monotonic()
+        pid, host, capacity = _scalar(msg["pid"]), _scalar(msg["host"]), _scalar(msg["capacity"])
         node = self.nodes.get(name)
         if node is not None and node.alive:
             # The same name again: that node restarted (or reconnected without its state).
@@ -450,10 +451,9 @@ class Dispatcher:
             node.alive = True
             node.leaving = False
             node.credit = 0
-            logger.info("Node %s joined (pid %s on %s, capacity %s)", name, _scalar(msg["pid"]),
-                        _scalar(msg["host"]), _scalar(msg["capacity"]))
+            logger.info("Node %s joined (pid %s on %s, capacity %s)", name, pid, host, capacity)
             self.counters["joined"] += 1
-        node.pid, node.host, node.capacity = _scalar(msg["pid"]), _scalar(msg["host"]), _scalar(msg["capacity"])
+        node.pid, node.host, node.capacity = pid, host, capacity
         node.registered_at = time.time()
         node.last_seen = now
         node.last_heartbeat = node.registered_at

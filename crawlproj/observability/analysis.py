@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crawlproj.politeness.timing import percentiles
+from crawlproj.politeness.timing import QUANTILES, percentiles
 
 from .timings import SAMPLE_TAG, WINDOW_TAG
 
 DISPATCHER = "dispatcher"
-QUANTILES = ("p50", "p90", "p99")
 _LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:[,.](\d+))? \[([^\]]+)\] (\w+): (.*)$")
 _LOGSTATS = re.compile(r"Crawled (\d+) pages \(at (\d+) pages/min\)(?:, scraped (\d+) items)?")
 _CLOSING = "Closing spider ("  # scrapy.core.engine: the node takes no new work from here on

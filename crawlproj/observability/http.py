@@ -24,6 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from crawlproj.politeness.timing import QUANTILES
+
 from .timings import parse_report
 
 if TYPE_CHECKING:
@@ -34,7 +36,6 @@ logger = logging.getLogger(__name__)
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"),
           "/index.html": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8")}
-QUANTILES = ("p50", "p90", "p99")
 
 
 def _asset(name: str) -> bytes:

@@ -20,6 +20,7 @@ RESERVOIR_SIZE = 4096
 #: Samples kept per window and reader: a window is short (seconds to a minute).
 WINDOW_SIZE = 1024
 PERCENTILES = (50, 90, 99)
+QUANTILES = tuple(f"p{p}" for p in PERCENTILES)  # their names in summaries: "p50", "p90", "p99"
 
 
 class StatsLike(Protocol):

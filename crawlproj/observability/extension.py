@@ -20,9 +20,11 @@ from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request, signals
+from scrapy.core.downloader import Downloader
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import create_looping_call
 
+from crawlproj.middlewares.robots_throttle import META_KEY as POLITENESS_KEY_META
 from crawlproj.nodeid import node_name
 from crawlproj.politeness import CRAWLER_ATTRIBUTE as POLITENESS_ATTRIBUTE
 from crawlproj.setting_checks import positive_float, typed_setting
@@ -36,8 +38,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_POLITENESS_KEY_META = "politeness_key"  # set by RobotsThrottleMiddleware
-_SLOT_META = "download_slot"
 
 
 class TimingsConfig:
@@ -87,9 +87,7 @@ class TimingsExtension:
     def _spider_opened(self) -> None:
         pol = getattr(self.crawler, POLITENESS_ATTRIBUTE, None)
         if pol is not None:
-            for op, sampler in (("robots_lookup", pol.store.lookup_ms),
-                                ("robots_store_write", pol.store.write_ms),
-                                ("robots_fetch", pol.fetch_ms), ("robots_parse", pol.parse_ms)):
+            for op, sampler in pol.samplers().items():
                 self.timings.adopt(op, sampler)
         self._loop = create_looping_call(self._tick)
         self._loop.start(self.config.interval, now=False)
@@ -99,7 +97,7 @@ class TimingsExtension:
         latency = meta.get("download_latency")
         if latency is not None:
             self.timings.record("download", latency * 1000.0)
-        key = meta.get(_POLITENESS_KEY_META) or meta.get(_SLOT_META)
+        key = meta.get(POLITENESS_KEY_META) or meta.get(Downloader.DOWNLOAD_SLOT)
         if key is not None:
             self.timings.fetched(key)
 

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -456,13 +456,15 @@ class Politeness:
 
     # -- lifecycle and stats --------------------------------------------------------------------
 
-    def samplers(self) -> Iterable[LatencySampler]:
-        return (self.store.lookup_ms, self.store.write_ms, self.parse_ms, self.fetch_ms)
+    def samplers(self) -> dict[str, LatencySampler]:
+        """The timed operations of robots.txt and politeness, by operation name."""
+        return {"robots_lookup": self.store.lookup_ms, "robots_store_write": self.store.write_ms,
+                "robots_parse": self.parse_ms, "robots_fetch": self.fetch_ms}
 
     def publish_stats(self) -> None:
         if self.stats is None:
             return
-        for sampler in self.samplers():
+        for sampler in self.samplers().values():
             sampler.publish(self.stats)
         self.stats.set_value("robots/store/rows_written", self.store.rows_written)
         self.stats.set_value("robots/store/write_errors", self.store.write_errors)

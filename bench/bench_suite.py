@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -258,28 +257,18 @@ def long_crawl(workdir: Path, target_pages: int, nodes: int, to_end: bool = Fals
         with Cluster(workdir / "cluster", seeds, settings=settings) as cluster:
             for i in range(nodes):
                 cluster.start_node(f"n{i + 1}")
-            stop = threading.Event()
-
-            def sample() -> None:
-                t0 = time.monotonic()
-                while not stop.wait(RSS_SAMPLE_SECONDS):
-                    row: dict[str, Any] = {"t": time.monotonic() - t0}
-                    for name, proc in cluster.nodes.items():
-                        row[name] = _rss_kib(proc.pid)
-                    samples.append(row)
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
             # served requests include at most one robots.txt per host (this web has no errors)
             enough = None if to_end else target_pages + hosts
-            deadline = time.monotonic() + CRAWL_TIMEOUT
-            while not cluster.wait(1.0):
+            t0 = time.monotonic()
+            while not cluster.wait(RSS_SAMPLE_SECONDS):
+                row: dict[str, Any] = {"t": time.monotonic() - t0}
+                for name, proc in cluster.nodes.items():
+                    row[name] = _rss_kib(proc.pid)
+                samples.append(row)
                 if enough is not None and web.stats()["requests"] >= enough:
                     break
-                if time.monotonic() > deadline:
+                if time.monotonic() - t0 > CRAWL_TIMEOUT:
                     raise RuntimeError("long crawl did not finish")
-            stop.set()
-            sampler.join()
         pages = sorted((a.start_ms, a.host) for a in web.accesses() if not a.is_robots)
     if not to_end:
         if len(pages) < target_pages:

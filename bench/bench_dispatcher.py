@@ -36,10 +36,10 @@ from common import save  # noqa: E402
 
 import zmq  # noqa: E402
 
-from crawlproj.dispatcher.process import DispatcherProcess  # noqa: E402
+from crawlproj.tools.dispatcher_process import DispatcherProcess  # noqa: E402
 from crawlproj.dispatcher.server import Config, Dispatcher, Node  # noqa: E402
-from crawlproj.protocol import decode_from_dispatcher, encode  # noqa: E402
-from crawlproj.urls import canonicalize, partition_of, politeness_key  # noqa: E402
+from crawlproj.wire.protocol import decode_from_dispatcher, encode  # noqa: E402
+from crawlproj.wire.urls import canonicalize, partition_of, politeness_key  # noqa: E402
 
 P = 1024
 HOSTS = 20_000

@@ -29,10 +29,10 @@ from common import save  # noqa: E402
 
 import zmq  # noqa: E402
 
-from crawlproj.dispatcher.process import DispatcherProcess  # noqa: E402
-from crawlproj.dispatcher.simnode import SimNode, drive  # noqa: E402
-from crawlproj.protocol import ProtocolError, decode_from_dispatcher, decode_from_node, encode  # noqa: E402
-from crawlproj.security.fuzz import (  # noqa: E402
+from crawlproj.tools.dispatcher_process import DispatcherProcess  # noqa: E402
+from crawlproj_testing.simnode import SimNode, drive  # noqa: E402
+from crawlproj.wire.protocol import ProtocolError, decode_from_dispatcher, decode_from_node, encode  # noqa: E402
+from crawlproj_testing.fuzz import (  # noqa: E402
     FrameFuzzer,
     dispatcher_messages,
     fuzz_dispatcher,

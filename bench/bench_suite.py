@@ -34,10 +34,10 @@ sys.path.insert(0, str(HERE))
 from bench_foundation import bench_spec, plain_scrapy  # noqa: E402
 from common import RESULTS, child_cpu, save  # noqa: E402
 
-from crawlproj.cluster import Cluster  # noqa: E402
-from crawlproj.runner import SYNTHWEB_SETTINGS  # noqa: E402
-from crawlproj.synthweb.model import WebSpec  # noqa: E402
-from crawlproj.synthweb.process import SynthWebProcess  # noqa: E402
+from crawlproj.tools.cluster import Cluster  # noqa: E402
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS  # noqa: E402
+from crawlproj_testing.synthweb.model import WebSpec  # noqa: E402
+from crawlproj_testing.synthweb.process import SynthWebProcess  # noqa: E402
 
 CRAWL_TIMEOUT = 3600
 RSS_SAMPLE_SECONDS = 2.0

@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 ATTRIBUTE = "_crawlproj_recent_links"
-#: meta key of requests whose canonical URL already went through the filter
-CANONICAL = "_canon"
 
 
 class RecentSet:

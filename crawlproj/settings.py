@@ -19,7 +19,7 @@ DOWNLOAD_TIMEOUT = 30
 FEED_EXPORT_ENCODING = "utf-8"
 
 # -- Name resolution of the synthetic web (off by default) --------------------------------------
-TWISTED_DNS_RESOLVER = "crawlproj.resolver.SyntheticResolver"
+TWISTED_DNS_RESOLVER = "crawlproj_testing.resolver.SyntheticResolver"
 SYNTHWEB_RESOLVE_SUFFIXES: list[str] = []  # e.g. ["test"]: names under them resolve locally
 SYNTHWEB_RESOLVE_ADDRESS = "127.0.0.1"  # where names under SYNTHWEB_RESOLVE_SUFFIXES point
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from crawlproj.runner import stop_process
-from crawlproj.synthweb.model import WebSpec
-from crawlproj.synthweb.process import SynthWebProcess
+from crawlproj.tools.runner import stop_process
+from crawlproj_testing.synthweb.model import WebSpec
+from crawlproj_testing.synthweb.process import SynthWebProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from crawlproj.runner import stop_process
+from crawlproj.tools.runner import stop_process
 
 LISTENING = "HOSTILE LISTENING "
 BIG_BYTES = 3 * 1024 * 1024

@@ -5,8 +5,8 @@
     assert_polite(entries, delay={"site0003.test": 0.5}, default=0.3)
     assert_restart_gap(run1_entries, run2_entries, delay=0.3)
 
-An access is a :class:`crawlproj.synthweb.process.Access` (start and end in ms, as the server saw
-them). Keys are :func:`crawlproj.urls.politeness_key` of the host, so the checks hold the crawler
+An access is a :class:`crawlproj_testing.synthweb.process.Access` (start and end in ms, as the server saw
+them). Keys are :func:`crawlproj.wire.urls.politeness_key` of the host, so the checks hold the crawler
 to the same definition of "one site" that it schedules by.
 """
 
@@ -16,8 +16,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from crawlproj.synthweb.process import Access
-from crawlproj.urls import politeness_key
+from crawlproj_testing.synthweb.process import Access
+from crawlproj.wire.urls import politeness_key
 
 #: A measured gap may fall this much short of the delay (clock granularity, log rounding).
 TOLERANCE = 0.95

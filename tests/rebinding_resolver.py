@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from crawlproj.resolver import SyntheticResolver
+from crawlproj_testing.resolver import SyntheticResolver
 
 
 class RebindingResolver(SyntheticResolver):

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from crawlproj.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
-from crawlproj.synthweb.model import RFC9309_OUTCOME, WebSpec
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
+from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, WebSpec
 
 FAST = {"DOWNLOAD_TIMEOUT": 2, "LOG_LEVEL": "INFO", "LOGSTATS_INTERVAL": 0}
 

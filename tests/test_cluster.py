@@ -16,12 +16,12 @@ import pytest
 from conftest import wait_until
 from politeness_checks import assert_polite
 
-from crawlproj.cluster import Cluster
+from crawlproj.tools.cluster import Cluster
 from crawlproj.dispatcher.partitions import rendezvous_owner
-from crawlproj.runner import SYNTHWEB_SETTINGS
-from crawlproj.synthweb.model import RFC9309_OUTCOME, WebSpec
-from crawlproj.synthweb.process import SynthWebProcess
-from crawlproj.urls import partition_of, politeness_key
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS
+from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, WebSpec
+from crawlproj_testing.synthweb.process import SynthWebProcess
+from crawlproj.wire.urls import partition_of, politeness_key
 
 TESTS = Path(__file__).resolve().parent
 

@@ -23,15 +23,15 @@ from urllib.parse import urlsplit
 import pytest
 from conftest import ROOT, free_port, wait_until
 
-from crawlproj.cluster import NODE_HEADER
-from crawlproj.deploy import (
+from crawlproj.tools.cluster import NODE_HEADER
+from crawlproj.tools.deploy import (
     DeployError, NodeJob, Record, Scrapyd, Target, deploy_targets, place_nodes, public_url,
 )
-from crawlproj.dispatcher.process import DispatcherProcess
+from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj.politeness.store import StateStore
-from crawlproj.runner import SYNTHWEB_SETTINGS
-from crawlproj.synthweb.model import RFC9309_OUTCOME, WebSpec
-from crawlproj.synthweb.process import SynthWebProcess
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS
+from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, WebSpec
+from crawlproj_testing.synthweb.process import SynthWebProcess
 
 PROJECT = "crawlproj"
 CRAWL = "t"
@@ -67,7 +67,7 @@ AUTH = ("operator", "s3cret")  # scrapyd's basic auth; the crawlproj commands ge
 def crawlproj(*args: str) -> str:
     """Run the `crawlproj` command from the checkout (as an operator would); its stdout."""
     env = {**os.environ, "SCRAPYD_USERNAME": AUTH[0], "SCRAPYD_PASSWORD": AUTH[1]}
-    proc = subprocess.run([sys.executable, "-m", "crawlproj.cli", *args], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "crawlproj.tools.cli", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=CLI_TIMEOUT)
     assert proc.returncode == 0, f"crawlproj {' '.join(args)}: exit {proc.returncode}\n{proc.stderr}\n{proc.stdout}"
     return proc.stdout

@@ -2,7 +2,7 @@
 
 Every test starts ``python -m crawlproj.dispatcher`` on a free port (DispatcherProcess) and talks
 to it through DEALER sockets (SimNode). The crawled "web" is the link structure of a small
-synthetic web (crawlproj.synthweb.model.Web), without HTTP, so the expected set of URLs is exact.
+synthetic web (crawlproj_testing.synthweb.model.Web), without HTTP, so the expected set of URLs is exact.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import zmq
 from crawlproj.dispatcher.errors import StartError
 from crawlproj.dispatcher.frontier import Frontier
 from crawlproj.dispatcher.partitions import Rendezvous, rendezvous_owner
-from crawlproj.dispatcher.process import DispatcherProcess
+from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj.dispatcher.server import encode_batch
-from crawlproj.dispatcher.simnode import SimNode, drive, web_links, web_reachable
-from crawlproj.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, decode_from_dispatcher, encode
-from crawlproj.synthweb.model import Web, WebSpec
-from crawlproj.urls import canonicalize, fingerprint, partition_of
+from crawlproj_testing.simnode import SimNode, drive, web_links, web_reachable
+from crawlproj.wire.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, decode_from_dispatcher, encode
+from crawlproj_testing.synthweb.model import Web, WebSpec
+from crawlproj.wire.urls import canonicalize, fingerprint, partition_of
 
 from conftest import wait_until
 
@@ -396,6 +396,6 @@ def test_environment_overrides_sigterm_and_the_cli(dispatcher, tmp_path):
     assert d.status()["partitions"] == 32
     assert d.terminate() == 0
     assert "Dispatcher stopped" in d.log_tail()
-    out = subprocess.run([sys.executable, "-m", "crawlproj.cli", "dispatcher", "--help"],
+    out = subprocess.run([sys.executable, "-m", "crawlproj.tools.cli", "dispatcher", "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--partitions" in out.stdout

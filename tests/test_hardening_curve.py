@@ -22,13 +22,13 @@ from conftest import wait_until
 from zmq.utils.monitor import recv_monitor_message
 
 from crawlproj.dispatcher.errors import StartError
-from crawlproj.dispatcher.process import DispatcherProcess
-from crawlproj.dispatcher.simnode import SimNode, drive, web_links, web_reachable
-from crawlproj.protocol import encode
-from crawlproj.runner import SYNTHWEB_SETTINGS, start_crawl
+from crawlproj.tools.dispatcher_process import DispatcherProcess
+from crawlproj_testing.simnode import SimNode, drive, web_links, web_reachable
+from crawlproj.wire.protocol import encode
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS, start_crawl
 from crawlproj.security.curve import ClientKeys, generate
-from crawlproj.synthweb.model import RFC9309_OUTCOME, Web, WebSpec
-from crawlproj.urls import canonicalize, fingerprint, partition_of
+from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, Web, WebSpec
+from crawlproj.wire.urls import canonicalize, fingerprint, partition_of
 
 PARTITIONS = 16
 HEARTBEATS = ("--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.0")
@@ -42,7 +42,7 @@ HANDSHAKE_END = {zmq.EVENT_HANDSHAKE_SUCCEEDED: "ok", zmq.EVENT_HANDSHAKE_FAILED
 @pytest.fixture
 def keys(tmp_path: Path) -> Path:
     directory = tmp_path / "keys"
-    out = subprocess.run([sys.executable, "-m", "crawlproj.cli", "keys", str(directory), "n1", "monitor"],
+    out = subprocess.run([sys.executable, "-m", "crawlproj.tools.cli", "keys", str(directory), "n1", "monitor"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     generate(tmp_path / "elsewhere", ["rogue"])  # a valid key pair the dispatcher never heard of
@@ -103,12 +103,12 @@ def test_keys_command_writes_pairs_and_keeps_existing_ones(keys: Path) -> None:
     for secret in [keys / "dispatcher.key_secret", *(keys / "clients").iterdir()]:
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
     before = (keys / "clients" / "n1.key_secret").read_bytes()
-    out = subprocess.run([sys.executable, "-m", "crawlproj.cli", "keys", str(keys), "n1", "n2"],
+    out = subprocess.run([sys.executable, "-m", "crawlproj.tools.cli", "keys", str(keys), "n1", "n2"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "exists" in out.stdout and "created" in out.stdout
     assert (keys / "clients" / "n1.key_secret").read_bytes() == before
     assert (keys / "authorized" / "n2.key").exists()
-    bad = subprocess.run([sys.executable, "-m", "crawlproj.cli", "keys", str(keys), "../escape"],
+    bad = subprocess.run([sys.executable, "-m", "crawlproj.tools.cli", "keys", str(keys), "../escape"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "'../escape'" in bad.stderr
 

@@ -21,11 +21,11 @@ import zmq
 from conftest import wait_until
 from hostile_web import HostileWeb
 
-from crawlproj.dispatcher.process import DispatcherProcess
-from crawlproj.dispatcher.simnode import SimNode, drive
-from crawlproj.protocol import ProtocolError, decode_from_dispatcher, decode_from_node, encode
-from crawlproj.runner import SYNTHWEB_SETTINGS, start_crawl
-from crawlproj.security.fuzz import (
+from crawlproj.tools.dispatcher_process import DispatcherProcess
+from crawlproj_testing.simnode import SimNode, drive
+from crawlproj.wire.protocol import ProtocolError, decode_from_dispatcher, decode_from_node, encode
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS, start_crawl
+from crawlproj_testing.fuzz import (
     FrameFuzzer,
     dispatcher_messages,
     fuzz_dispatcher,

@@ -25,15 +25,15 @@ from scrapy.http import HtmlResponse, Request
 from scrapy.settings import Settings
 from scrapy.utils.test import get_crawler
 
-from crawlproj.dispatcher.process import DispatcherProcess
+from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj.dispatcher.seeds import wire_seed
-from crawlproj.linkfilter import CANONICAL
+from crawlproj.meta import CANONICAL
 from crawlproj.pipelines.mongo import MongoPipeline
-from crawlproj.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
-from crawlproj.scheduling.wire import WireCodec
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
+from crawlproj.wire.request import WireCodec
 from crawlproj.security.ssrf import AddressPolicy, SSRFGuardMiddleware, refusal_reason
 from crawlproj.spiders.broad import BroadSpider
-from crawlproj.urls import canonicalize, fingerprint, fingerprint_canonical
+from crawlproj.wire.urls import canonicalize, fingerprint, fingerprint_canonical
 
 TESTS = Path(__file__).resolve().parent
 SCHEDULER = "crawlproj.scheduling.scheduler.DispatcherScheduler"

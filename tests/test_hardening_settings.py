@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from crawlproj.runner import crawl_argv, crawl_env
+from crawlproj.tools.runner import crawl_argv, crawl_env
 
 SCHEDULER = {"SCHEDULER": "crawlproj.scheduling.scheduler.DispatcherScheduler",
              "DISPATCHER_ENDPOINT": "tcp://127.0.0.1:9"}

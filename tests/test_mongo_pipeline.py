@@ -30,9 +30,9 @@ from scrapy.utils.test import get_crawler
 from conftest import ROOT, free_port, wait_until
 from crawlproj.pipelines.mongo import MongoConfig, MongoPipeline
 from crawlproj.pipelines.spill import SpillRecord, SpillWriter, claim_spill_files
-from crawlproj.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env, stop_process
-from crawlproj.synthweb.model import WebSpec
-from crawlproj.urls import fingerprint_hex
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env, stop_process
+from crawlproj_testing.synthweb.model import WebSpec
+from crawlproj.wire.urls import fingerprint_hex
 
 # Other components (robots.txt, politeness) are tested elsewhere; here they would only slow the
 # crawls down. Short MongoDB timeouts make an outage visible within a flush interval or two.

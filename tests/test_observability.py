@@ -25,18 +25,18 @@ import zmq
 from conftest import wait_until
 
 from crawlproj import settings as project_settings
-from crawlproj.cli import main as crawlproj_main
-from crawlproj.cluster import Cluster
-from crawlproj.dispatcher.process import DispatcherProcess
+from crawlproj.tools.cli import main as crawlproj_main
+from crawlproj.tools.cluster import Cluster
+from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj.observability.analysis import read_logs, windows
 from crawlproj.observability.diagnose import diagnose
 from crawlproj.observability.extension import TimingsConfig
 from crawlproj.observability.series import Series
 from crawlproj.observability.timings import Timings, parse_report
 from crawlproj.politeness.timing import LatencySampler
-from crawlproj.protocol import encode
-from crawlproj.runner import SYNTHWEB_SETTINGS
-from crawlproj.synthweb.model import Web, WebSpec
+from crawlproj.wire.protocol import encode
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS
+from crawlproj_testing.synthweb.model import Web, WebSpec
 
 TESTS = Path(__file__).resolve().parent
 

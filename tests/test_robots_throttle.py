@@ -36,10 +36,10 @@ from crawlproj.politeness import (
     parse_robots,
 )
 from crawlproj.politeness.core import PolitenessConfig
-from crawlproj.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
-from crawlproj.synthweb.model import RFC9309_OUTCOME, WebSpec
-from crawlproj.synthweb.process import Access
-from crawlproj.urls import partition_of
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
+from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, WebSpec
+from crawlproj_testing.synthweb.process import Access
+from crawlproj.wire.urls import partition_of
 
 DELAY = 0.2  # seconds between fetches on one key in the crawl tests
 FAST = {"DOWNLOAD_TIMEOUT": 3, "LOG_LEVEL": "INFO", "LOGSTATS_INTERVAL": 0,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from scrapy import Request, Spider
 
-from crawlproj.protocol import check_wire_request
+from crawlproj.wire.protocol import check_wire_request
 from crawlproj.scheduling.keyqueue import KeyQueues
 from crawlproj.linkfilter import RecentSet
-from crawlproj.scheduling.wire import Unserializable, WireCodec
+from crawlproj.wire.request import Unserializable, WireCodec
 
 
 def test_a_busy_or_delayed_key_never_blocks_the_others():

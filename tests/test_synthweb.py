@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http.client
 
-from crawlproj.synthweb.model import (
+from crawlproj_testing.synthweb.model import (
     RFC9309_OUTCOME,
     ROBOTS_VARIANTS,
     SCRAPY_DEFAULT_OUTCOME,

@@ -3,7 +3,7 @@
 Every node has a weight for every partition, ``stable_hash64("<node>\\x00<partition>")``; a
 partition belongs to the live node of highest weight. Adding or removing one node of n moves only
 the partitions that node wins or held, about P/n of them, and never moves a partition between two
-nodes that both stay. Weights come from :func:`crawlproj.urls.stable_hash64`, so every process
+nodes that both stay. Weights come from :func:`crawlproj.wire.urls.stable_hash64`, so every process
 computes the same table (never Python's ``hash()``).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from crawlproj.urls import stable_hash64
+from crawlproj.wire.urls import stable_hash64
 
 
 def weights(node: str, partitions: int) -> list[int]:

@@ -1,7 +1,7 @@
 """Seed sources: command line, a file, a Redis key (scrapy-redis convention).
 
 Each yields plain URL strings; the dispatcher canonicalizes them and computes fingerprint, key
-and partition with :mod:`crawlproj.urls`, exactly as the nodes do.
+and partition with :mod:`crawlproj.wire.urls`, exactly as the nodes do.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from crawlproj.urls import BadURL, canonicalize, fingerprint, partition_of, politeness_key
+from crawlproj.wire.urls import BadURL, canonicalize, fingerprint, partition_of, politeness_key
 
 from .errors import ConfigError
 

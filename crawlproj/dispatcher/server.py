@@ -7,7 +7,7 @@ One thread drives everything from a :class:`zmq.Poller`: each round receives wha
 (up to a budget), applies it in arrival order, serves nodes that have credit, runs the timers
 (dead nodes, expired leases, Redis seeds, crawl-finished) and commits the store when a commit is
 due (``--commit-interval``, or ``frontier.COMMIT_ROWS`` rows). Wire messages are those of
-:mod:`crawlproj.protocol`; the behaviour behind each is documented there and in README.md.
+:mod:`crawlproj.wire.protocol`; the behaviour behind each is documented there and in README.md.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import msgpack
 import zmq
 
 from crawlproj.observability.dispatcher import HTTP_PREFIX, DispatcherObserver
-from crawlproj.protocol import (
+from crawlproj.wire.protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     ProtocolError,
@@ -40,7 +40,7 @@ from crawlproj.protocol import (
     encode,
 )
 from crawlproj.security.curve import CurveKeyError, CurveServer, read_authorized, read_certificate
-from crawlproj.urls import BadURL, partition_of
+from crawlproj.wire.urls import BadURL, partition_of
 
 from .errors import ConfigError, DispatcherError
 from .frontier import DEFAULT_COMMIT_INTERVAL, DEFAULT_HOT_SEEN, DEFAULT_READAHEAD, Frontier, Row
@@ -68,7 +68,7 @@ POLL_MAX_SECONDS = 0.1  # longest poll: bounds the reaction time to SIGTERM and 
 DEAD_CHECK_MAX_SECONDS = 0.5  # longest time between two looks for nodes past their time-out
 MAX_CREDIT = 1_000_000  # outstanding credit a node may hold
 MAX_ROW_ID = 2 ** 63 - 1  # SQLite's largest integer
-FINGERPRINT_BYTES = 20  # SHA-1, crawlproj.urls.fingerprint
+FINGERPRINT_BYTES = 20  # SHA-1, crawlproj.wire.urls.fingerprint
 MAX_PRIORITY = 2 ** 62  # |pr| beyond this does not fit SQLite's integer once negated
 SNDHWM = 100_000  # frames queued per peer before a send fails (then leases are given back)
 BAD_FRAME_LOG_INTERVAL = 5.0  # seconds between two log lines about bad frames of one reason

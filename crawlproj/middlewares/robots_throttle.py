@@ -2,7 +2,7 @@
 
 For every http(s) request:
 
-1. Its politeness key (:func:`crawlproj.urls.politeness_key`: registered domain, or host) becomes
+1. Its politeness key (:func:`crawlproj.wire.urls.politeness_key`: registered domain, or host) becomes
    its ``download_slot``. This middleware keeps that downloader slot at one fetch in flight and
    sets its delay before each request enters it (as AutoThrottle adjusts slot delays), to the
    key's effective delay from :class:`crawlproj.politeness.Politeness`. The delay counts from
@@ -36,11 +36,15 @@ from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.defer import Deferred
 
+from crawlproj.meta import ANSWERED as _META_ANSWERED
+from crawlproj.meta import KEY as META_KEY
+from crawlproj.meta import ROBOTS_BYTES as _META_BYTES
+from crawlproj.meta import ROBOTS_FETCH as META_ROBOTS
 from crawlproj.politeness import MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, get_politeness, throttle_enabled
 from crawlproj.politeness.core import FAILING
 from crawlproj.politeness.robots import REDIRECT_STATUSES
 from crawlproj.setting_checks import float_at_least
-from crawlproj.urls import BadURL
+from crawlproj.wire.urls import BadURL
 
 if TYPE_CHECKING:
     from scrapy.core.downloader import Slot
@@ -51,11 +55,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Request meta keys this middleware sets.
-META_KEY = "politeness_key"  # the request's politeness key: its slot is managed here
-META_ROBOTS = "robots_throttle_fetch"  # a robots.txt request of this middleware
-_META_BYTES = "_robots_throttle_bytes"
-_META_ANSWERED = "_robots_throttle_answered"
 
 HTTP_DEFAULT_PORTS = {"http": 80, "https": 443}
 #: Like Scrapy's RobotsTxtMiddleware: robots.txt goes first in the slot's politeness order.

@@ -24,7 +24,7 @@ from scrapy.core.downloader import Downloader
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import create_looping_call
 
-from crawlproj.middlewares.robots_throttle import META_KEY as POLITENESS_KEY_META
+from crawlproj.meta import KEY as POLITENESS_KEY_META
 from crawlproj.nodeid import node_name
 from crawlproj.politeness import CRAWLER_ATTRIBUTE as POLITENESS_ATTRIBUTE
 from crawlproj.setting_checks import positive_float, typed_setting

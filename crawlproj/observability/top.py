@@ -3,7 +3,7 @@
     crawlproj top --endpoint tcp://127.0.0.1:5570          # asks the dispatcher ("status")
     crawlproj top --http http://127.0.0.1:8080 --watch     # or its HTTP API
 
-(``crawlproj status`` is taken by the scrapyd job status of ``crawlproj.deploy``.)
+(``crawlproj status`` is taken by the scrapyd job status of ``crawlproj.tools.deploy``.)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import urllib.request
 from typing import Any, TextIO
 
 from crawlproj.dispatcher.errors import DispatcherError
-from crawlproj.dispatcher.process import request_state
+from crawlproj.tools.dispatcher_process import request_state
 
 from .timings import parse_report
 

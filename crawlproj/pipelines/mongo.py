@@ -1,6 +1,6 @@
 """MongoDB item pipeline: batched, idempotent upserts keyed by the URL fingerprint.
 
-Every item becomes one upsert of the document whose ``_id`` is ``crawlproj.urls.fingerprint_hex``
+Every item becomes one upsert of the document whose ``_id`` is ``crawlproj.wire.urls.fingerprint_hex``
 of its ``url``: ``$set`` the item's fields, ``$setOnInsert`` ``first_seen``, ``$inc``
 ``fetch_count``. Upserts are collected into unordered ``bulk_write`` calls that run in one worker
 thread of this pipeline, never on the reactor; a batch is written when it reaches
@@ -62,7 +62,7 @@ from twisted.python.threadpool import ThreadPool
 from crawlproj.pipelines.spill import SpillFile, SpillRecord, SpillWriter, claim_spill_files
 from crawlproj.politeness.timing import LatencySampler
 from crawlproj.setting_checks import float_at_least, int_at_least, positive_float, typed_setting
-from crawlproj.urls import BadURL, fingerprint_hex
+from crawlproj.wire.urls import BadURL, fingerprint_hex
 
 if TYPE_CHECKING:
     from pymongo.collection import Collection

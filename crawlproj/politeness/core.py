@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThread
 
 from crawlproj.nodeid import node_name
 from crawlproj.setting_checks import check_setting, float_at_least, int_at_least, positive_float, typed_setting
-from crawlproj.urls import politeness_key
+from crawlproj.wire.urls import politeness_key
 
 from .robots import (
     ALLOW,

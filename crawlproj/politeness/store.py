@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from crawlproj.urls import partition_of, stable_hash64
+from crawlproj.wire.urls import partition_of, stable_hash64
 
 from .robots import RobotsRow
 from .timing import LatencySampler

@@ -25,13 +25,13 @@ from scrapy import Request, signals
 from scrapy.http import Response
 from twisted.python.failure import Failure
 
+from crawlproj.meta import LEASE, OWN_ERRBACK, PARENT
+
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
 logger = logging.getLogger(__name__)
 
-LEASE = "_lease"  # meta: lease id of a request leased from the dispatcher
-PARENT = "_parent"  # meta: lease id of the response that discovered this request
 
 
 class _Lease:
@@ -146,7 +146,7 @@ class LeaseBook:
 
         def lease_errback(failure: Failure) -> Any:
             lease_id = _lease_of(failure)
-            own = failure.request.meta.get("_eb") if hasattr(failure, "request") else None
+            own = failure.request.meta.get(OWN_ERRBACK) if hasattr(failure, "request") else None
             if own is None:
                 self.output_done(lease_id)
                 return failure  # Scrapy logs it as it would without an errback

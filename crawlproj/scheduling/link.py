@@ -10,7 +10,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from crawlproj.protocol import ProtocolError, decode_from_dispatcher, encode
+from crawlproj.wire.protocol import ProtocolError, decode_from_dispatcher, encode
 from crawlproj.security.curve import ClientKeys
 
 logger = logging.getLogger(__name__)

@@ -26,18 +26,20 @@ from scrapy.utils.defer import deferred_from_coro
 from scrapy.utils.reactor import is_asyncio_reactor_installed
 from twisted.internet.defer import Deferred
 
-from crawlproj.linkfilter import CANONICAL, recent_links
+from crawlproj.linkfilter import recent_links
+from crawlproj.meta import CANONICAL, KEY, LEASE, OWN_ERRBACK, PARENT, WAKE
+from crawlproj.meta import PARTITION as PART
 from crawlproj.nodeid import node_name
 from crawlproj.observability.timings import Timings
 from crawlproj.politeness import Politeness, get_politeness, throttle_enabled
-from crawlproj.protocol import check_wire_request
+from crawlproj.wire.protocol import check_wire_request
 from crawlproj.scheduling.keyqueue import KeyQueues
-from crawlproj.scheduling.leases import LEASE, PARENT, LeaseBook
+from crawlproj.scheduling.leases import LeaseBook
 from crawlproj.scheduling.link import DispatcherLink
-from crawlproj.scheduling.wire import Unserializable, WireCodec
+from crawlproj.wire.request import Unserializable, WireCodec
 from crawlproj.security.curve import ClientKeys, CurveKeyError, read_certificate
 from crawlproj.setting_checks import HEADER_NAME, float_at_least, int_at_least, positive_float
-from crawlproj.urls import BadURL, canonicalize
+from crawlproj.wire.urls import BadURL, canonicalize
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -46,10 +48,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-WAKE = "_wake"  # meta: a queued request re-injected through engine.crawl() to wake the engine
-OWN_ERRBACK = "_eb"  # meta: name of the spider's own errback of a leased request
-KEY = "_key"
-PART = "_part"
 OVER_CREDIT_FACTOR = 8  # leases held past this x DISPATCHER_QUEUE_TARGET (more than ever asked for) go back
 
 

@@ -37,6 +37,7 @@ from scrapy.downloadermiddlewares.httpcompression import HttpCompressionMiddlewa
 from scrapy.exceptions import DownloadCancelledError, IgnoreRequest, NotConfigured
 from scrapy.utils.httpobj import urlparse_cached
 
+from crawlproj.meta import DEPTH, REDIRECT_URLS, RETRY_TIMES, ROBOTS_FETCH
 from crawlproj.setting_checks import int_at_least, typed_setting
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ROBOTS_FETCH_META = "robots_throttle_fetch"  # RobotsThrottleMiddleware's own robots.txt requests
 MAXSIZE_MESSAGE = "download max size"  # Scrapy's get_maxsize_msg() for cancelled downloads
 
 
@@ -78,13 +78,13 @@ class TrapGuardMiddleware:
 
     def process_request(self, request: Request) -> None:
         meta = request.meta
-        if meta.get(ROBOTS_FETCH_META):
+        if meta.get(ROBOTS_FETCH):
             return None
         url = request.url
         if self.max_url_length and len(url) > self.max_url_length:
             self._refuse(request, "url_length", f"{len(url)} characters > URLLENGTH_LIMIT {self.max_url_length}")
-        if self.max_depth and meta.get("depth", 0) > self.max_depth:
-            self._refuse(request, "depth", f"depth {meta.get('depth')} > TRAP_MAX_DEPTH {self.max_depth}")
+        if self.max_depth and meta.get(DEPTH, 0) > self.max_depth:
+            self._refuse(request, "depth", f"depth {meta.get(DEPTH)} > TRAP_MAX_DEPTH {self.max_depth}")
         parts = urlparse_cached(request)
         if self.max_segment_repeats:
             segments = Counter(seg for seg in parts.path.split("/") if seg)
@@ -92,9 +92,9 @@ class TrapGuardMiddleware:
                 seg, n = segments.most_common(1)[0]
                 self._refuse(request, "repeated_segment",
                              f"segment {seg[:50]!r} {n} times > TRAP_MAX_SEGMENT_REPEATS {self.max_segment_repeats}")
-        if url in (meta.get("redirect_urls") or ()):
+        if url in (meta.get(REDIRECT_URLS) or ()):
             self._refuse(request, "redirect_loop", "redirected back to a URL of its own chain")
-        if self.max_pages_per_host and not meta.get("retry_times"):
+        if self.max_pages_per_host and not meta.get(RETRY_TIMES):
             self._count_host(request, (parts.hostname or "").lower())
         return None
 

@@ -24,9 +24,10 @@ import scrapy
 from scrapy.http import Response, TextResponse
 
 from crawlproj.items import PageItem
-from crawlproj.linkfilter import CANONICAL, recent_links
+from crawlproj.linkfilter import recent_links
+from crawlproj.meta import CANONICAL
 from crawlproj.setting_checks import HEADER_NAME
-from crawlproj.urls import BadURL, canonicalize, host_of, registered_domain
+from crawlproj.wire.urls import BadURL, canonicalize, host_of, registered_domain
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from crawlproj.runner import stop_process
+from crawlproj.tools.runner import stop_process
 
 from .model import ROBOTS_PATHS, Web, WebSpec
 
@@ -48,14 +48,14 @@ def read_access_log(path: str | os.PathLike[str]) -> list[Access]:
 
 
 class SynthWebProcess:
-    """A running ``python -m crawlproj.synthweb``; use as a context manager."""
+    """A running ``python -m crawlproj_testing.synthweb``; use as a context manager."""
 
     def __init__(self, spec: WebSpec, access_log: str | os.PathLike[str] | None = None,
                  hold_seconds: float = 30.0, port: int = 0, startup_timeout: float = 30.0):
         self.spec = spec
         self.web = Web(spec)
         self.access_log = Path(access_log) if access_log else None
-        args = [sys.executable, "-m", "crawlproj.synthweb", "--port", str(port),
+        args = [sys.executable, "-m", "crawlproj_testing.synthweb", "--port", str(port),
                 "--hold-seconds", str(hold_seconds)]
         if self.access_log is not None:
             args += ["--access-log", str(self.access_log)]

@@ -49,7 +49,7 @@ Semantics, as the dispatcher (crawlproj.dispatcher.server) implements them
 A *wire request* is a map: ``u`` URL (canonical), ``f`` fingerprint (20 bytes), ``k`` politeness
 key, ``p`` partition, and optionally ``m`` method, ``h`` headers, ``b`` body, ``cb``/``eb``
 callback/errback names, ``pr`` priority, ``d`` depth, ``meta`` (msgpack-safe values only).
-Nodes compute ``f``, ``k`` and ``p`` with :mod:`crawlproj.urls`, so the dispatcher routes and
+Nodes compute ``f``, ``k`` and ``p`` with :mod:`crawlproj.wire.urls`, so the dispatcher routes and
 deduplicates without parsing URLs.
 """
 

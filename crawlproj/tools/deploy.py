@@ -41,9 +41,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from crawlproj.cluster import SCHEDULER
+from crawlproj.tools.cluster import SCHEDULER
 from crawlproj.dispatcher.errors import DispatcherError
-from crawlproj.dispatcher.process import request_state
+from crawlproj.tools.dispatcher_process import request_state
 
 DEFAULT_PROJECT = "crawlproj"
 DEFAULT_SPIDER = "broad"

@@ -30,7 +30,7 @@ import msgpack
 import zmq
 
 from crawlproj.dispatcher.seeds import wire_seed
-from crawlproj.protocol import PROTOCOL_VERSION, ProtocolError, decode_from_dispatcher, decode_from_node, encode
+from crawlproj.wire.protocol import PROTOCOL_VERSION, ProtocolError, decode_from_dispatcher, decode_from_node, encode
 
 KINDS = ("mutated", "confused", "random", "deep", "huge")
 MAX_RANDOM_BYTES = 4096

@@ -1,4 +1,4 @@
-"""Scrapy Request <-> wire request (see crawlproj.protocol), callbacks by name, msgpack-safe meta."""
+"""Scrapy Request <-> wire request (see crawlproj.wire.protocol), callbacks by name, msgpack-safe meta."""
 
 from __future__ import annotations
 
@@ -8,17 +8,11 @@ from typing import Any
 import msgpack
 from scrapy import Request, Spider
 
-from crawlproj.urls import canonicalize, fingerprint_canonical, partition_of, politeness_key
+from crawlproj.meta import LOCAL as LOCAL_META
+from crawlproj.wire.urls import canonicalize, fingerprint_canonical, partition_of, politeness_key
 
 logger = logging.getLogger(__name__)
 
-# Meta keys that describe one download attempt or belong to this node's bookkeeping; they are
-# not part of the request's identity and do not travel.
-LOCAL_META = frozenset({
-    "depth", "download_slot", "download_latency", "download_timeout", "redirect_times",
-    "redirect_ttl", "redirect_urls", "redirect_reasons", "retry_times", "handle_httpstatus_list",
-    "handle_httpstatus_all", "dont_obey_robotstxt", "_lease", "_key", "_part", "_parent", "_wake", "_eb", "_canon",
-})
 
 
 class Unserializable(ValueError):

@@ -6,13 +6,13 @@ import argparse
 import importlib
 import sys
 
-from crawlproj import cluster, deploy
+from crawlproj.tools import cluster, deploy
 from crawlproj.observability import cli as observability
 from crawlproj.security import curve
 
 # Services with their own argument parsers: the rest of the command line goes to them.
 SERVICES = {
-    "synthweb": ("crawlproj.synthweb.server", "serve the synthetic web on 127.0.0.1"),
+    "synthweb": ("crawlproj_testing.synthweb.server", "serve the synthetic web on 127.0.0.1"),
     "dispatcher": ("crawlproj.dispatcher.server", "run the ZeroMQ dispatcher"),
 }
 

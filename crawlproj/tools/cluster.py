@@ -18,10 +18,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from crawlproj.dispatcher.process import DispatcherProcess
-from crawlproj.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env, stop_process
-from crawlproj.synthweb.model import RFC9309_OUTCOME, WebSpec
-from crawlproj.synthweb.process import SynthWebProcess
+from crawlproj.tools.dispatcher_process import DispatcherProcess
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env, stop_process
+from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, WebSpec
+from crawlproj_testing.synthweb.process import SynthWebProcess
 
 SCHEDULER = "crawlproj.scheduling.scheduler.DispatcherScheduler"
 NODE_HEADER = "X-Crawlproj-Node"

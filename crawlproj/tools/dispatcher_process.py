@@ -25,12 +25,12 @@ from typing import IO, Any
 
 import zmq
 
-from crawlproj.protocol import ProtocolError, decode_from_dispatcher, encode
-from crawlproj.runner import stop_process
+from crawlproj.wire.protocol import ProtocolError, decode_from_dispatcher, encode
+from crawlproj.tools.runner import stop_process
 from crawlproj.security.curve import ClientKeys
 
-from .errors import DispatcherError, StartError
-from .server import HTTP_PREFIX, LISTENING_PREFIX
+from crawlproj.dispatcher.errors import DispatcherError, StartError
+from crawlproj.dispatcher.server import HTTP_PREFIX, LISTENING_PREFIX
 
 STARTUP_TIMEOUT = 30.0  # seconds for the LISTENING line
 STOP_TIMEOUT = 10.0  # seconds a SIGTERM gets before SIGKILL

@@ -2,8 +2,8 @@
 
 A :class:`SimNode` is one DEALER (routing id = node name) that registers, asks for credit,
 receives batches, "crawls" a leased URL by computing its links with a function (for example
-over the link structure of a :class:`crawlproj.synthweb.model.Web`, no HTTP), pushes them as wire
-requests built with :mod:`crawlproj.urls`, acks, and follows revoke / assign / finished. It
+over the link structure of a :class:`crawlproj_testing.synthweb.model.Web`, no HTTP), pushes them as wire
+requests built with :mod:`crawlproj.wire.urls`, acks, and follows revoke / assign / finished. It
 keeps a record of everything it saw so tests can check the dispatcher's guarantees.
 
 :func:`drive` runs several nodes from one :class:`zmq.Poller` until a condition holds.
@@ -18,11 +18,11 @@ from typing import Any
 
 import zmq
 
-from crawlproj.protocol import ProtocolError, decode_from_dispatcher, encode
-from crawlproj.synthweb.model import Web
-from crawlproj.urls import canonicalize, fingerprint, partition_of, politeness_key
+from crawlproj.wire.protocol import ProtocolError, decode_from_dispatcher, encode
+from crawlproj_testing.synthweb.model import Web
+from crawlproj.wire.urls import canonicalize, fingerprint, partition_of, politeness_key
 
-from .errors import DispatcherError
+from crawlproj.dispatcher.errors import DispatcherError
 
 PUSH_CHUNK = 1000  # wire requests per push frame
 UNKNOWN_NODE = "unknown node: register"

@@ -1,0 +1,1 @@
+"""Operator tools behind the ``crawlproj`` command: cluster, demo, deploy, process runners."""

@@ -2,6 +2,7 @@
 
 Every crawlproj setting has its default here with a one-line comment. Components read them with
 typed getters in ``from_crawler`` and fail at start with the setting's name when a value is bad.
+Modes are Scrapy add-ons (crawlproj/addons.py): each puts its components into Scrapy's chains.
 """
 
 BOT_NAME = "crawlproj"
@@ -9,7 +10,7 @@ SPIDER_MODULES = ["crawlproj.spiders"]
 NEWSPIDER_MODULE = "crawlproj.spiders"
 
 # -- Scrapy -------------------------------------------------------------------------------------
-ROBOTSTXT_OBEY = True  # Scrapy's robots middleware; crawlproj's RobotsThrottle replaces it when on
+ROBOTSTXT_OBEY = True  # obey robots.txt (crawlproj's RobotsThrottleMiddleware, or Scrapy's with ROBOTS_THROTTLE_ENABLED off)
 CONCURRENT_REQUESTS = 64
 CONCURRENT_ITEMS = 16  # Scrapy's 100 spawns 100 tasks per response; 16 is faster on broad crawls
 REMOTE_CONTROL_ENABLED = False  # no extra HTTP port, no writes under ~/.local/state
@@ -35,11 +36,13 @@ BROAD_ITEM_HEADERS = ["Content-Type", "Last-Modified", "ETag", "Server"]  # head
 BROAD_REDIS_URL = "redis://127.0.0.1:6379/0"  # where `-a seeds=redis` reads <spider>:start_urls
 BROAD_REDIS_START_URLS_KEY = "%(name)s:start_urls"  # the scrapy-redis key convention
 
-DOWNLOADER_MIDDLEWARES = {
-    # Scrapy's robots middleware loses the parser for requests that wait on robots.txt
-    # together; the fixed subclass takes its place (see crawlproj/middlewares/robotstxt.py).
-    "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware": None,
-    "crawlproj.middlewares.robotstxt.FixedRobotsTxtMiddleware": 100,
+# -- Modes (Scrapy add-ons, crawlproj/addons.py) -------------------------------------------------
+ADDONS = {
+    "crawlproj.addons.Politeness": 100,  # robots.txt (RFC 9309) + one fetch at a time per politeness key
+    "crawlproj.addons.Hardening": 200,  # SSRF guard, crawler-trap guard, counted decompression bombs
+    "crawlproj.addons.MongoDB": 300,  # items to MongoDB (the pipeline is off while MONGO_URI is empty)
+    "crawlproj.addons.Timings": 400,  # timings of every operation that can get slow
+    # "crawlproj.addons.DispatcherNode": 500,  # distributed mode; `crawlproj cluster` and `crawlproj schedule` add it
 }
 
 EXTENSIONS = {
@@ -50,7 +53,7 @@ EXTENSIONS = {
 PROGRESS_INTERVAL = 0.0  # seconds between progress lines on stderr; 0 = none
 PROGRESS_STATS_FILE = ""  # write the final stats as JSON here at close; "" = don't
 
-# -- DispatcherScheduler (SCHEDULER = "crawlproj.scheduling.scheduler.DispatcherScheduler") ------
+# -- Dispatcher node (add-on crawlproj.addons.DispatcherNode: crawlproj.scheduling.scheduler) -----
 DISPATCHER_ENDPOINT = "tcp://127.0.0.1:5570"  # the dispatcher's ROUTER socket
 DISPATCHER_NODE_NAME = ""  # stable node name; "" = <hostname>-<scrapyd job id, or pid>
 DISPATCHER_NODE_HEADER = ""  # if set, leased requests carry the node name in this header
@@ -66,16 +69,9 @@ DISPATCHER_CURVE_SECRET_KEY_FILE = ""  # CURVE: this node's key pair (crawlproj 
 DISPATCHER_CURVE_SERVER_KEY_FILE = ""  # CURVE: the dispatcher's public key (crawlproj keys: dispatcher.key)
 POLITENESS_KEY = "domain"  # "domain" (registered domain, eTLD+1) or "host"
 
-SPIDER_MIDDLEWARES = {
-    # no-op unless requests are leased from the dispatcher; outermost so it sees final output
-    "crawlproj.scheduling.leases.LeaseTrackerMiddleware": 10,
-}
-
-# -- robots.txt and politeness (crawlproj.middlewares.robots_throttle, crawlproj.politeness) -----
-# Replaces Scrapy's robots middleware (FixedRobotsTxtMiddleware steps aside when this is on).
+# -- robots.txt and politeness (add-on crawlproj.addons.Politeness: crawlproj.politeness) ---------
 # robots.txt is obeyed when ROBOTSTXT_OBEY is on; the politeness key is POLITENESS_KEY.
-DOWNLOADER_MIDDLEWARES["crawlproj.middlewares.robots_throttle.RobotsThrottleMiddleware"] = 100
-ROBOTS_THROTTLE_ENABLED = True  # robots.txt per RFC 9309 + one fetch at a time per politeness key
+ROBOTS_THROTTLE_ENABLED = True  # robots.txt per RFC 9309 + one fetch at a time per key; False: Scrapy's robots.txt
 ROBOTS_THROTTLE_DELAY = None  # seconds between fetches on one key; None = DOWNLOAD_DELAY
 ROBOTS_THROTTLE_KEY_DELAYS: dict[str, float] = {}  # per-key delay overrides {key: seconds}
 ROBOTS_THROTTLE_ADAPTIVE = False  # also wait latency x FACTOR after an answer (like AutoThrottle)
@@ -93,15 +89,7 @@ ROBOTS_STATE_FILE = ""  # SQLite state file; "" = <CRAWLPROJ_STATE_DIR>/<node na
 ROBOTS_STORE_FLUSH_INTERVAL = 0.5  # seconds between batched writes of the state file
 CRAWLPROJ_STATE_DIR = "state"  # where nodes keep their local state files
 
-# -- Hostile input (crawlproj.security): SSRF guard, crawler traps, oversized responses ----------
-DOWNLOADER_MIDDLEWARES.update({
-    "crawlproj.security.ssrf.SSRFGuardMiddleware": 50,  # before robots.txt: no fetch at all
-    "crawlproj.security.traps.TrapGuardMiddleware": 60,
-    "crawlproj.security.ssrf.SSRFPeerCheckMiddleware": 950,  # first to see a response
-    # counts decompression bombs (hostile/decompression_bomb); otherwise Scrapy's own
-    "scrapy.downloadermiddlewares.httpcompression.HttpCompressionMiddleware": None,
-    "crawlproj.security.traps.CountingHttpCompressionMiddleware": 590,
-})
+# -- Hostile input (add-on crawlproj.addons.Hardening: crawlproj.security) -----------------------
 SSRF_ENABLED = True  # refuse hosts that resolve to private, loopback, link-local, metadata... addresses
 SSRF_ALLOWED_NETWORKS: list[str] = []  # CIDRs always allowed (+ SYNTHWEB_RESOLVE_ADDRESS when SYNTHWEB_RESOLVE_SUFFIXES is set)
 SSRF_BLOCKED_NETWORKS: list[str] = []  # CIDRs refused on top of the non-public ones
@@ -113,10 +101,7 @@ TRAP_MAX_SEGMENT_REPEATS = 3  # one path segment at most this often (/a/b/a/b/a/
 TRAP_MAX_PAGES_PER_HOST = 50000  # requests per host and node process; 0 = no cap
 TRAP_HOSTS_TRACKED = 100000  # hosts whose request count is kept (LRU)
 
-# -- MongoDB item pipeline (crawlproj.pipelines.mongo; off while MONGO_URI is empty) -------------
-ITEM_PIPELINES = {
-    "crawlproj.pipelines.mongo.MongoPipeline": 800,  # NotConfigured (skipped) without MONGO_URI
-}
+# -- MongoDB item pipeline (add-on crawlproj.addons.MongoDB; off while MONGO_URI is empty) -------
 MONGO_URI = ""  # mongodb://host:port/ (or mongodb+srv://); "" = the pipeline is off
 MONGO_DATABASE = "crawlproj"  # database the items go to
 MONGO_COLLECTION = "pages"  # collection of every item class not in MONGO_COLLECTIONS
@@ -137,10 +122,7 @@ MONGO_CONNECT_TIMEOUT = 2.0  # seconds to find and connect to the server: how fa
 MONGO_SOCKET_TIMEOUT = 30.0  # seconds a bulk_write may take before it counts as failed (and is re-sent)
 MONGO_STATS_INTERVAL = 10.0  # seconds between updates of the latency percentiles in the stats
 
-# -- Timings (crawlproj.observability): every operation that can get slow, to stats and logs -----
-EXTENSIONS["crawlproj.observability.extension.TimingsExtension"] = 510
-# innermost: times each callback's output with one perf_counter pair per response
-SPIDER_MIDDLEWARES["crawlproj.observability.extension.ParseTimingMiddleware"] = 1050
+# -- Timings (add-on crawlproj.addons.Timings: crawlproj.observability) ---------------------------
 TIMINGS_ENABLED = True  # timing/<op>/* stats, TIMINGS log lines, timings in the node's dispatcher reports
 TIMINGS_LOG_INTERVAL = 60.0  # seconds between TIMINGS lines (percentiles of that window, per operation)
 TIMINGS_LOG_SAMPLE_RATE = 0.001  # share of single operations logged as TIMING lines (0 = none, 1 = all)

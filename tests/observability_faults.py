@@ -23,7 +23,7 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.threads import deferToThreadPool
 
-from crawlproj.politeness import get_politeness
+from crawlproj.politeness.gate import PolitenessGate
 from crawlproj.setting_checks import positive_float
 from crawlproj.spiders.broad import BroadSpider
 
@@ -87,7 +87,10 @@ class SlowPolitenessStore:
     def from_crawler(cls, crawler: Crawler) -> SlowPolitenessStore:
         if not crawler.settings.get("FAULT_LOOKUP_MS_PER_1K"):
             raise NotConfigured("FAULT_LOOKUP_MS_PER_1K is not set")
-        store = get_politeness(crawler).store
+        gate = crawler.get_extension(PolitenessGate)
+        if gate is None:
+            raise NotConfigured("FAULT_LOOKUP_MS_PER_1K needs the politeness gate")
+        store = gate.state.store
         store._reader = _SlowReader(store._reader, positive_float(crawler.settings, "FAULT_LOOKUP_MS_PER_1K"))
         return cls()
 

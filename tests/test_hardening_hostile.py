@@ -25,6 +25,7 @@ from scrapy.http import HtmlResponse, Request
 from scrapy.settings import Settings
 from scrapy.utils.test import get_crawler
 
+from crawlproj.addons import node_settings
 from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj.dispatcher.seeds import wire_seed
 from crawlproj.meta import CANONICAL
@@ -36,7 +37,6 @@ from crawlproj.spiders.broad import BroadSpider
 from crawlproj.wire.urls import canonicalize, fingerprint, fingerprint_canonical
 
 TESTS = Path(__file__).resolve().parent
-SCHEDULER = "crawlproj.scheduling.scheduler.DispatcherScheduler"
 CRAWL_TIMEOUT = 120
 MAXSIZE = 1024 * 1024  # below hostile_web.BIG_BYTES
 HOST_CAP = 30  # above the ~25 pages of www.hostile.test
@@ -135,7 +135,7 @@ def test_hostile_web_through_dispatcher_and_node(tmp_path: Path) -> None:
         with DispatcherProcess(tmp_path / "store", "--partitions", str(PARTITIONS), "--seeds", ",".join(seeds),
                                "--heartbeat-interval", "0.5", "--heartbeat-timeout", "5") as d:
             stats = run_node(tmp_path, {
-                **SYNTHWEB_SETTINGS, "SCHEDULER": SCHEDULER, "DISPATCHER_ENDPOINT": d.endpoint,
+                **SYNTHWEB_SETTINGS, **node_settings(), "DISPATCHER_ENDPOINT": d.endpoint,
                 "DISPATCHER_NODE_NAME": "n1", "DISPATCHER_HEARTBEAT_INTERVAL": 0.5, "BROAD_SCOPE": "any",
                 "DOWNLOAD_MAXSIZE": MAXSIZE, "DOWNLOAD_WARNSIZE": MAXSIZE // 4,
                 "TRAP_MAX_PAGES_PER_HOST": HOST_CAP, "DOWNLOAD_TIMEOUT": 10,

@@ -13,9 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from crawlproj.addons import node_settings
 from crawlproj.tools.runner import crawl_argv, crawl_env
 
-SCHEDULER = {"SCHEDULER": "crawlproj.scheduling.scheduler.DispatcherScheduler",
+SCHEDULER = {**node_settings(),
              "DISPATCHER_ENDPOINT": "tcp://127.0.0.1:9"}
 MONGO = {"MONGO_URI": "mongodb://127.0.0.1:9/"}
 START_TIMEOUT = 60  # seconds for a crawl to fail; they take about one

@@ -32,10 +32,10 @@ from crawlproj.politeness import (
     KeyRow,
     Politeness,
     StateStore,
-    get_politeness,
     parse_robots,
 )
-from crawlproj.politeness.core import PolitenessConfig
+from crawlproj.politeness.config import PolitenessConfig
+from crawlproj.politeness.gate import PolitenessGate
 from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
 from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, WebSpec
 from crawlproj_testing.synthweb.process import Access
@@ -354,10 +354,10 @@ def test_bad_setting_names_itself(tmp_path, name, value, expect):
     import crawlproj.settings as module
 
     project = {k: getattr(module, k) for k in dir(module) if k.isupper()}
-    crawler = get_crawler(settings_dict={**project, "ROBOTS_STATE_FILE": str(tmp_path / "s.sqlite3"),
-                                         name: value})
-    with pytest.raises(ValueError) as err:
-        get_politeness(crawler)
+    with pytest.raises(ValueError) as err:  # the gate is an extension: it fails as the crawler starts
+        crawler = get_crawler(settings_dict={**project, "ROBOTS_STATE_FILE": str(tmp_path / "s.sqlite3"),
+                                             name: value})
+        PolitenessGate.from_crawler(crawler)
     assert name in str(err.value) and expect in str(err.value) and repr(value) in str(err.value)
 
 
@@ -367,16 +367,27 @@ def test_bad_setting_stops_the_crawl_at_start(tmp_path):
     assert proc.returncode != 0 and "ROBOTS_HOLD_TIME" in proc.stderr and "-5" in proc.stderr
 
 
-def test_fixed_robotstxt_middleware_steps_aside(tmp_path):
-    from scrapy.exceptions import NotConfigured
+@pytest.mark.parametrize("enabled", [True, False])
+def test_politeness_addon_installs_one_robots_middleware(enabled):
+    from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware
 
+    from crawlproj.middlewares.robots_throttle import RobotsThrottleMiddleware
     from crawlproj.middlewares.robotstxt import FixedRobotsTxtMiddleware
 
-    crawler = get_crawler(settings_dict={"ROBOTS_THROTTLE_ENABLED": True, "ROBOTSTXT_OBEY": True})
-    with pytest.raises(NotConfigured):
-        FixedRobotsTxtMiddleware.from_crawler(crawler)
-    crawler = get_crawler(settings_dict={"ROBOTS_THROTTLE_ENABLED": False, "ROBOTSTXT_OBEY": True})
-    assert FixedRobotsTxtMiddleware.from_crawler(crawler) is not None
+    import crawlproj.settings as module
+
+    project = {k: getattr(module, k) for k in dir(module) if k.isupper()}
+    crawler = get_crawler(settings_dict={**project, "ROBOTS_THROTTLE_ENABLED": enabled})
+    crawler._apply_settings()
+    robots = [mw for mw in crawler.engine.downloader.middleware.middlewares
+              if isinstance(mw, (RobotsTxtMiddleware, RobotsThrottleMiddleware))] if crawler._engine else None
+    if robots is None:
+        crawler.engine = crawler._create_engine()
+        robots = [mw for mw in crawler.engine.downloader.middleware.middlewares
+                  if isinstance(mw, (RobotsTxtMiddleware, RobotsThrottleMiddleware))]
+    expected = RobotsThrottleMiddleware if enabled else FixedRobotsTxtMiddleware
+    assert [type(mw) for mw in robots] == [expected]  # one robots.txt middleware, at Scrapy's place
+    assert (crawler.get_extension(PolitenessGate) is not None) is enabled
 
 
 # -- Politeness in-process: the scheduler's API, handoff, the store ------------------------------

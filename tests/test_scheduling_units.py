@@ -33,8 +33,8 @@ def test_a_busy_or_delayed_key_never_blocks_the_others():
 
 def test_hold_never_moves_a_ready_time_earlier_and_remove_takes_keys_out():
     q: KeyQueues[int] = KeyQueues()
-    q.hold("a.test", 5.0)
     q.push("a.test", 1)
+    q.hold("a.test", 5.0)
     q.hold("a.test", 2.0)
     assert q.pop_ready(now=4.0) is None
     q.push("b.test", 2)
@@ -42,6 +42,21 @@ def test_hold_never_moves_a_ready_time_earlier_and_remove_takes_keys_out():
     assert q.remove(lambda key: key == "b.test") == [3, 2]
     assert len(q) == 1
     assert q.pop_ready(now=5.0) == ("a.test", 1)
+
+
+def test_per_key_times_are_kept_only_for_keys_with_queued_items():
+    q: KeyQueues[int] = KeyQueues()
+    for i in range(10_000):
+        key = f"k{i}.test"
+        q.push(key, i)
+        q.hold(key, 1.0)
+        assert q.pop_ready(now=2.0) == (key, i)
+        q.release(key, ready_at=3.0)
+    assert len(q) == 0 and q.keys == 0
+    assert not q._ready_at  # 10,000 keys served leave no per-key entry behind
+    q.hold("idle.test", 9.0)  # nothing queued: nothing to remember
+    q.push("idle.test", 1)
+    assert q.pop_ready(now=0.0) == ("idle.test", 1)
 
 
 def test_recently_sent_is_bounded_and_exact_for_recent_entries():

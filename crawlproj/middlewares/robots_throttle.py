@@ -2,12 +2,12 @@
 
 For every http(s) request:
 
-1. Its politeness key (:func:`crawlproj.wire.urls.politeness_key`: registered domain, or host) becomes
-   its ``download_slot``. This middleware keeps that downloader slot at one fetch in flight and
-   sets its delay before each request enters it (as AutoThrottle adjusts slot delays), to the
-   key's effective delay from :class:`crawlproj.politeness.Politeness`. The delay counts from
-   the previous answer on the key, so it holds as the server sees it; a key's last fetch time
-   from an earlier run (the state file) is waited out the same way, on the reactor's timers.
+1. Its politeness key (:meth:`crawlproj.politeness.gate.PolitenessGate.key_of`: registered
+   domain, or host) becomes its ``download_slot``. This middleware tells the gate when a fetch
+   on the key starts and ends (the downloader's signals), and configures the key's slot from the
+   gate: one fetch in flight, the key's delay counted from the previous answer, a last fetch
+   from an earlier run or another node waited out the same way. Under the DispatcherScheduler
+   the gate already held the request back until then, so it does not wait in the slot.
 2. Its authority's robots.txt verdict comes from the node's cache (memory, then SQLite). A missing,
    expired or due-for-retry copy is fetched once, through ``crawler.engine.download_async`` with
    the same slot (so it obeys the same politeness), redirects followed here (up to 5, rules
@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import ParseResult, urlsplit
 
 from scrapy import Request, signals
-from scrapy.core.downloader import Downloader
 from scrapy.exceptions import IgnoreRequest, NotConfigured, StopDownload
 from scrapy.http.request import NO_CALLBACK
 from scrapy.utils.asyncio import CallLaterResult, call_later
@@ -36,13 +35,11 @@ from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.defer import Deferred
 
-from crawlproj.meta import ANSWERED as _META_ANSWERED
-from crawlproj.meta import KEY as META_KEY
-from crawlproj.meta import ROBOTS_BYTES as _META_BYTES
-from crawlproj.meta import ROBOTS_FETCH as META_ROBOTS
-from crawlproj.politeness import MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, get_politeness, throttle_enabled
-from crawlproj.politeness.core import FAILING
-from crawlproj.politeness.robots import REDIRECT_STATUSES
+from crawlproj.meta import ANSWERED, DONT_OBEY_ROBOTSTXT, DOWNLOAD_LATENCY, DOWNLOAD_SLOT, KEY, ROBOTS_BYTES, ROBOTS_FETCH
+from crawlproj.politeness.config import throttle_enabled
+from crawlproj.politeness.gate import PolitenessGate
+from crawlproj.politeness.robots import MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, REDIRECT_STATUSES
+from crawlproj.politeness.robots_cache import FAILING
 from crawlproj.setting_checks import float_at_least
 from crawlproj.wire.urls import BadURL
 
@@ -51,7 +48,7 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.http import Response
 
-    from crawlproj.politeness import ParsedRobots, Politeness
+    from crawlproj.politeness.robots import ParsedRobots
 
 logger = logging.getLogger(__name__)
 
@@ -84,13 +81,14 @@ class _Pending:
 
 
 class RobotsThrottleMiddleware:
-    def __init__(self, crawler: Crawler, politeness: Politeness, obey: bool, hold_time: float):
+    def __init__(self, crawler: Crawler, gate: PolitenessGate, obey: bool, hold_time: float):
         self.crawler = crawler
-        self.pol = politeness
+        self.gate = gate
+        self.pol = gate.state
         self.obey = obey
         self.hold_time = hold_time
         self.stats = crawler.stats
-        self.user_agent = politeness.config.user_agent
+        self.user_agent = gate.config.user_agent
         self._pending: dict[str, _Pending] = {}
         self._closing = False
 
@@ -104,7 +102,11 @@ class RobotsThrottleMiddleware:
             logger.warning("AUTOTHROTTLE_ENABLED: AutoThrottle changes slot delays too; "
                            "RobotsThrottleMiddleware sets them again before every request "
                            "(use ROBOTS_THROTTLE_ADAPTIVE instead)")
-        mw = cls(crawler, get_politeness(crawler), settings.getbool("ROBOTSTXT_OBEY"), hold)
+        gate = crawler.get_extension(PolitenessGate)
+        if gate is None:
+            raise NotConfigured("RobotsThrottleMiddleware needs the PolitenessGate extension "
+                                "(the add-on crawlproj.addons.Politeness enables both)")
+        mw = cls(crawler, gate, settings.getbool("ROBOTSTXT_OBEY"), hold)
         connect = crawler.signals.connect
         connect(mw._request_reached_downloader, signal=signals.request_reached_downloader)
         connect(mw._response_downloaded, signal=signals.response_downloaded)
@@ -117,16 +119,14 @@ class RobotsThrottleMiddleware:
 
     async def process_request(self, request: Request) -> None:
         meta = request.meta
-        if meta.get(META_ROBOTS):
+        if meta.get(ROBOTS_FETCH):
             return None  # our own robots.txt fetch: key and slot were set when it was made
         url = urlparse_cached(request)
         if url.scheme not in HTTP_DEFAULT_PORTS or not url.hostname:
             return None
-        key = self.pol.key_of(request.url)
-        meta.pop(_META_ANSWERED, None)  # a retry or redirect copies the meta of its original
-        meta[META_KEY] = key
-        meta[Downloader.DOWNLOAD_SLOT] = key
-        if not self.obey or meta.get("dont_obey_robotstxt"):
+        key = self.gate.key_of(request)
+        meta.pop(ANSWERED, None)  # a retry or redirect copies the meta of its original
+        if not self.obey or meta.get(DONT_OBEY_ROBOTSTXT):
             return None
         rules = await self._robots_for(authority_of(url), key, request)
         if not rules.allowed(request.url, self.user_agent):
@@ -228,13 +228,13 @@ class RobotsThrottleMiddleware:
             await self.pol.record_robots_fetch(authority, pending.key, status, body, error)
             slot = self._slot(pending.key)
             if slot is not None:  # a new Crawl-delay applies to requests already in the slot
-                slot.delay = self.pol.delay_for(pending.key)
+                slot.delay = self.gate.delay_for(pending.key)
         except Exception as exc:  # a bug here must fail the waiting requests, not hang them
             logger.exception("robots.txt of %s: could not record the fetch", authority)
             failure = exc
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000.0
-            self.pol.fetch_ms.add(elapsed_ms)
+            self.pol.robots.fetch_ms.add(elapsed_ms)
             logger.debug("robots.txt of %s fetched in %.1f ms", authority, elapsed_ms)
             waiters, pending.waiters, pending.fetching = pending.waiters, [], False
             if self._pending.get(authority) is pending:
@@ -256,7 +256,7 @@ class RobotsThrottleMiddleware:
                 url, callback=NO_CALLBACK, priority=ROBOTS_PRIORITY, dont_filter=True,
                 # no compression: a small compressed body must not inflate past our limits
                 headers={"Accept-Encoding": "identity"},
-                meta={META_ROBOTS: True, META_KEY: key, Downloader.DOWNLOAD_SLOT: key,
+                meta={ROBOTS_FETCH: True, KEY: key, DOWNLOAD_SLOT: key,
                       "dont_redirect": True, "dont_retry": True, "dont_obey_robotstxt": True,
                       "handle_httpstatus_all": True,
                       # the body is cut at MAX_ROBOTS_BYTES by _bytes_received, whatever its size
@@ -291,53 +291,60 @@ class RobotsThrottleMiddleware:
         return self.crawler.engine.downloader.slots.get(key)
 
     def _request_reached_downloader(self, request: Request) -> None:
-        key = request.meta.get(META_KEY)
+        key = request.meta.get(KEY)
         slot = self._slot(key) if key is not None else None
         if slot is None:
             return
         assert key is not None
+        now = time.monotonic()
         slot.concurrency = 1
         slot.jitter = 0.0  # Scrapy's jitter goes below the delay too
-        slot.delay = self.pol.delay_for(key)
-        last = self.pol.last_fetch(key)
-        if last:
-            # the slot measures time on the monotonic clock; the state file on the epoch one
-            last_monotonic = time.monotonic() - (self.pol.clock() - last)
-            if last_monotonic > slot.lastseen:
-                if not slot.lastseen and last_monotonic + slot.delay > time.monotonic():
-                    self.stats.inc_value("politeness/waited_for_earlier_fetch")
-                slot.lastseen = last_monotonic
+        slot.delay = self.gate.delay_for(key)
+        ready = self.gate.ready_at(key)
+        if ready and ready - slot.delay > slot.lastseen:
+            # a fetch of an earlier run or of the key's previous owner (the state file)
+            if not slot.lastseen and ready > now:
+                self.stats.inc_value("politeness/waited_for_earlier_fetch")
+            slot.lastseen = ready - slot.delay
+        if slot.queue or slot.transferring or (slot.delay and slot.lastseen + slot.delay > now):
+            # the request waits in the slot, holding one of CONCURRENT_REQUESTS meanwhile
+            after = "after_robots" if self.gate.last_was_robots(key) else "page"
+            self.stats.inc_value(f"politeness/slot_wait/{after}")
+        self.gate.started(key, now)
 
     def _response_downloaded(self, response: Response, request: Request) -> None:
-        key = request.meta.get(META_KEY)
+        key = request.meta.get(KEY)
         if key is None:
             return
-        now, now_monotonic = self.pol.clock(), time.monotonic()
+        now = time.monotonic()
         slot = self._slot(key)
         if slot is not None:
-            # one fetch in flight per slot, so lastseen is when this one was sent
-            self.pol.record_fetch_start(key, now - (now_monotonic - slot.lastseen))
             # Space the next fetch from this answer: the delay then holds as the server sees
             # it, whatever the reactor's jitter in sending requests.
-            slot.lastseen = now_monotonic
-        self.pol.record_fetch_done(key, now)
-        request.meta[_META_ANSWERED] = True
-        latency = request.meta.get("download_latency")
+            slot.lastseen = now
+        request.meta[ANSWERED] = True
+        latency = request.meta.get(DOWNLOAD_LATENCY)
         if latency is not None:
             self.pol.observe_latency(key, latency, response.status)
             if slot is not None:
-                slot.delay = self.pol.delay_for(key)
+                slot.delay = self.gate.delay_for(key)
+        self.gate.ended(key, now, request, robots=bool(request.meta.get(ROBOTS_FETCH)))
 
     def _request_left_downloader(self, request: Request) -> None:
-        key = request.meta.get(META_KEY)
-        if key is not None and not request.meta.get(_META_ANSWERED):
-            self.pol.record_fetch_done(key, self.pol.clock())  # failed: the attempt still counts
+        key = request.meta.get(KEY)
+        if key is None or request.meta.get(ANSWERED):
+            return
+        now = time.monotonic()  # failed: the attempt still counts
+        slot = self._slot(key)
+        if slot is not None:
+            slot.lastseen = now
+        self.gate.ended(key, now, request, robots=bool(request.meta.get(ROBOTS_FETCH)))
 
     def _bytes_received(self, data: bytes, request: Request) -> None:
-        if not request.meta.get(META_ROBOTS):
+        if not request.meta.get(ROBOTS_FETCH):
             return
-        received = request.meta.get(_META_BYTES, 0) + len(data)
-        request.meta[_META_BYTES] = received
+        received = request.meta.get(ROBOTS_BYTES, 0) + len(data)
+        request.meta[ROBOTS_BYTES] = received
         if received > MAX_ROBOTS_BYTES:
             self.stats.inc_value("robots/fetch/cut_at_limit")
             raise StopDownload(fail=False)  # RFC 9309 2.5: the first 500 KiB are enough

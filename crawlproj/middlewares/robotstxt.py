@@ -7,8 +7,9 @@ through even when robots.txt disallows them. On the synthetic web this fetched d
 pages of hosts whose first requests arrived together. Here each waiter gets a Deferred of its
 own, relayed from the shared one, and the shared result is passed on unchanged.
 
-crawlproj's RobotsThrottleMiddleware replaces this one when enabled; this class keeps Scrapy's
-behaviour otherwise (error responses parsed as robots.txt, fetch failures allow everything).
+The add-on crawlproj.addons.Politeness installs it in Scrapy's place when crawlproj's own
+RobotsThrottleMiddleware is off (ROBOTS_THROTTLE_ENABLED); it keeps Scrapy's behaviour
+otherwise (error responses parsed as robots.txt, fetch failures allow everything).
 """
 
 from __future__ import annotations
@@ -16,25 +17,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from scrapy.downloadermiddlewares.robotstxt import RobotsTxtMiddleware
-from scrapy.exceptions import NotConfigured
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.defer import Deferred
 
-from crawlproj.politeness import throttle_enabled
-
 if TYPE_CHECKING:
-    from scrapy.crawler import Crawler
     from scrapy.http import Request
     from scrapy.robotstxt import RobotParser
 
 
 class FixedRobotsTxtMiddleware(RobotsTxtMiddleware):
-    def __init__(self, crawler: Crawler):
-        if throttle_enabled(crawler.settings):
-            raise NotConfigured("RobotsThrottleMiddleware replaces it (ROBOTS_THROTTLE_ENABLED)")
-        super().__init__(crawler)
-
     async def robot_parser(self, request: Request) -> RobotParser | None:
         pending = self._parsers.get(urlparse_cached(request).netloc)
         if isinstance(pending, Deferred):

@@ -26,7 +26,7 @@ from scrapy.utils.asyncio import create_looping_call
 
 from crawlproj.meta import KEY as POLITENESS_KEY_META
 from crawlproj.nodeid import node_name
-from crawlproj.politeness import CRAWLER_ATTRIBUTE as POLITENESS_ATTRIBUTE
+from crawlproj.politeness.gate import PolitenessGate
 from crawlproj.setting_checks import positive_float, typed_setting
 
 from .timings import TimingLog, Timings
@@ -85,9 +85,9 @@ class TimingsExtension:
         return ext
 
     def _spider_opened(self) -> None:
-        pol = getattr(self.crawler, POLITENESS_ATTRIBUTE, None)
-        if pol is not None:
-            for op, sampler in pol.samplers().items():
+        gate = self.crawler.get_extension(PolitenessGate)
+        if gate is not None:
+            for op, sampler in gate.state.samplers().items():
                 self.timings.adopt(op, sampler)
         self._loop = create_looping_call(self._tick)
         self._loop.start(self.config.interval, now=False)

@@ -1,30 +1,25 @@
-"""robots.txt (RFC 9309) and per-key politeness state of a node, shared by its components.
+"""robots.txt (RFC 9309) and per-key politeness of a node.
 
-    from crawlproj.politeness import get_politeness
-    pol = get_politeness(crawler)           # one per crawler, built from its settings
-    pol.delay_for(key); pol.next_allowed(key); pol.record_fetch_start(key, time.time())
-    state = pol.export_partitions({3, 17}, 1024); other.import_state(state)   # handoff
+    from crawlproj.politeness.gate import PolitenessGate
+    gate = crawler.get_extension(PolitenessGate)     # the node's one gate (a Scrapy extension)
+    key = gate.key_of(request); gate.may_start(key, time.monotonic())
+    state = gate.export_partitions({3, 17}, 1024); other.import_state(state)   # handoff
 
-The middleware that enforces it is :class:`crawlproj.middlewares.robots_throttle.RobotsThrottleMiddleware`.
+Modules: config (settings), gate (the one clock and key), core (per-key state, handoff),
+robots_cache (the cache policy), robots (RFC 9309 rows and parsing), store (SQLite), lru,
+timing (latency samplers). The middleware that fetches robots.txt and configures the
+downloader slots is :class:`crawlproj.middlewares.robots_throttle.RobotsThrottleMiddleware`.
 """
 
 from __future__ import annotations
 
-from .core import (
-    CRAWLER_ATTRIBUTE,
-    Politeness,
-    PolitenessConfig,
-    RobotsVerdict,
-    get_politeness,
-    node_name,
-    state_file_of,
-    throttle_enabled,
-)
+from .config import PolitenessConfig, state_file_of, throttle_enabled
+from .core import Politeness
 from .robots import MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, ParsedRobots, RobotsRow, parse_robots
+from .robots_cache import RobotsVerdict
 from .store import KeyRow, StateStore
 
 __all__ = [
-    "CRAWLER_ATTRIBUTE",
     "MAX_ROBOTS_BYTES",
     "MAX_ROBOTS_REDIRECTS",
     "KeyRow",
@@ -34,8 +29,6 @@ __all__ = [
     "RobotsRow",
     "RobotsVerdict",
     "StateStore",
-    "get_politeness",
-    "node_name",
     "parse_robots",
     "state_file_of",
     "throttle_enabled",

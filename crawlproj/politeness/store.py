@@ -1,7 +1,7 @@
 """The node's politeness state in one SQLite file: robots.txt rows and per-key fetch times.
 
 Reads are primary-key lookups on the calling (reactor) thread, timed; they sit behind the
-in-memory LRUs of :class:`crawlproj.politeness.Politeness`, so they happen once per authority or
+in-memory LRUs of :class:`crawlproj.politeness.core.Politeness`, so they happen once per authority or
 key per process. Writes never touch the reactor thread: ``put_*`` only records the row in a
 pending map (the newest value per primary key wins), and a writer thread flushes that map every
 ``flush_interval`` seconds, or sooner when it grows, in one transaction on its own connection.
@@ -215,11 +215,6 @@ class StateStore:
                             target[name] = values
         return [_robots_from(v) for v in robots.values()], [_key_from(v) for v in keys.values()]
 
-    def count_rows(self) -> tuple[int, int]:
-        (robots,) = self._reader.execute("SELECT count(*) FROM robots").fetchone()
-        (keys,) = self._reader.execute("SELECT count(*) FROM politeness").fetchone()
-        return robots, keys
-
     # -- writes (batched, writer thread) --------------------------------------------------------
 
     def put_robots(self, row: RobotsRow) -> None:
@@ -237,10 +232,6 @@ class StateStore:
             size = len(self._pending[ROBOTS]) + len(self._pending[KEYS])
         if size >= FLUSH_BATCH_ROWS:
             self._wake.set()
-
-    def flush_now(self) -> None:
-        """Ask the writer to flush soon (it never blocks the caller)."""
-        self._wake.set()
 
     def _run(self) -> None:
         conn = _connect(self.path)

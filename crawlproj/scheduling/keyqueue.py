@@ -19,7 +19,7 @@ class KeyQueues(Generic[T]):
     def __init__(self) -> None:
         self._queues: dict[str, deque[T]] = {}
         self._heap: list[tuple[float, int, str]] = []  # (ready at, tie-break, key); lazily stale
-        self._ready_at: dict[str, float] = {}  # earliest next fetch, only for keys that need it
+        self._ready_at: dict[str, float] = {}  # earliest next fetch of keys with queued items
         self._busy: set[str] = set()
         self._seq = itertools.count()
         self._size = 0
@@ -30,10 +30,6 @@ class KeyQueues(Generic[T]):
     def __contains__(self, key: str) -> bool:
         """``key`` has queued items."""
         return key in self._queues
-
-    @property
-    def busy_keys(self) -> int:
-        return len(self._busy)
 
     @property
     def keys(self) -> int:
@@ -69,6 +65,7 @@ class KeyQueues(Generic[T]):
             self._size -= 1
             if not queue:
                 del self._queues[key]
+                self._ready_at.pop(key, None)
             self._busy.add(key)
             return key, item
         return None
@@ -90,21 +87,24 @@ class KeyQueues(Generic[T]):
         self.hold(key, ready_at)
 
     def hold(self, key: str, ready_at: float) -> None:
-        """Do not fetch ``key`` before ``ready_at`` (never moves an existing time earlier)."""
+        """Do not fetch ``key``'s queued items before ``ready_at`` (never moves a time earlier).
+
+        Only keys with queued items keep a time, so the map stays as small as the queues; the
+        caller holds a key again when items come for it later (the politeness gate knows when).
+        """
+        if key not in self._queues:
+            return
         if ready_at > self._ready_at.get(key, 0.0):
             self._ready_at[key] = ready_at
-        if key in self._queues and key not in self._busy:
+        if key not in self._busy:
             self._schedule(key)
-
-    def forget_before(self, now: float) -> None:
-        """Drop ready times already past, so the map stays as small as the set of waiting keys."""
-        self._ready_at = {k: t for k, t in self._ready_at.items() if t > now or k in self._busy}
 
     def remove(self, predicate: Callable[[str], bool]) -> list[T]:
         """Take out every queued item of the keys matching ``predicate`` (partition revoke)."""
         removed: list[T] = []
         for key in [k for k in self._queues if predicate(k)]:
             removed.extend(self._queues.pop(key))
+            self._ready_at.pop(key, None)
         self._size -= len(removed)
         return removed
 

@@ -52,25 +52,21 @@ def _lease_of(source: Any) -> int | None:
     return request.meta.get(LEASE)
 
 
-class LeaseBook:
-    """Counts what each in-flight lease produced until it settles; then calls ``on_final``."""
+#: Signal: a leased request's fate is final (argument: lease_id). The scheduler acks it.
+lease_final = object()
 
-    ATTR = "_crawlproj_lease_book"
+
+class LeaseBook:
+    """Counts what each in-flight lease produced until it settles; then sends :data:`lease_final`."""
 
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
         self.active: dict[int, _Lease] = {}
-        self.on_final: Callable[[int], None] = lambda lease_id: None
         for sig in (signals.item_scraped, signals.item_dropped, signals.item_error):
             crawler.signals.connect(self._item_settled, signal=sig)
 
-    @classmethod
-    def of(cls, crawler: Crawler) -> LeaseBook:
-        book = getattr(crawler, cls.ATTR, None)
-        if book is None:
-            book = cls(crawler)
-            setattr(crawler, cls.ATTR, book)
-        return book
+    def _final(self, lease_id: int) -> None:
+        self.crawler.signals.send_catch_log(lease_final, lease_id=lease_id)
 
     def begin(self, lease_id: int) -> None:
         if lease_id not in self.active:
@@ -82,7 +78,7 @@ class LeaseBook:
     def _check(self, lease: _Lease) -> None:
         if lease.output_done and lease.items <= 0 and lease.requests <= 0:
             del self.active[lease.lease_id]
-            self.on_final(lease.lease_id)
+            self._final(lease.lease_id)
 
     def produced(self, lease_id: int, element: Any) -> None:
         lease = self._get(lease_id)
@@ -115,7 +111,7 @@ class LeaseBook:
         """Final without output (redirected to another key, undecodable...)."""
         lease = self.active.pop(lease_id, None)
         if lease is not None:
-            self.on_final(lease_id)
+            self._final(lease_id)
 
     def _item_settled(self, item: Any = None, response: Any = None, **kwargs: Any) -> None:
         lease = self._get(_lease_of(response))
@@ -166,10 +162,14 @@ class LeaseBook:
 
 
 class LeaseTrackerMiddleware:
-    """Outermost spider middleware: sees the output of leased responses as the engine gets it."""
+    """Outermost spider middleware: sees the output of leased responses as the engine gets it.
+
+    It owns the crawler's :class:`LeaseBook`; the DispatcherScheduler finds it with
+    ``crawler.get_spider_middleware(LeaseTrackerMiddleware)``.
+    """
 
     def __init__(self, crawler: Crawler):
-        self.book = LeaseBook.of(crawler)
+        self.book = LeaseBook(crawler)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> LeaseTrackerMiddleware:

@@ -31,10 +31,11 @@ from crawlproj.meta import CANONICAL, KEY, LEASE, OWN_ERRBACK, PARENT, WAKE
 from crawlproj.meta import PARTITION as PART
 from crawlproj.nodeid import node_name
 from crawlproj.observability.timings import Timings
-from crawlproj.politeness import Politeness, get_politeness, throttle_enabled
+from crawlproj.politeness.config import key_kind
+from crawlproj.politeness.gate import PolitenessGate, fetch_ended
 from crawlproj.wire.protocol import check_wire_request
 from crawlproj.scheduling.keyqueue import KeyQueues
-from crawlproj.scheduling.leases import LeaseBook
+from crawlproj.scheduling.leases import LeaseBook, LeaseTrackerMiddleware, lease_final
 from crawlproj.scheduling.link import DispatcherLink
 from crawlproj.wire.request import Unserializable, WireCodec
 from crawlproj.security.curve import ClientKeys, CurveKeyError, read_certificate
@@ -69,13 +70,10 @@ class Settings:
         self.replay_seconds = positive_float(s, "DISPATCHER_REPLAY_SECONDS")
         self.handoff_timeout = positive_float(s, "DISPATCHER_HANDOFF_TIMEOUT")
         self.download_timeout = float_at_least(s, "DOWNLOAD_TIMEOUT", 0.0, "seconds >= 0")
-        self.delay = float_at_least(s, "DOWNLOAD_DELAY", 0.0, "seconds >= 0")
         self.node_header = s.get("DISPATCHER_NODE_HEADER") or ""
         if self.node_header and not HEADER_NAME.match(str(self.node_header)):
             raise ValueError(f"DISPATCHER_NODE_HEADER: expected an HTTP header name (or ''), got {self.node_header!r}")
-        self.key_by = s.get("POLITENESS_KEY")
-        if self.key_by not in ("domain", "host"):
-            raise ValueError(f"POLITENESS_KEY: expected 'domain' or 'host', got {self.key_by!r}")
+        self.key_by = key_kind(s)
         self.curve = self._curve_keys(s)
 
     @staticmethod
@@ -103,7 +101,8 @@ class Settings:
 
 
 class DispatcherScheduler(BaseScheduler):
-    def __init__(self, crawler: Crawler, config: Settings):
+    def __init__(self, crawler: Crawler, config: Settings, book: LeaseBook,
+                 gate: PolitenessGate | None):
         if not is_asyncio_reactor_installed():
             raise ValueError("TWISTED_REACTOR: DispatcherScheduler needs the asyncio reactor "
                              "(twisted.internet.asyncioreactor.AsyncioSelectorReactor)")
@@ -111,15 +110,13 @@ class DispatcherScheduler(BaseScheduler):
         self.stats = crawler.stats
         self.config = config
         self.node = config.node_name
-        self.book = LeaseBook.of(crawler)
-        self.book.on_final = self._lease_final
+        self.book = book
         self.queues: KeyQueues[Request] = KeyQueues()
         self.recent = recent_links(crawler)
         self.partitions = 0  # P, from the dispatcher's welcome
         self.owned: set[int] = set()
         self.revoking: dict[int, float] = {}  # revoked, not yet handed off -> monotonic revoke time
         self.inflight: dict[int, tuple[str, int]] = {}  # lease id -> (key, partition), given to Scrapy
-        self.started_at: dict[str, float] = {}  # key -> when its current fetch reached the downloader
         self.busy_by: dict[str, int] = {}  # key -> lease id of the request holding it
         self._early: list[Request] = []  # start requests that came before the welcome
         self.requested = 0  # credit asked for and not yet served
@@ -136,9 +133,8 @@ class DispatcherScheduler(BaseScheduler):
         self._tasks: list[asyncio.Task[None]] = []
         self._wake_handle: asyncio.TimerHandle | None = None
         self._welcomed = asyncio.Event()
-        # robots.txt + politeness state of this node (RobotsThrottleMiddleware), when enabled
-        self.politeness: Politeness | None = (
-            get_politeness(crawler) if throttle_enabled(crawler.settings) else None)
+        # when a key may be fetched: the node's one politeness gate (None: Scrapy's slots decide)
+        self.gate = gate
         self.engine_ready = False  # engine.crawl() may be used to wake the engine only once open
         self.timings = Timings.of(crawler)
         self.timings.open_reader("report")  # read by _send_stats
@@ -146,10 +142,19 @@ class DispatcherScheduler(BaseScheduler):
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> DispatcherScheduler:
-        scheduler = cls(crawler, Settings(crawler.settings, crawler.spider))
-        crawler.signals.connect(scheduler._reached_downloader, signal=signals.request_reached_downloader)
-        crawler.signals.connect(scheduler._left_downloader, signal=signals.request_left_downloader)
-        crawler.signals.connect(scheduler._spider_opened, signal=signals.spider_opened)
+        tracker = crawler.get_spider_middleware(LeaseTrackerMiddleware)
+        if tracker is None:
+            raise ValueError("SPIDER_MIDDLEWARES: DispatcherScheduler needs crawlproj.scheduling.leases."
+                             "LeaseTrackerMiddleware (the add-on crawlproj.addons.DispatcherNode enables both)")
+        gate = crawler.get_extension(PolitenessGate)
+        scheduler = cls(crawler, Settings(crawler.settings, crawler.spider), tracker.book, gate)
+        connect = crawler.signals.connect
+        connect(scheduler._lease_final, signal=lease_final)
+        if gate is not None:
+            connect(scheduler._fetch_ended, signal=fetch_ended)
+        else:
+            connect(scheduler._left_downloader, signal=signals.request_left_downloader)
+        connect(scheduler._spider_opened, signal=signals.spider_opened)
         return scheduler
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -245,7 +250,10 @@ class DispatcherScheduler(BaseScheduler):
         # leased requests arrive without redirect history, so any history means a redirect
         if not request.meta.get("redirect_urls"):
             self.stats.inc_value("dispatcher/retried")
-            self.queues.push(request.meta[KEY], request, front=True)
+            key = request.meta[KEY]
+            self.queues.push(key, request, front=True)
+            if self.gate is not None:
+                self.queues.hold(key, self.gate.ready_at(key))
             self._wake_soon()
             return True
         own_errback = request.meta.pop(OWN_ERRBACK, None)
@@ -289,7 +297,7 @@ class DispatcherScheduler(BaseScheduler):
         return True
 
     def next_request(self) -> Request | None:
-        now = time.time()
+        now = time.monotonic()
         popped = self.queues.pop_ready(now)
         if popped is None:
             self._arm_wake()
@@ -306,29 +314,22 @@ class DispatcherScheduler(BaseScheduler):
 
     # -- politeness ---------------------------------------------------------------------------
 
-    def _delay_for(self, key: str) -> float:
-        if self.politeness is not None:
-            return self.politeness.delay_for(key)
-        return self.config.delay
-
-    def _reached_downloader(self, request: Request, spider: Any = None) -> None:
-        key = request.meta.get(KEY)
-        if key is not None and LEASE in request.meta:
-            self.started_at[key] = time.time()
+    def _fetch_ended(self, request: Request, key: str, ready_at: float) -> None:
+        """The gate saw a fetch on ``key`` end: the key may be handed out again from ``ready_at``."""
+        self._release_key(key, request.meta.get(LEASE), ready_at)
 
     def _left_downloader(self, request: Request, spider: Any = None) -> None:
+        """Without a gate (ROBOTS_THROTTLE_ENABLED off), Scrapy's slots keep the delays."""
         key = request.meta.get(KEY)
         if key is not None:
-            self._release_key(key, request.meta.get(LEASE))
+            self._release_key(key, request.meta.get(LEASE), 0.0)
 
-    def _release_key(self, key: str, lease_id: int | None) -> None:
+    def _release_key(self, key: str, lease_id: int | None, ready_at: float) -> None:
         """The key's fetch by ``lease_id`` ended (or never reached the downloader)."""
         if lease_id is None or self.busy_by.get(key) != lease_id:
             return
         del self.busy_by[key]
-        started = self.started_at.pop(key, None)
-        ready = started + self._delay_for(key) if started is not None else 0.0
-        self.queues.release(key, ready)
+        self.queues.release(key, ready_at)
         self._wake_soon()
 
     def _arm_wake(self) -> None:
@@ -337,7 +338,7 @@ class DispatcherScheduler(BaseScheduler):
         if when is None or self._wake_handle is not None or not self.engine_ready:
             return
         loop = asyncio.get_event_loop()
-        self._wake_handle = loop.call_later(max(0.0, when - time.time()), self._wake)
+        self._wake_handle = loop.call_later(max(0.0, when - time.monotonic()), self._wake)
 
     def _wake_soon(self) -> None:
         if self._wake_handle is None and self.engine_ready:
@@ -349,7 +350,7 @@ class DispatcherScheduler(BaseScheduler):
         self._wake_handle = None
         if self.closing or self.spider is None:
             return
-        popped = self.queues.pop_ready(time.time())
+        popped = self.queues.pop_ready(time.monotonic())
         if popped is None:
             self._arm_wake()
             return
@@ -365,8 +366,8 @@ class DispatcherScheduler(BaseScheduler):
         self.stats.inc_value("dispatcher/acked")
         if where is not None:
             key, part = where
-            # filtered before the downloader (robots.txt...): no left-downloader signal came
-            self._release_key(key, lease_id)
+            # filtered before the downloader (robots.txt...): no fetch ended, the key's time stands
+            self._release_key(key, lease_id, self.gate.ready_at(key) if self.gate is not None else 0.0)
             if part in self.revoking:
                 self._maybe_handoff()
         if len(self.ack_buffer) >= self.config.push_batch:
@@ -531,10 +532,11 @@ class DispatcherScheduler(BaseScheduler):
             request.errback = errback
             if self.config.node_header:
                 request.headers[self.config.node_header] = self.node
-            if self.politeness is not None and key not in self.queues:
-                # a key fetched before a restart, or by the node that handed it over, waits
-                self.queues.hold(key, self.politeness.next_allowed(key))
+            fresh = key not in self.queues
             self.queues.push(key, request)
+            if fresh and self.gate is not None:
+                # a key fetched lately, before a restart or by the node that handed it over, waits
+                self.queues.hold(key, self.gate.ready_at(key))
         self.stats.inc_value("dispatcher/leased", len(msg["leases"]) - len(unasked))
         self._wake_soon()
 
@@ -606,12 +608,12 @@ class DispatcherScheduler(BaseScheduler):
         if released:
             self.link.send("release", node=self.node, leases=released)
         stuck = [lease_id for lease_id, (_, part) in self.inflight.items() if part in late]
-        if self.politeness is not None:
-            ends_by = time.time() + self.config.download_timeout
+        if self.gate is not None:
+            ends_by = time.monotonic() + self.config.download_timeout
             for lease_id in stuck:
                 key = self.inflight[lease_id][0]
-                if self.busy_by.get(key) == lease_id and key in self.started_at:
-                    self.politeness.record_fetch_done(key, ends_by)  # still downloading: busy until then
+                if self.busy_by.get(key) == lease_id:
+                    self.gate.hold(key, ends_by)  # maybe still downloading: busy until then
         self._give_up(stuck)  # no ack and no retry from here: the dispatcher serves them again
         self.stats.inc_value("dispatcher/handoff_forced", len(late))
         logger.warning("Handing off %d revoked partitions %.0f s after the revoke with %d requests "
@@ -635,16 +637,13 @@ class DispatcherScheduler(BaseScheduler):
             self.registered = False
             self._register()
 
-    def _on_state(self, msg: dict[str, Any]) -> None:
-        pass
-
     # -- politeness state handoff ----------------------------------------------------------------
 
     def _export_state(self, parts: set[int]) -> dict[str, Any]:
-        if self.politeness is None:
+        if self.gate is None:
             return {}
-        return self.politeness.export_partitions(parts, self.partitions)
+        return self.gate.export_partitions(parts, self.partitions)
 
     def _import_state(self, state: dict[str, Any]) -> None:
-        if self.politeness is not None and state:
-            self.politeness.import_state(state)
+        if self.gate is not None and state:
+            self.gate.import_state(state)

@@ -18,12 +18,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from crawlproj.addons import node_settings
 from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env, stop_process
 from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, WebSpec
 from crawlproj_testing.synthweb.process import SynthWebProcess
 
-SCHEDULER = "crawlproj.scheduling.scheduler.DispatcherScheduler"
 NODE_HEADER = "X-Crawlproj-Node"
 STOP_GRACE_SECONDS = 30.0  # a node given SIGTERM gets this long to finish before SIGKILL
 PROGRESS_INTERVAL = 2.0
@@ -50,7 +50,7 @@ class Cluster:
 
     def node_settings(self, name: str) -> dict[str, Any]:
         return {
-            "SCHEDULER": SCHEDULER, "DISPATCHER_ENDPOINT": self.dispatcher.endpoint,
+            **node_settings(), "DISPATCHER_ENDPOINT": self.dispatcher.endpoint,
             "DISPATCHER_NODE_NAME": name, "DISPATCHER_NODE_HEADER": NODE_HEADER,
             "LOG_FILE": str(self.workdir / f"{name}.log"),
             "PROGRESS_STATS_FILE": str(self.workdir / f"{name}.stats.json"),

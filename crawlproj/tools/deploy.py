@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from crawlproj.tools.cluster import SCHEDULER
+from crawlproj.addons import node_settings as node_mode_settings
 from crawlproj.dispatcher.errors import DispatcherError
 from crawlproj.tools.dispatcher_process import request_state
 
@@ -382,7 +382,7 @@ def deploy_command(args: argparse.Namespace) -> int:
 
 
 def node_settings(name: str, dispatcher: str, state_dir: str | None, extra: dict[str, str]) -> dict[str, str]:
-    settings = {"SCHEDULER": SCHEDULER, "DISPATCHER_ENDPOINT": dispatcher, "DISPATCHER_NODE_NAME": name}
+    settings = {**node_mode_settings(), "DISPATCHER_ENDPOINT": dispatcher, "DISPATCHER_NODE_NAME": name}
     if state_dir:
         settings["CRAWLPROJ_STATE_DIR"] = state_dir
     for fixed in ("DISPATCHER_NODE_NAME", "CRAWLPROJ_NODE_NAME"):

@@ -1,0 +1,127 @@
+"""Scrapy add-ons: each turns one crawlproj mode on with one line of ``ADDONS`` in settings.py.
+
+    ADDONS = {
+        "crawlproj.addons.Politeness": 100,      # robots.txt (RFC 9309) + one politeness gate
+        "crawlproj.addons.Hardening": 200,       # SSRF guard, trap guard, counted decompression
+        "crawlproj.addons.MongoDB": 300,         # the item pipeline (off while MONGO_URI is empty)
+        "crawlproj.addons.Timings": 400,         # timings of every operation
+        "crawlproj.addons.DispatcherNode": 500,  # distributed mode: leases from the dispatcher
+    }
+
+Each ``update_settings`` puts its components into Scrapy's component dicts (at the priorities
+below) and sets what the mode needs with priority "addon", so a value in settings.py or on the
+command line still wins. ``ADDONS`` given on the command line replaces the project's whole
+dict: :func:`addons_setting` builds the value that adds modes to the project's own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from scrapy.utils.misc import load_object
+
+if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
+
+# Where crawlproj's components go in Scrapy's chains.
+SSRF_GUARD_ORDER = 50  # before robots.txt: a refused host is never fetched at all
+TRAP_GUARD_ORDER = 60
+ROBOTS_ORDER = 100  # the place of Scrapy's RobotsTxtMiddleware
+DECOMPRESSION_ORDER = 590  # the place of Scrapy's HttpCompressionMiddleware
+SSRF_PEER_CHECK_ORDER = 950  # first to see a response
+LEASE_TRACKER_ORDER = 10  # outermost spider middleware: it sees the final output
+PARSE_TIMING_ORDER = 1050  # innermost: one perf_counter pair per response
+POLITENESS_GATE_ORDER = 0
+TIMINGS_ORDER = 510
+MONGO_ORDER = 800
+
+SCRAPY_ROBOTS = "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware"
+SCRAPY_COMPRESSION = "scrapy.downloadermiddlewares.httpcompression.HttpCompressionMiddleware"
+
+
+def _put(settings: BaseSettings, name: str, components: dict[str, int | None]) -> None:
+    for path, order in components.items():
+        settings.set_in_component_priority_dict(name, load_object(path), order)
+
+
+class Politeness:
+    """robots.txt and per-key politeness by crawlproj (``ROBOTS_THROTTLE_ENABLED``, default on);
+    off, Scrapy's robots.txt middleware with its concurrent-waiter bug fixed."""
+
+    def update_settings(self, settings: BaseSettings) -> None:
+        from crawlproj.politeness.config import throttle_enabled
+
+        settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", load_object(SCRAPY_ROBOTS), None)
+        if throttle_enabled(settings):
+            _put(settings, "EXTENSIONS", {"crawlproj.politeness.gate.PolitenessGate": POLITENESS_GATE_ORDER})
+            _put(settings, "DOWNLOADER_MIDDLEWARES", {
+                "crawlproj.middlewares.robots_throttle.RobotsThrottleMiddleware": ROBOTS_ORDER})
+        else:
+            _put(settings, "DOWNLOADER_MIDDLEWARES", {
+                "crawlproj.middlewares.robotstxt.FixedRobotsTxtMiddleware": ROBOTS_ORDER})
+
+
+class Hardening:
+    """Hostile input: the SSRF guard, crawler-trap guard and counted decompression bombs."""
+
+    def update_settings(self, settings: BaseSettings) -> None:
+        settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", load_object(SCRAPY_COMPRESSION), None)
+        _put(settings, "DOWNLOADER_MIDDLEWARES", {
+            "crawlproj.security.ssrf.SSRFGuardMiddleware": SSRF_GUARD_ORDER,
+            "crawlproj.security.traps.TrapGuardMiddleware": TRAP_GUARD_ORDER,
+            "crawlproj.security.traps.CountingHttpCompressionMiddleware": DECOMPRESSION_ORDER,
+            "crawlproj.security.ssrf.SSRFPeerCheckMiddleware": SSRF_PEER_CHECK_ORDER,
+        })
+
+
+class MongoDB:
+    """Items to MongoDB, batched upserts by URL fingerprint; the pipeline is off while MONGO_URI is empty."""
+
+    def update_settings(self, settings: BaseSettings) -> None:
+        _put(settings, "ITEM_PIPELINES", {"crawlproj.pipelines.mongo.MongoPipeline": MONGO_ORDER})
+
+
+class Timings:
+    """Timings of every operation that can get slow, to stats, logs and the dispatcher."""
+
+    def update_settings(self, settings: BaseSettings) -> None:
+        _put(settings, "EXTENSIONS", {"crawlproj.observability.extension.TimingsExtension": TIMINGS_ORDER})
+        _put(settings, "SPIDER_MIDDLEWARES", {
+            "crawlproj.observability.extension.ParseTimingMiddleware": PARSE_TIMING_ORDER})
+
+
+class DispatcherNode:
+    """Distributed mode: this process is a node that leases its requests from the dispatcher at
+    DISPATCHER_ENDPOINT (crawlproj.scheduling.scheduler.DispatcherScheduler)."""
+
+    def update_settings(self, settings: BaseSettings) -> None:
+        settings.set("SCHEDULER", "crawlproj.scheduling.scheduler.DispatcherScheduler", "addon")
+        _put(settings, "SPIDER_MIDDLEWARES", {
+            "crawlproj.scheduling.leases.LeaseTrackerMiddleware": LEASE_TRACKER_ORDER})
+
+
+#: The add-on of the distributed mode, as a dotted path.
+NODE_MODE = f"{__name__}.DispatcherNode"
+
+
+def project_addons() -> dict[str, Any]:
+    """The ADDONS of crawlproj/settings.py."""
+    from crawlproj import settings
+
+    return dict(getattr(settings, "ADDONS", {}))
+
+
+def addons_setting(extra: Iterable[str], base: dict[str, Any] | None = None) -> str:
+    """``-s ADDONS=...`` value: the project's add-ons (or ``base``) plus ``extra``, as JSON."""
+    addons = dict(project_addons() if base is None else base)
+    top = max((v for v in addons.values() if isinstance(v, (int, float))), default=0)
+    for i, path in enumerate(extra, 1):
+        addons.setdefault(path, int(top) + 100 * i)
+    return json.dumps(addons, sort_keys=True)
+
+
+def node_settings() -> dict[str, Any]:
+    """Settings that make a ``scrapy crawl`` a dispatcher node: the project's add-ons + DispatcherNode."""
+    return {"ADDONS": addons_setting([NODE_MODE])}

@@ -1,0 +1,172 @@
+"""The one politeness gate of a node: a request's key, and when a fetch on that key may start.
+
+    gate = crawler.get_extension(PolitenessGate)
+    key = gate.key_of(request)          # computed once, kept in request.meta[crawlproj.meta.KEY]
+    gate.may_start(key, monotonic())    # the DispatcherScheduler hands Scrapy only such requests
+    gate.started(key, t); gate.ended(key, t)   # RobotsThrottleMiddleware, from the downloader
+
+One clock: ``time.monotonic()`` inside the process; wall time only where state is persisted or
+handed over (:class:`crawlproj.politeness.core.Politeness`). A key's next fetch may start
+``delay_for(key)`` after the end (answer or failure) of its previous one, so the delay holds as
+the server sees it, and one fetch at a time is in flight per key. The downloader slot of a key
+is configured from the same numbers, so a request the gate let through never waits in it,
+except once after a robots.txt fetch (that fetch counts against the key's politeness too).
+
+When a fetch ends, the gate sends :data:`fetch_ended` (a Scrapy signal) with the request, its
+key and the monotonic time from which the key may be fetched again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from scrapy import Request, signals
+from scrapy.exceptions import NotConfigured
+from scrapy.utils.asyncio import create_looping_call
+from scrapy.utils.defer import maybe_deferred_to_future
+from scrapy.utils.httpobj import urlparse_cached
+from twisted.internet.threads import deferToThread
+
+from crawlproj.meta import DOWNLOAD_SLOT, KEY
+from crawlproj.wire.urls import politeness_key
+
+from .config import PolitenessConfig, state_file_source, throttle_enabled
+from .core import Politeness
+from .store import StoreError
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
+    from twisted.internet.defer import Deferred
+
+logger = logging.getLogger(__name__)
+
+#: Signal: a fetch on a key ended. Arguments: request, key, ready_at (monotonic seconds).
+fetch_ended = object()
+
+#: Seconds between updates of the latency percentiles in the crawl stats.
+STATS_PUBLISH_INTERVAL = 30.0
+
+
+class PolitenessGate:
+    def __init__(self, politeness: Politeness, crawler: Crawler | None = None):
+        self.state = politeness
+        self.config = politeness.config
+        self.key_by = politeness.config.key_by
+        self._crawler = crawler
+        self._in_flight: set[str] = set()  # keys with a fetch in the downloader (<= CONCURRENT_REQUESTS)
+        self._publisher: Any = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> PolitenessGate:
+        if not throttle_enabled(crawler.settings):
+            raise NotConfigured("ROBOTS_THROTTLE_ENABLED is off")
+        gate = cls(open_politeness(crawler.settings, crawler.spider, crawler.stats), crawler)
+        connect = crawler.signals.connect
+        connect(gate._spider_opened, signal=signals.spider_opened)
+        # spider_idle: the figures are in the stats before spider_closed handlers read them
+        connect(gate.state.publish_stats, signal=signals.spider_idle)
+        connect(gate.state.publish_stats, signal=signals.spider_closed)
+        connect(gate._engine_stopped, signal=signals.engine_stopped)
+        logger.info("Politeness state in %s (delay %.2fs per %s, robots TTL %.0fs)",
+                    gate.config.state_file, gate.config.delay, gate.key_by, gate.config.ttl)
+        return gate
+
+    # -- keys -------------------------------------------------------------------------------------
+
+    def key_of(self, request: Request) -> str:
+        """The request's politeness key (also its downloader slot), computed once per URL host."""
+        meta = request.meta
+        key = meta.get(KEY)
+        if key is None or not _key_fits(key, urlparse_cached(request).hostname or ""):
+            key = politeness_key(request.url, self.key_by)  # a redirect to another host: a new key
+            meta[KEY] = key
+        meta[DOWNLOAD_SLOT] = key
+        return key
+
+    def delay_for(self, key: str) -> float:
+        return self.state.delay_for(key)
+
+    # -- the clock --------------------------------------------------------------------------------
+
+    def ready_at(self, key: str) -> float:
+        """Monotonic time from which a fetch on ``key`` may start (0: at once)."""
+        last = self.state._key_state(key).last_monotonic
+        return last + self.state.delay_for(key) if last else 0.0
+
+    def may_start(self, key: str, now: float) -> bool:
+        return key not in self._in_flight and now >= self.ready_at(key)
+
+    def last_was_robots(self, key: str) -> bool:
+        return self.state._key_state(key).after_robots
+
+    def started(self, key: str, t: float) -> None:
+        """A fetch on ``key`` entered the downloader at monotonic time ``t``."""
+        self._in_flight.add(key)
+        self.state.record_fetch_start(key, self._wall(t))
+
+    def ended(self, key: str, t: float, request: Request | None = None, robots: bool = False) -> float:
+        """The fetch on ``key`` ended (answer or failure) at ``t``; returns the next ready time."""
+        self._in_flight.discard(key)
+        key_state = self.state._key_state(key)
+        self.state.record_fetch_done(key, self._wall(t))
+        key_state.last_monotonic = max(key_state.last_monotonic, t)
+        key_state.after_robots = robots
+        ready = self.ready_at(key)
+        if request is not None and self._crawler is not None:
+            self._crawler.signals.send_catch_log(fetch_ended, request=request, key=key, ready_at=ready)
+        return ready
+
+    def hold(self, key: str, until: float) -> None:
+        """Count ``key`` as busy until monotonic ``until`` (a fetch this node can no longer see end)."""
+        key_state = self.state._key_state(key)
+        self.state.record_fetch_done(key, self._wall(until))
+        key_state.last_monotonic = max(key_state.last_monotonic, until)
+
+    def _wall(self, t: float) -> float:
+        return self.state.clock() - (time.monotonic() - t)
+
+    # -- handoff ----------------------------------------------------------------------------------
+
+    def export_partitions(self, partitions: set[int], total_partitions: int) -> dict[str, Any]:
+        return self.state.export_partitions(partitions, total_partitions)
+
+    def import_state(self, state: dict[str, Any]) -> dict[str, int]:
+        return self.state.import_state(state)
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def _spider_opened(self) -> None:
+        self._publisher = create_looping_call(self.state.publish_stats)
+        self._publisher.start(STATS_PUBLISH_INTERVAL, now=False)
+
+    async def _engine_stopped(self) -> None:
+        if self._publisher is not None and self._publisher.running:
+            self._publisher.stop()
+        d: Deferred[None] = deferToThread(self.state.close)
+        await maybe_deferred_to_future(d)
+
+    def close(self) -> None:
+        self.state.close()
+
+
+def _key_fits(key: str, host: str) -> bool:
+    """``key`` can be ``host``'s politeness key (it is the host or a parent domain of it)."""
+    return host == key or host.endswith("." + key)
+
+
+def open_politeness(settings: BaseSettings, spider: Any = None, stats: Any = None) -> Politeness:
+    """The node's Politeness from its settings; a state file that cannot be opened names its setting."""
+    config = PolitenessConfig.from_settings(settings, spider)
+    source = state_file_source(settings)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(config.state_file)), exist_ok=True)
+        return Politeness(config, stats)
+    except OSError as exc:
+        raise ValueError(f"{source}: expected a place where the state file {config.state_file!r} can be "
+                         f"created, got {settings.get(source)!r} ({exc.strerror})") from None
+    except StoreError as exc:
+        raise ValueError(f"{source}: {exc}") from None

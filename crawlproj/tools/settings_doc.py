@@ -105,9 +105,9 @@ def _one_line(text: str) -> str:
     for tok in tokenize.generate_tokens(io.StringIO("(" + text + ")").readline):
         if tok.type in skip:
             continue
-        if tok.string in ")]}" and out and out[-1] == ",":
+        if tok.string in (")", "]", "}") and out and out[-1] == ",":
             out.pop()  # the trailing comma of a multi-line display
-        spaced = end is not None and tok.start != end and out and out[-1] not in "([{" \
+        spaced = bool(out) and tok.start != end and out[-1].strip() not in "([{" \
             and tok.string not in ")]},:"
         out.append((" " if spaced else "") + tok.string)
         end = tok.end
@@ -125,8 +125,8 @@ def parse(source: str) -> list[Section]:
     tree = ast.parse(source)
     comments = _Comments(source)
     sections = [Section(FIRST_SECTION)]
-    headers = sorted((row, HEADER.match(text)) for row, text in comments.full.items())
-    headers = [(row, m.group("title")) for row, m in headers if m]
+    matches = sorted((row, HEADER.match(text)) for row, text in comments.full.items())
+    headers = [(row, m.group("title")) for row, m in matches if m]
     component_dicts = set(COMPONENT_DICTS)
     for stmt in _statements(tree.body):  # names mutated in place are component dicts too
         if isinstance(stmt, ast.Assign):

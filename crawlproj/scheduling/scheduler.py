@@ -139,6 +139,8 @@ class DispatcherScheduler(BaseScheduler):
         self.timings = Timings.of(crawler)
         self.timings.open_reader("report")  # read by _send_stats
         self._ping_sent = 0.0  # perf_counter of the last heartbeat: its answer times the round trip
+        self.lease_timeout = 0.0  # the dispatcher's, from its welcome: a lease held longer goes back
+        self._warned_heartbeat = False
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> DispatcherScheduler:
@@ -478,6 +480,7 @@ class DispatcherScheduler(BaseScheduler):
             self.stats.inc_value("dispatcher/dropped_on_restart", len(dropped))
             logger.warning("Dispatcher restarted (epoch %s): dropped %d queued leases", msg["epoch"], len(dropped))
         self.epoch = msg["epoch"]
+        self._take_timing(float(msg["heartbeat_interval"]), float(msg["lease_timeout"]))
         self.owned = set(msg["assigned"])
         self.registered = True
         self.requested = 0
@@ -490,6 +493,15 @@ class DispatcherScheduler(BaseScheduler):
         logger.info("Node %s registered: %d of %d partitions", self.node, len(self.owned), partitions)
         self._flush()
         self._pull()
+
+    def _take_timing(self, heartbeat_interval: float, lease_timeout: float) -> None:
+        """The dispatcher's heartbeat interval and lease time-out, from its welcome."""
+        self.lease_timeout = lease_timeout
+        if self.config.heartbeat_interval > heartbeat_interval and not self._warned_heartbeat:
+            self._warned_heartbeat = True
+            logger.warning("DISPATCHER_HEARTBEAT_INTERVAL: %.1f s is longer than the dispatcher's "
+                           "heartbeat interval (%.1f s); it may take this node for dead",
+                           self.config.heartbeat_interval, heartbeat_interval)
 
     def _on_heartbeat(self, msg: dict[str, Any]) -> None:
         if self._ping_sent:

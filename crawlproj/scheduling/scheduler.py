@@ -18,6 +18,7 @@ import os
 import socket
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request, signals
@@ -52,29 +53,50 @@ logger = logging.getLogger(__name__)
 OVER_CREDIT_FACTOR = 8  # leases held past this x DISPATCHER_QUEUE_TARGET (more than ever asked for) go back
 
 
-class Settings:
-    """DISPATCHER_* settings, read and validated once."""
+@dataclass(frozen=True)
+class NodeConfig:
+    """DISPATCHER_* settings of a node, read and checked once (ValueError names the setting)."""
 
-    def __init__(self, s: BaseSettings, spider: Any = None):
-        self.endpoint = s.get("DISPATCHER_ENDPOINT")
-        if not isinstance(self.endpoint, str) or "://" not in self.endpoint:
+    endpoint: str
+    node_name: str
+    queue_target: int
+    push_batch: int
+    flush_interval: float
+    heartbeat_interval: float
+    timeout: float
+    stats_interval: float
+    replay_seconds: float
+    handoff_timeout: float
+    download_timeout: float
+    node_header: str
+    key_by: str
+    curve: ClientKeys | None
+
+    @classmethod
+    def from_settings(cls, s: BaseSettings, spider: Any = None) -> NodeConfig:
+        endpoint = s.get("DISPATCHER_ENDPOINT")
+        if not isinstance(endpoint, str) or "://" not in endpoint:
             raise ValueError(f"DISPATCHER_ENDPOINT: expected a ZeroMQ endpoint like "
-                             f"tcp://host:port, got {self.endpoint!r}")
-        self.node_name = node_name(s, spider)
-        self.queue_target = int_at_least(s, "DISPATCHER_QUEUE_TARGET", 1, "a positive integer")
-        self.push_batch = int_at_least(s, "DISPATCHER_PUSH_BATCH", 1, "a positive integer")
-        self.flush_interval = positive_float(s, "DISPATCHER_FLUSH_INTERVAL")
-        self.heartbeat_interval = positive_float(s, "DISPATCHER_HEARTBEAT_INTERVAL")
-        self.timeout = positive_float(s, "DISPATCHER_TIMEOUT")
-        self.stats_interval = positive_float(s, "DISPATCHER_STATS_INTERVAL")
-        self.replay_seconds = positive_float(s, "DISPATCHER_REPLAY_SECONDS")
-        self.handoff_timeout = positive_float(s, "DISPATCHER_HANDOFF_TIMEOUT")
-        self.download_timeout = float_at_least(s, "DOWNLOAD_TIMEOUT", 0.0, "seconds >= 0")
-        self.node_header = s.get("DISPATCHER_NODE_HEADER") or ""
-        if self.node_header and not HEADER_NAME.match(str(self.node_header)):
-            raise ValueError(f"DISPATCHER_NODE_HEADER: expected an HTTP header name (or ''), got {self.node_header!r}")
-        self.key_by = key_kind(s)
-        self.curve = self._curve_keys(s)
+                             f"tcp://host:port, got {endpoint!r}")
+        node_header = str(s.get("DISPATCHER_NODE_HEADER") or "")
+        if node_header and not HEADER_NAME.match(node_header):
+            raise ValueError(f"DISPATCHER_NODE_HEADER: expected an HTTP header name (or ''), got {node_header!r}")
+        return cls(
+            endpoint=endpoint,
+            node_name=node_name(s, spider),
+            queue_target=int_at_least(s, "DISPATCHER_QUEUE_TARGET", 1, "a positive integer"),
+            push_batch=int_at_least(s, "DISPATCHER_PUSH_BATCH", 1, "a positive integer"),
+            flush_interval=positive_float(s, "DISPATCHER_FLUSH_INTERVAL"),
+            heartbeat_interval=positive_float(s, "DISPATCHER_HEARTBEAT_INTERVAL"),
+            timeout=positive_float(s, "DISPATCHER_TIMEOUT"),
+            stats_interval=positive_float(s, "DISPATCHER_STATS_INTERVAL"),
+            replay_seconds=positive_float(s, "DISPATCHER_REPLAY_SECONDS"),
+            handoff_timeout=positive_float(s, "DISPATCHER_HANDOFF_TIMEOUT"),
+            download_timeout=float_at_least(s, "DOWNLOAD_TIMEOUT", 0.0, "seconds >= 0"),
+            node_header=node_header,
+            key_by=key_kind(s),
+            curve=cls._curve_keys(s),
+        )
 
     @staticmethod
     def _curve_keys(s: BaseSettings) -> ClientKeys | None:
@@ -101,7 +123,7 @@ class Settings:
 
 
 class DispatcherScheduler(BaseScheduler):
-    def __init__(self, crawler: Crawler, config: Settings, book: LeaseBook,
+    def __init__(self, crawler: Crawler, config: NodeConfig, book: LeaseBook,
                  gate: PolitenessGate | None):
         if not is_asyncio_reactor_installed():
             raise ValueError("TWISTED_REACTOR: DispatcherScheduler needs the asyncio reactor "
@@ -149,7 +171,7 @@ class DispatcherScheduler(BaseScheduler):
             raise ValueError("SPIDER_MIDDLEWARES: DispatcherScheduler needs crawlproj.scheduling.leases."
                              "LeaseTrackerMiddleware (the add-on crawlproj.addons.DispatcherNode enables both)")
         gate = crawler.get_extension(PolitenessGate)
-        scheduler = cls(crawler, Settings(crawler.settings, crawler.spider), tracker.book, gate)
+        scheduler = cls(crawler, NodeConfig.from_settings(crawler.settings, crawler.spider), tracker.book, gate)
         connect = crawler.signals.connect
         connect(scheduler._lease_final, signal=lease_final)
         if gate is not None:

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from crawlproj.tools.runner import crawl_argv, crawl_env
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
 
 SCHEDULER = {"SCHEDULER": "crawlproj.scheduling.scheduler.DispatcherScheduler",
              "DISPATCHER_ENDPOINT": "tcp://127.0.0.1:9"}
@@ -25,8 +25,8 @@ WORKERS = 3
 # bring its component to life)
 Row = tuple[str, str, str | None, dict[str, Any]]
 ROWS: list[Row] = [
-    ("SYNTHWEB_RESOLVE_SUFFIXES", "te st", "'te st'", {}),
-    ("SYNTHWEB_RESOLVE_ADDRESS", "localhost", None, {"SYNTHWEB_RESOLVE_SUFFIXES": "test"}),
+    ("SYNTHWEB_RESOLVE_SUFFIXES", "te st", "'te st'", SYNTHWEB_SETTINGS),  # the test harness's add-on
+    ("SYNTHWEB_RESOLVE_ADDRESS", "localhost", None, SYNTHWEB_SETTINGS),
     ("RECENT_LINKS_SIZE", "0", None, {}),
     ("RECENT_LINKS_SIZE", "lots", None, {}),
     ("BROAD_SCOPE", "everything", None, {}),

@@ -24,11 +24,11 @@ from conftest import ROOT, free_port, machine_python, wait_until
 
 from crawlproj.tools.cluster import NODE_HEADER
 from crawlproj.tools.deploy import (
-    DeployError, NodeJob, Record, Scrapyd, Target, deploy_targets, place_nodes, public_url,
+    DeployError, NodeJob, Record, Scrapyd, Target, deploy_targets, node_settings, place_nodes, public_url,
 )
 from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj.politeness.store import StateStore
-from crawlproj.tools.runner import SYNTHWEB_SETTINGS
+from crawlproj.tools.runner import SYNTHWEB_ADDON, SYNTHWEB_SETTINGS
 from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, WebSpec
 from crawlproj_testing.synthweb.process import SynthWebProcess
 
@@ -268,6 +268,21 @@ def test_place_nodes_is_stable_round_robin():
     assert place_nodes("news", 3, hosts) == [("news-node1", "http://a:6800/"), ("news-node2", "http://b:6800/"),
                                              ("news-node3", "http://a:6800/")]
     assert public_url("http://u:p@b:6800") == "http://b:6800/"  # credentials never reach the record
+
+
+def test_node_settings_merge_addons_and_keep_the_node_name(monkeypatch):
+    import crawlproj.settings as project
+
+    monkeypatch.setattr(project, "ADDONS", {"crawlproj.addons.Example": 10}, raising=False)
+    addons = json.dumps(SYNTHWEB_SETTINGS["ADDONS"])
+    settings = node_settings("c-node1", "tcp://d:5570", None, {"ADDONS": addons, "LOG_LEVEL": "INFO"})
+    assert json.loads(settings["ADDONS"]) == {"crawlproj.addons.Example": 10, SYNTHWEB_ADDON: 900}
+    assert settings["DISPATCHER_NODE_NAME"] == "c-node1" and settings["LOG_LEVEL"] == "INFO"
+    assert "ADDONS" not in node_settings("c-node1", "tcp://d:5570", None, {})  # settings.py's own apply
+    with pytest.raises(DeployError, match="-s ADDONS: expected a mapping"):
+        node_settings("c-node1", "tcp://d:5570", None, {"ADDONS": "[1]"})
+    with pytest.raises(DeployError, match="-s DISPATCHER_NODE_NAME: node names are the job ids"):
+        node_settings("c-node1", "tcp://d:5570", None, {"DISPATCHER_NODE_NAME": "x"})
 
 
 def test_record_round_trip(tmp_path):

@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import run_measured, save  # noqa: E402
 
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS  # noqa: E402
 from crawlproj_testing.synthweb.model import WebSpec  # noqa: E402
 from crawlproj_testing.synthweb.process import SynthWebProcess  # noqa: E402
 
@@ -41,8 +42,8 @@ def plain_scrapy(server: SynthWebProcess, workdir: Path, extra: dict[str, str]) 
     seeds = workdir / "seeds.txt"
     seeds.write_text("\n".join(server.seed_urls()) + "\n")
     stats_file = workdir / "stats.json"
-    settings = {"TWISTED_DNS_RESOLVER": "crawlproj_testing.resolver.SyntheticResolver",
-                "SYNTHWEB_RESOLVE_SUFFIXES": "test", "CONCURRENT_REQUESTS": "64",
+    # plain Scrapy (no project settings, so no ADDONS to merge) + the synthetic web's add-on
+    settings = {"ADDONS": json.dumps(SYNTHWEB_SETTINGS["ADDONS"]), "CONCURRENT_REQUESTS": "64",
                 "LOG_LEVEL": "INFO", "TELNETCONSOLE_ENABLED": "False",
                 "REMOTE_CONTROL_ENABLED": "False",
                 "EXTENSIONS": json.dumps({"crawlproj.extensions.progress.Progress": 500}),

@@ -35,7 +35,10 @@ from common import save  # noqa: E402
 
 from scrapy.settings import Settings  # noqa: E402
 
-from crawlproj.politeness import KeyRow, Politeness, PolitenessConfig, RobotsRow  # noqa: E402
+from crawlproj.politeness.config import PolitenessConfig  # noqa: E402
+from crawlproj.politeness.core import Politeness  # noqa: E402
+from crawlproj.politeness.robots import RobotsRow  # noqa: E402
+from crawlproj.politeness.store import KeyRow  # noqa: E402
 from crawlproj.politeness.store import StateStore  # noqa: E402
 
 INSERT_BATCH = 50_000

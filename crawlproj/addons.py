@@ -16,8 +16,9 @@ dict: :func:`addons_setting` builds the value that adds modes to the project's o
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from scrapy.utils.misc import load_object
@@ -102,26 +103,52 @@ class DispatcherNode:
             "crawlproj.scheduling.leases.LeaseTrackerMiddleware": LEASE_TRACKER_ORDER})
 
 
-#: The add-on of the distributed mode, as a dotted path.
+#: The add-on of the distributed mode, as a dotted path, and as an ADDONS entry.
 NODE_MODE = f"{__name__}.DispatcherNode"
+NODE_ADDONS: dict[str, int] = {NODE_MODE: 500}
+
+SETTINGS_MODULE = "crawlproj.settings"
 
 
-def project_addons() -> dict[str, Any]:
-    """The ADDONS of crawlproj/settings.py."""
-    from crawlproj import settings
+def _addons_of(value: Mapping[str, Any] | str) -> dict[str, Any]:
+    raw = value
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError:
+            value = None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"ADDONS: expected a mapping (or a JSON object) of add-on paths to priorities, "
+                         f"got {raw!r}")
+    return dict(value)
 
-    return dict(getattr(settings, "ADDONS", {}))
+
+def merged_addons(value: Mapping[str, Any] | str) -> dict[str, Any]:
+    """The project's ADDONS with ``value`` (a dict, or JSON as ``-s ADDONS=...`` gives it) on top.
+
+    Scrapy replaces the whole ADDONS dict with one given on the command line (or to scrapyd's
+    schedule.json), which would drop the add-ons of settings.py; callers pass this union instead.
+    """
+    project = getattr(importlib.import_module(SETTINGS_MODULE), "ADDONS", {})
+    return {**project, **_addons_of(value)}
 
 
-def addons_setting(extra: Iterable[str], base: dict[str, Any] | None = None) -> str:
-    """``-s ADDONS=...`` value: the project's add-ons (or ``base``) plus ``extra``, as JSON."""
-    addons = dict(project_addons() if base is None else base)
-    top = max((v for v in addons.values() if isinstance(v, (int, float))), default=0)
-    for i, path in enumerate(extra, 1):
-        addons.setdefault(path, int(top) + 100 * i)
-    return json.dumps(addons, sort_keys=True)
+def combine(*settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings dicts merged left to right, their ADDONS united (not the last one winning)."""
+    merged: dict[str, Any] = {}
+    addons: dict[str, Any] | None = None
+    for one in settings:
+        for name, value in one.items():
+            if name == "ADDONS":
+                addons = {**(addons or {}), **_addons_of(value)}
+            else:
+                merged[name] = value
+    if addons is not None:
+        merged["ADDONS"] = addons
+    return merged
 
 
 def node_settings() -> dict[str, Any]:
-    """Settings that make a ``scrapy crawl`` a dispatcher node: the project's add-ons + DispatcherNode."""
-    return {"ADDONS": addons_setting([NODE_MODE])}
+    """Settings that make a ``scrapy crawl`` a dispatcher node (with :func:`combine` or the runner,
+    on top of the project's add-ons)."""
+    return {"ADDONS": dict(NODE_ADDONS)}

@@ -19,11 +19,6 @@ LOG_LEVEL = "INFO"
 DOWNLOAD_TIMEOUT = 30
 FEED_EXPORT_ENCODING = "utf-8"
 
-# -- Name resolution of the synthetic web (off by default) --------------------------------------
-TWISTED_DNS_RESOLVER = "crawlproj_testing.resolver.SyntheticResolver"
-SYNTHWEB_RESOLVE_SUFFIXES: list[str] = []  # e.g. ["test"]: names under them resolve locally
-SYNTHWEB_RESOLVE_ADDRESS = "127.0.0.1"  # where names under SYNTHWEB_RESOLVE_SUFFIXES point
-
 # -- Links seen lately (crawlproj.linkfilter): repeats dropped before they become Requests ------
 RECENT_LINKS_SIZE = 200000  # canonical URLs remembered per process; exact dedup stays downstream
 
@@ -91,7 +86,7 @@ CRAWLPROJ_STATE_DIR = "state"  # where nodes keep their local state files
 
 # -- Hostile input (add-on crawlproj.addons.Hardening: crawlproj.security) -----------------------
 SSRF_ENABLED = True  # refuse hosts that resolve to private, loopback, link-local, metadata... addresses
-SSRF_ALLOWED_NETWORKS: list[str] = []  # CIDRs always allowed (+ SYNTHWEB_RESOLVE_ADDRESS when SYNTHWEB_RESOLVE_SUFFIXES is set)
+SSRF_ALLOWED_NETWORKS: list[str] = []  # CIDRs always allowed
 SSRF_BLOCKED_NETWORKS: list[str] = []  # CIDRs refused on top of the non-public ones
 DOWNLOAD_MAXSIZE = 16 * 1024 * 1024  # Scrapy's 1 GiB x CONCURRENT_REQUESTS is a memory bomb; also caps decompression
 DOWNLOAD_WARNSIZE = 4 * 1024 * 1024  # a warning in the log past this size (Scrapy: 32 MiB)

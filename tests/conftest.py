@@ -12,6 +12,8 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +49,22 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
         # not a synchronisation sleep: the poll interval of a deadline-bound wait
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last error: {last_exc!r}")
+
+
+def machine_python(venv: Path, *paths: Path) -> Path:
+    """A Python like a scrapyd machine's: this venv's packages (the dependencies), not crawlproj.
+
+    A path line in a .pth file puts the test venv's site-packages on sys.path without running its
+    .pth files, so the editable install of crawlproj and crawlproj_testing is not visible: only an
+    egg can provide crawlproj. ``paths`` go on sys.path the same way.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    lines = [sysconfig.get_paths()["purelib"], *map(str, paths)]
+    Path(site, "crawlproj-deps.pth").write_text("\n".join(lines) + "\n")
+    return python
 
 
 @pytest.fixture

@@ -6,6 +6,9 @@ nothing extra, no URL fetched twice without a fault, never two fetches on one ke
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from politeness_checks import assert_polite
 
 from crawlproj.tools.cluster import Cluster
 from crawlproj.dispatcher.partitions import rendezvous_owner
-from crawlproj.tools.runner import SYNTHWEB_SETTINGS
+from crawlproj.tools.runner import SYNTHWEB_ADDON, SYNTHWEB_SETTINGS, crawl_argv
 from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, WebSpec
 from crawlproj_testing.synthweb.process import SynthWebProcess
 from crawlproj.wire.urls import partition_of, politeness_key
@@ -196,3 +199,38 @@ def test_revoked_partition_is_handed_off_when_a_callback_never_ends(tmp_path, sy
         cluster.kill_node("n1")
         cluster.kill_node("n2")
     assert_one_node_per_key_at_a_time(web)
+
+
+def test_addons_given_to_a_node_keep_the_projects_addons(monkeypatch):
+    """Scrapy replaces settings.py's ADDONS with a -s ADDONS=...: the runner passes the union."""
+    import crawlproj.settings as project
+
+    monkeypatch.setattr(project, "ADDONS", {"crawlproj.addons.Example": 10}, raising=False)
+
+    def addons_of(settings: dict[str, Any]) -> dict[str, Any]:
+        argv = crawl_argv("broad", settings)
+        values = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-s" and argv[i + 1].startswith("ADDONS=")]
+        return json.loads(values[0].partition("=")[2])
+
+    assert addons_of(SYNTHWEB_SETTINGS) == {"crawlproj.addons.Example": 10, SYNTHWEB_ADDON: 900}
+    # as `crawlproj cluster -s ADDONS=...` gives it: JSON; None turns a project add-on off
+    assert addons_of({"ADDONS": '{"crawlproj.addons.Example": null}'}) == {"crawlproj.addons.Example": None}
+    with pytest.raises(ValueError, match="ADDONS: expected a mapping .* got 'Example'"):
+        crawl_argv("broad", {"ADDONS": "Example"})
+
+
+def test_cluster_command_on_a_real_site_leaves_the_synthetic_web_off(tmp_path, synthweb):
+    """`crawlproj cluster` never turns the synthetic-web add-on on: the SSRF guard refuses a seed
+    on 127.0.0.1 (the add-on would allow it) and no request reaches the server."""
+    web = synthweb(WebSpec(seed=1, hosts=1, min_pages=2, max_pages=2, robots_variants=False))
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text(f"http://127.0.0.1:{web.port}/\n")
+    workdir = tmp_path / "cluster"
+    proc = subprocess.run([sys.executable, "-m", "crawlproj.tools.cli", "cluster", "--nodes", "1",
+                           "--seeds-file", str(seeds), "--workdir", str(workdir), "--partitions", "16"],
+                          capture_output=True, text=True, timeout=CRAWL_TIMEOUT, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stats = json.loads((workdir / "node1.stats.json").read_text())
+    assert stats["finish_reason"] == "finished" and stats["ssrf/refused/loopback"] == 1
+    assert "response_received_count" not in stats and web.accesses() == []
+    assert "SyntheticWeb" not in (workdir / "node1.log").read_text()

@@ -14,22 +14,21 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import ROOT, free_port, wait_until
+from conftest import ROOT, free_port, machine_python, wait_until
 
 from crawlproj.tools.cluster import NODE_HEADER
 from crawlproj.tools.deploy import (
-    DeployError, NodeJob, Record, Scrapyd, Target, deploy_targets, place_nodes, public_url,
+    DeployError, NodeJob, Record, Scrapyd, Target, deploy_targets, node_settings, place_nodes, public_url,
 )
 from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj.politeness.store import StateStore
-from crawlproj.tools.runner import SYNTHWEB_SETTINGS
+from crawlproj.tools.runner import SYNTHWEB_ADDON, SYNTHWEB_SETTINGS
 from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, WebSpec
 from crawlproj_testing.synthweb.process import SynthWebProcess
 
@@ -75,18 +74,14 @@ def crawlproj(*args: str) -> str:
 
 @pytest.fixture(scope="module")
 def node_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Python like a scrapyd machine's: the project's dependencies, not the project.
+    """A scrapyd machine's Python: the dependencies, not crawlproj (only the egg provides it).
 
-    A path line in a .pth file puts the test venv's site-packages on sys.path without running its
-    .pth files, so crawlproj's editable install is not visible: only the egg can provide it.
+    The test harness is installed beside it, as on a test machine, for the synthetic web's
+    add-on and resolver the nodes are scheduled with; the egg never holds it (test_layout.py).
     """
-    venv = tmp_path_factory.mktemp("node-venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
-    python = venv / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    Path(site, "crawlproj-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    return python
+    harness = tmp_path_factory.mktemp("harness")
+    (harness / "crawlproj_testing").symlink_to(ROOT / "crawlproj_testing", target_is_directory=True)
+    return machine_python(tmp_path_factory.mktemp("node-venv") / "venv", harness)
 
 
 def scrapyd_env() -> dict[str, str]:
@@ -166,7 +161,9 @@ def page_set(web: SynthWebProcess, start: int = 0) -> set[tuple[str, str]]:
 
 
 def schedule_args(dispatcher: DispatcherProcess, nodes: int, hosts: list[str], tmp_path: Path) -> list[str]:
-    settings = [arg for name, value in NODE_SETTINGS.items() for arg in ("-s", f"{name}={value}")]
+    # ADDONS as JSON: `crawlproj schedule` merges it with settings.py's ADDONS
+    settings = [arg for name, value in NODE_SETTINGS.items()
+                for arg in ("-s", f"{name}={json.dumps(value) if isinstance(value, dict) else value}")]
     return ["schedule", "--crawl", CRAWL, "--nodes", str(nodes), "--scrapyd", *hosts,
             "--dispatcher", dispatcher.endpoint, "--state-dir", str(tmp_path / "state"),
             "--record", str(tmp_path / "jobs.json"), *settings]
@@ -271,6 +268,24 @@ def test_place_nodes_is_stable_round_robin():
     assert place_nodes("news", 3, hosts) == [("news-node1", "http://a:6800/"), ("news-node2", "http://b:6800/"),
                                              ("news-node3", "http://a:6800/")]
     assert public_url("http://u:p@b:6800") == "http://b:6800/"  # credentials never reach the record
+
+
+def test_node_settings_merge_addons_and_keep_the_node_name(monkeypatch):
+    import crawlproj.settings as project
+
+    monkeypatch.setattr(project, "ADDONS", {"crawlproj.addons.Example": 10}, raising=False)
+    addons = json.dumps(SYNTHWEB_SETTINGS["ADDONS"])
+    settings = node_settings("c-node1", "tcp://d:5570", None, {"ADDONS": addons, "LOG_LEVEL": "INFO"})
+    assert json.loads(settings["ADDONS"]) == {"crawlproj.addons.Example": 10, SYNTHWEB_ADDON: 900,
+                                              "crawlproj.addons.DispatcherNode": 500}
+    assert settings["DISPATCHER_NODE_NAME"] == "c-node1" and settings["LOG_LEVEL"] == "INFO"
+    # settings.py's own add-ons apply, with the node mode on top
+    assert json.loads(node_settings("c-node1", "tcp://d:5570", None, {})["ADDONS"]) == {
+        "crawlproj.addons.Example": 10, "crawlproj.addons.DispatcherNode": 500}
+    with pytest.raises(DeployError, match="-s ADDONS: expected a mapping"):
+        node_settings("c-node1", "tcp://d:5570", None, {"ADDONS": "[1]"})
+    with pytest.raises(DeployError, match="-s DISPATCHER_NODE_NAME: node names are the job ids"):
+        node_settings("c-node1", "tcp://d:5570", None, {"DISPATCHER_NODE_NAME": "x"})
 
 
 def test_record_round_trip(tmp_path):

@@ -21,7 +21,7 @@ import zmq
 from conftest import wait_until
 from zmq.utils.monitor import recv_monitor_message
 
-from crawlproj.addons import node_settings
+from crawlproj.addons import combine, node_settings
 from crawlproj.dispatcher.errors import StartError
 from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj_testing.simnode import SimNode, drive, web_links, web_reachable
@@ -206,7 +206,7 @@ def test_scrapy_node_crawls_the_synthetic_web_over_curve(tmp_path, keys, synthwe
                            "--seeds", ",".join(web.seed_urls()), *curve_args(keys),
                            curve=client(keys, "monitor")) as d:
         node = start_crawl(settings={
-            **SYNTHWEB_SETTINGS, **node_settings(),
+            **combine(SYNTHWEB_SETTINGS, node_settings()),
             "DISPATCHER_ENDPOINT": d.endpoint, "DISPATCHER_NODE_NAME": "n1", "BROAD_SCOPE": "any",
             "DISPATCHER_CURVE_SECRET_KEY_FILE": str(keys / "clients" / "n1.key_secret"),
             "DISPATCHER_CURVE_SERVER_KEY_FILE": str(keys / "dispatcher.key"),

@@ -21,7 +21,7 @@ import zmq
 from conftest import wait_until
 from hostile_web import HostileWeb
 
-from crawlproj.addons import node_settings
+from crawlproj.addons import combine, node_settings
 from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj_testing.simnode import SimNode, drive
 from crawlproj.wire.protocol import ProtocolError, decode_from_dispatcher, decode_from_node, encode
@@ -132,7 +132,7 @@ def test_node_survives_10k_hostile_frames_then_crawls(tmp_path, zmq_context):
     stats_file = tmp_path / "node.stats.json"
     with HostileWeb(tmp_path / "access.jl") as web:
         node = start_crawl(settings={
-            **SYNTHWEB_SETTINGS, **node_settings(),
+            **combine(SYNTHWEB_SETTINGS, node_settings()),
             "DISPATCHER_ENDPOINT": f"tcp://127.0.0.1:{port}", "DISPATCHER_NODE_NAME": "fuzzed",
             "DISPATCHER_TIMEOUT": 120, "DISPATCHER_HEARTBEAT_INTERVAL": 0.5,
             "PROGRESS_STATS_FILE": str(stats_file), "LOG_FILE": str(tmp_path / "node.log"),

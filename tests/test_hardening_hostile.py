@@ -22,10 +22,10 @@ import pytest
 from hostile_web import BIG_BYTES, HostileWeb
 from scrapy.exceptions import NotConfigured
 from scrapy.http import HtmlResponse, Request
-from scrapy.settings import Settings
+from scrapy.settings import SETTINGS_PRIORITIES, Settings
 from scrapy.utils.test import get_crawler
 
-from crawlproj.addons import node_settings
+from crawlproj.addons import combine, node_settings
 from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj.dispatcher.seeds import wire_seed
 from crawlproj.meta import CANONICAL
@@ -35,6 +35,8 @@ from crawlproj.wire.request import WireCodec
 from crawlproj.security.ssrf import AddressPolicy, SSRFGuardMiddleware, refusal_reason
 from crawlproj.spiders.broad import BroadSpider
 from crawlproj.wire.urls import canonicalize, fingerprint, fingerprint_canonical
+from crawlproj_testing.addons import SyntheticWeb
+from crawlproj_testing.resolver import RESOLVER
 
 TESTS = Path(__file__).resolve().parent
 CRAWL_TIMEOUT = 120
@@ -86,13 +88,10 @@ def test_refusal_reasons(address: str, reason: str | None) -> None:
 def test_policy_settings_allowances_and_validation() -> None:
     def policy(**values: Any) -> AddressPolicy:
         return AddressPolicy.from_settings(Settings({"SSRF_ALLOWED_NETWORKS": [], "SSRF_BLOCKED_NETWORKS": [],
-                                                     "SYNTHWEB_RESOLVE_SUFFIXES": [],
-                                                     "SYNTHWEB_RESOLVE_ADDRESS": "127.0.0.1", **values}))
+                                                     **values}))
 
     ip = ipaddress.ip_address
     assert policy().verdict(ip("127.0.0.1")) == "loopback"
-    assert policy(SYNTHWEB_RESOLVE_SUFFIXES=["test"]).verdict(ip("127.0.0.1")) is None  # implicit
-    assert policy(SYNTHWEB_RESOLVE_SUFFIXES=["test"]).verdict(ip("127.0.0.2")) == "loopback"
     allowed = policy(SSRF_ALLOWED_NETWORKS="10.1.0.0/16, ::1/128")  # a comma list from -s works
     assert allowed.verdict(ip("10.1.200.3")) is None and allowed.verdict(ip("::1")) is None
     assert allowed.verdict(ip("::ffff:10.1.0.9")) is None and allowed.verdict(ip("10.2.0.1")) == "private"
@@ -101,10 +100,33 @@ def test_policy_settings_allowances_and_validation() -> None:
                         ("SSRF_ALLOWED_NETWORKS", [5])):
         with pytest.raises(ValueError, match=f"{name}: expected a list of networks.*got"):
             policy(**{name: value})
-    with pytest.raises(ValueError, match="SYNTHWEB_RESOLVE_ADDRESS: expected an IP address, got 'localhost'"):
-        policy(SYNTHWEB_RESOLVE_SUFFIXES=["test"], SYNTHWEB_RESOLVE_ADDRESS="localhost")
     with pytest.raises(NotConfigured):
         SSRFGuardMiddleware.from_crawler(get_crawler(settings_dict={"SSRF_ENABLED": False}))
+
+
+def test_synthetic_web_addon_allows_its_address_and_nothing_else() -> None:
+    """The guard allows only SSRF_ALLOWED_NETWORKS; the test harness's add-on puts its address there."""
+    ip = ipaddress.ip_address
+
+    def crawler_settings(**values: Any) -> Settings:
+        return get_crawler(settings_dict={"SSRF_ALLOWED_NETWORKS": [], **values}).settings
+
+    plain = crawler_settings()
+    assert plain["TWISTED_DNS_RESOLVER"] != RESOLVER and "SYNTHWEB_RESOLVE_SUFFIXES" not in plain
+    on = crawler_settings(**SYNTHWEB_SETTINGS)
+    assert on["TWISTED_DNS_RESOLVER"] == RESOLVER and on.getlist("SYNTHWEB_RESOLVE_SUFFIXES") == ["test"]
+    assert AddressPolicy.from_settings(on).verdict(ip("127.0.0.1")) is None
+    assert AddressPolicy.from_settings(on).verdict(ip("127.0.0.2")) == "loopback"
+    # a -s value (JSON, cmdline priority) keeps its networks and its priority; the address joins it
+    cmdline = Settings({**SYNTHWEB_SETTINGS})
+    cmdline.set("SSRF_ALLOWED_NETWORKS", '["10.1.0.0/16"]', priority="cmdline")
+    SyntheticWeb.update_pre_crawler_settings(cmdline)
+    assert cmdline.getlist("SSRF_ALLOWED_NETWORKS") == ["10.1.0.0/16", "127.0.0.1/32"]
+    assert cmdline.getpriority("SSRF_ALLOWED_NETWORKS") == SETTINGS_PRIORITIES["cmdline"]
+    SyntheticWeb.update_pre_crawler_settings(cmdline)  # applied again (crawler copy): no duplicate
+    assert cmdline.getlist("SSRF_ALLOWED_NETWORKS") == ["10.1.0.0/16", "127.0.0.1/32"]
+    with pytest.raises(ValueError, match="SYNTHWEB_RESOLVE_ADDRESS: expected an IPv4 address, got 'localhost'"):
+        crawler_settings(**SYNTHWEB_SETTINGS, SYNTHWEB_RESOLVE_ADDRESS="localhost")
 
 
 def test_node_refuses_loopback_before_connecting_and_a_rebound_name_after(tmp_path: Path) -> None:
@@ -135,7 +157,7 @@ def test_hostile_web_through_dispatcher_and_node(tmp_path: Path) -> None:
         with DispatcherProcess(tmp_path / "store", "--partitions", str(PARTITIONS), "--seeds", ",".join(seeds),
                                "--heartbeat-interval", "0.5", "--heartbeat-timeout", "5") as d:
             stats = run_node(tmp_path, {
-                **SYNTHWEB_SETTINGS, **node_settings(), "DISPATCHER_ENDPOINT": d.endpoint,
+                **combine(SYNTHWEB_SETTINGS, node_settings()), "DISPATCHER_ENDPOINT": d.endpoint,
                 "DISPATCHER_NODE_NAME": "n1", "DISPATCHER_HEARTBEAT_INTERVAL": 0.5, "BROAD_SCOPE": "any",
                 "DOWNLOAD_MAXSIZE": MAXSIZE, "DOWNLOAD_WARNSIZE": MAXSIZE // 4,
                 "TRAP_MAX_PAGES_PER_HOST": HOST_CAP, "DOWNLOAD_TIMEOUT": 10,

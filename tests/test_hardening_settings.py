@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from crawlproj.addons import node_settings
-from crawlproj.tools.runner import crawl_argv, crawl_env
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
 
 SCHEDULER = {**node_settings(),
              "DISPATCHER_ENDPOINT": "tcp://127.0.0.1:9"}
@@ -26,8 +26,8 @@ WORKERS = 3
 # bring its component to life)
 Row = tuple[str, str, str | None, dict[str, Any]]
 ROWS: list[Row] = [
-    ("SYNTHWEB_RESOLVE_SUFFIXES", "te st", "'te st'", {}),
-    ("SYNTHWEB_RESOLVE_ADDRESS", "localhost", None, {"SYNTHWEB_RESOLVE_SUFFIXES": "test"}),
+    ("SYNTHWEB_RESOLVE_SUFFIXES", "te st", "'te st'", SYNTHWEB_SETTINGS),  # the test harness's add-on
+    ("SYNTHWEB_RESOLVE_ADDRESS", "localhost", None, SYNTHWEB_SETTINGS),
     ("RECENT_LINKS_SIZE", "0", None, {}),
     ("RECENT_LINKS_SIZE", "lots", None, {}),
     ("BROAD_SCOPE", "everything", None, {}),

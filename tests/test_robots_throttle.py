@@ -27,13 +27,9 @@ from politeness_checks import assert_polite, assert_restart_gap, by_key, key_of_
 from scrapy.settings import Settings
 from scrapy.utils.test import get_crawler
 
-from crawlproj.politeness import (
-    MAX_ROBOTS_BYTES,
-    KeyRow,
-    Politeness,
-    StateStore,
-    parse_robots,
-)
+from crawlproj.politeness.core import Politeness
+from crawlproj.politeness.robots import MAX_ROBOTS_BYTES, parse_robots
+from crawlproj.politeness.store import KeyRow, StateStore
 from crawlproj.politeness.config import PolitenessConfig
 from crawlproj.politeness.gate import PolitenessGate
 from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env

@@ -81,7 +81,10 @@ def text(s: dict[str, Any]) -> str:
 
 def chart(obs: Observations, bins: list[Window], path: str | Path) -> Path:
     """Rate per window (cluster and nodes) and p99 per operation, as PNG or SVG (by suffix)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("crawlproj logs --chart: needs matplotlib: pip install 'crawlproj[tools]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.dates as mdates

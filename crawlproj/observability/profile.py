@@ -27,7 +27,7 @@ def py_spy() -> str:
     here = Path(sys.executable).parent / "py-spy"
     found = str(here) if here.exists() else shutil.which("py-spy")
     if not found:
-        raise FileNotFoundError("py-spy is not installed (pip install py-spy)")
+        raise SystemExit("crawlproj profile: needs py-spy: pip install 'crawlproj[tools]'")
     return found
 
 

@@ -1,7 +1,7 @@
 """robots.txt under RFC 9309: the cached row of an authority, what a fetch result means, parsing.
 
 Pure functions and plain data: no I/O, no Scrapy. The middleware fetches, the store persists,
-:class:`crawlproj.politeness.Politeness` applies the cache and retry policy.
+:class:`crawlproj.politeness.robots_cache.RobotsCache` applies the cache and retry policy.
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ MAX_ROBOTS_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _GROUP_LINE = re.compile(r"^[ \t]*user-?agent[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
-# Outcomes of a fetch, as in crawlproj_testing.synthweb.model.RFC9309_OUTCOME.
+# RFC 9309 2.3.1: the outcomes of a robots.txt fetch (the synthetic web's model uses these too).
 RULES = "rules"  # 2xx: obey the parsed groups
 ALLOW = "allow"  # 4xx, too many redirects: "unavailable", everything may be crawled
 DISALLOW = "disallow"  # 5xx, network error: "unreachable", nothing may be crawled for now
-OUTCOMES = (RULES, ALLOW, DISALLOW)
 
 
 def outcome_of_status(status: int) -> str:

@@ -20,8 +20,7 @@ downloader middlewares refuse such fetches (IgnoreRequest; stats ``ssrf/refused/
 Refused reasons: ``metadata``, ``loopback``, ``private``, ``link_local``, ``multicast``,
 ``unspecified``, ``reserved``, ``not_global`` (carrier-grade NAT, documentation ranges...),
 ``blocked`` (``SSRF_BLOCKED_NETWORKS``). Addresses in ``SSRF_ALLOWED_NETWORKS`` are always
-allowed; so is ``SYNTHWEB_RESOLVE_ADDRESS`` when ``SYNTHWEB_RESOLVE_SUFFIXES`` is set (the
-synthetic web of the tests and the demo lives on 127.0.0.1).
+allowed (the test harness's synthetic-web add-on adds 127.0.0.1 there; nothing else does).
 """
 
 from __future__ import annotations
@@ -109,20 +108,12 @@ class AddressPolicy:
 
     @classmethod
     def from_settings(cls, settings: BaseSettings) -> AddressPolicy:
-        allowed = _networks(settings, "SSRF_ALLOWED_NETWORKS")
-        blocked = _networks(settings, "SSRF_BLOCKED_NETWORKS")
-        if settings.getlist("SYNTHWEB_RESOLVE_SUFFIXES"):
-            # the synthetic web's names resolve to this address: crawling it is the point
-            raw = settings.get("SYNTHWEB_RESOLVE_ADDRESS")
-            try:
-                address = ipaddress.ip_address(str(raw))
-            except ValueError:
-                raise ValueError(f"SYNTHWEB_RESOLVE_ADDRESS: expected an IP address, got {raw!r}") from None
-            allowed.append(ipaddress.ip_network(address))
-        return cls(allowed, blocked)
+        return cls(network_list(settings, "SSRF_ALLOWED_NETWORKS"),
+                   network_list(settings, "SSRF_BLOCKED_NETWORKS"))
 
 
-def _networks(settings: BaseSettings, name: str) -> list[IPNetwork]:
+def network_list(settings: BaseSettings, name: str) -> list[IPNetwork]:
+    """The list setting ``name`` of CIDRs (a list, a comma list or a JSON list); ValueError naming it."""
     raw = settings.get(name)
     try:
         # a list, a comma-separated string, or a JSON list (as `-s NAME=[...]` gives it)

@@ -12,22 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from crawlproj.addons import node_settings
+from crawlproj.addons import combine, node_settings
 from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env, stop_process
-from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, WebSpec
-from crawlproj_testing.synthweb.process import SynthWebProcess
 
 NODE_HEADER = "X-Crawlproj-Node"
 STOP_GRACE_SECONDS = 30.0  # a node given SIGTERM gets this long to finish before SIGKILL
 PROGRESS_INTERVAL = 2.0
-DEMO_SPEC = WebSpec(seed=1, hosts=120, min_pages=15, max_pages=400)
+# The demo's synthetic web (a crawlproj_testing.synthweb.model.WebSpec of these).
+DEMO_SEED, DEMO_HOSTS, DEMO_MIN_PAGES, DEMO_MAX_PAGES = 1, 120, 15, 400
 
 
 class Cluster:
@@ -49,14 +49,13 @@ class Cluster:
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
 
     def node_settings(self, name: str) -> dict[str, Any]:
-        return {
-            **node_settings(), "DISPATCHER_ENDPOINT": self.dispatcher.endpoint,
+        return combine(node_settings(), {
+            "DISPATCHER_ENDPOINT": self.dispatcher.endpoint,
             "DISPATCHER_NODE_NAME": name, "DISPATCHER_NODE_HEADER": NODE_HEADER,
             "LOG_FILE": str(self.workdir / f"{name}.log"),
             "PROGRESS_STATS_FILE": str(self.workdir / f"{name}.stats.json"),
             "FEEDS": {str(self.workdir / f"{name}.items.jl"): {"format": "jsonlines"}},
-            **self.settings,
-        }
+        }, self.settings)
 
     def start_node(self, name: str) -> subprocess.Popen[bytes]:
         if name in self.nodes and self.nodes[name].poll() is None:
@@ -168,10 +167,18 @@ def summary(cluster: Cluster, wall: float) -> dict[str, Any]:
 
 def demo(args: argparse.Namespace) -> int:
     """Crawl the bundled synthetic web with a local cluster, with progress and a summary."""
+    # The test harness, imported here only: `crawlproj cluster` and the scrapyd nodes never need it.
+    try:
+        from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, WebSpec
+        from crawlproj_testing.synthweb.process import SynthWebProcess
+    except ImportError as exc:
+        print(f"crawlproj demo: needs the test harness of the checkout (pip install -e .): {exc}",
+              file=sys.stderr)
+        return 2
+
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="crawlproj-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    spec = WebSpec(seed=args.seed, hosts=args.hosts, min_pages=DEMO_SPEC.min_pages,
-                   max_pages=DEMO_SPEC.max_pages)
+    spec = WebSpec(seed=args.seed, hosts=args.hosts, min_pages=DEMO_MIN_PAGES, max_pages=DEMO_MAX_PAGES)
     print(f"crawlproj demo: {args.nodes} nodes, synthetic web of {spec.hosts} hosts "
           f"(seed {spec.seed}); work dir {workdir}", flush=True)
     with SynthWebProcess(spec, access_log=workdir / "access.log", hold_seconds=5) as web:
@@ -179,7 +186,8 @@ def demo(args: argparse.Namespace) -> int:
         seeds.write_text("\n".join(web.seed_urls()) + "\n")
         print(f"synthetic web on 127.0.0.1:{web.port}: {sum(h.pages for h in web.web.hosts)} pages",
               flush=True)
-        # every host is a seed and the web is closed: follow cross-host links too
+        # every host is a seed and the web is closed: follow cross-host links too; the
+        # synthetic-web add-on resolves its names (merged with settings.py's ADDONS by crawl_argv)
         settings = {**SYNTHWEB_SETTINGS, "DOWNLOAD_TIMEOUT": 3, "BROAD_SCOPE": "any"}
         with Cluster(workdir, seeds, settings=settings,
                      dispatcher_args=("--partitions", str(args.partitions))) as cluster:
@@ -234,8 +242,8 @@ def run(cluster: Cluster, nodes: int) -> tuple[int, dict[str, Any]]:
 def add_arguments(sub: Any) -> None:
     p = sub.add_parser("demo", help=demo.__doc__)
     p.add_argument("--nodes", type=int, default=2)
-    p.add_argument("--hosts", type=int, default=DEMO_SPEC.hosts)
-    p.add_argument("--seed", type=int, default=DEMO_SPEC.seed)
+    p.add_argument("--hosts", type=int, default=DEMO_HOSTS)
+    p.add_argument("--seed", type=int, default=DEMO_SEED)
     p.add_argument("--partitions", type=int, default=1024)
     p.add_argument("--workdir", default=None)
     p.set_defaults(func=demo)

@@ -16,6 +16,15 @@ again under its name finds its politeness state in ``CRAWLPROJ_STATE_DIR/<name>/
 dispatcher gives it its place back. A node already pending or running anywhere is left alone,
 so the same command (re)starts exactly the nodes that are missing. What was scheduled is kept in
 a small JSON record (``crawlproj-<crawl>.jobs.json``) that ``status`` and ``stop`` read.
+
+What the egg holds: the ``crawlproj`` package and nothing else. The test harness
+(``crawlproj_testing``: synthetic web, simulated nodes, fuzzer, test resolver and its add-on) is
+never staged, so no scrapyd node can load it (tests/test_layout.py imports every module of the egg
+and checks). ``crawlproj.tools`` (this operator CLI, the local cluster, the process runners) does
+go in: it is small pure Python that imports only the node's dependencies (scrapyd-client, the
+harness, matplotlib and py-spy are imported lazily by the commands that use them), and leaving it
+out would ship modules that cannot be imported (``crawlproj.observability.top`` uses
+``crawlproj.tools.dispatcher_process``) and a ``crawlproj`` entry point that points nowhere.
 """
 
 from __future__ import annotations
@@ -41,9 +50,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from crawlproj.addons import combine
 from crawlproj.addons import node_settings as node_mode_settings
 from crawlproj.dispatcher.errors import DispatcherError
 from crawlproj.tools.dispatcher_process import request_state
+from crawlproj.tools.runner import setting_value
 
 DEFAULT_PROJECT = "crawlproj"
 DEFAULT_SPIDER = "broad"
@@ -58,7 +69,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SCRAPYD_PARAMS = frozenset({"project", "spider", "jobid", "setting", "_version", "priority"})
 # What the egg is built from: the Scrapy project file, the package metadata and the package.
 STAGED_FILES = ("scrapy.cfg", "pyproject.toml", "README.md")
-STAGED_PACKAGE = "crawlproj"
+STAGED_PACKAGE = "crawlproj"  # only this package: never crawlproj_testing (see above)
 # setuptools reads everything from pyproject.toml; scrapyd-deploy only needs a setup.py to run.
 SETUP_PY_SHIM = "from setuptools import setup\n\nsetup()\n"
 ACTIVE_STATES = ("pending", "running")
@@ -385,10 +396,16 @@ def node_settings(name: str, dispatcher: str, state_dir: str | None, extra: dict
     settings = {**node_mode_settings(), "DISPATCHER_ENDPOINT": dispatcher, "DISPATCHER_NODE_NAME": name}
     if state_dir:
         settings["CRAWLPROJ_STATE_DIR"] = state_dir
-    for fixed in ("DISPATCHER_NODE_NAME", "CRAWLPROJ_NODE_NAME"):
-        if fixed in extra:
-            raise DeployError(f"-s {fixed}: node names are the job ids <crawl>-node<i>; set --crawl instead")
-    return {**settings, **extra}
+    if "DISPATCHER_NODE_NAME" in extra:
+        raise DeployError("-s DISPATCHER_NODE_NAME: node names are the job ids <crawl>-node<i>; "
+                          "set --crawl instead")
+    try:
+        settings = combine(settings, extra)
+        # schedule.json's setting=ADDONS=... replaces settings.py's ADDONS: send the union
+        settings["ADDONS"] = setting_value("ADDONS", settings["ADDONS"])
+    except ValueError as exc:
+        raise DeployError(f"-s {exc}") from None
+    return settings
 
 
 def active_jobs(apis: dict[str, Scrapyd], project: str) -> dict[str, tuple[str, JobInfo]]:

@@ -6,16 +6,22 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-SETTINGS_MODULE = "crawlproj.settings"
+from crawlproj.addons import SETTINGS_MODULE, merged_addons
 
-#: Settings that make a crawl of the synthetic web work: its names resolve to 127.0.0.1, which
-#: the SSRF guard then allows (SYNTHWEB_RESOLVE_ADDRESS is allowed whenever the suffixes are set).
-SYNTHWEB_SETTINGS: dict[str, Any] = {"SYNTHWEB_RESOLVE_SUFFIXES": "test"}
+#: The test harness's add-on that makes a crawl of the synthetic web work (its names resolve to
+#: 127.0.0.1, which the SSRF guard then allows). Named, never imported: the runtime does not
+#: depend on crawlproj_testing, and `crawlproj cluster` on a real site never turns it on.
+SYNTHWEB_ADDON = "crawlproj_testing.addons.SyntheticWeb"
+SYNTHWEB_SETTINGS: dict[str, Any] = {"ADDONS": {SYNTHWEB_ADDON: 900}}
 
 
-def _setting_value(value: Any) -> str:
+def setting_value(name: str, value: Any) -> str:
+    """``value`` as a ``-s NAME=VALUE`` string (JSON for containers; ADDONS merged, see above)."""
+    if name == "ADDONS":
+        value = merged_addons(value)
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(value)
     if isinstance(value, bool):
@@ -39,7 +45,7 @@ def crawl_argv(spider: str = "broad", settings: Mapping[str, Any] | None = None,
                spider_args: Mapping[str, Any] | None = None) -> list[str]:
     argv = [sys.executable, "-m", "scrapy", "crawl", spider]
     for name, value in (settings or {}).items():
-        argv += ["-s", f"{name}={_setting_value(value)}"]
+        argv += ["-s", f"{name}={setting_value(name, value)}"]
     for name, value in (spider_args or {}).items():
         argv += ["-a", f"{name}={value}"]
     return argv

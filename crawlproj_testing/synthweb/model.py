@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable, Iterator
 
+from crawlproj.politeness.robots import ALLOW, DISALLOW, RULES
+
 # robots.txt variants served by hosts. The first hosts get one of each, in this order, so even a
 # small web exercises all of them; the rest draw from COMMON_ROBOTS.
 ROBOTS_VARIANTS = (
@@ -33,24 +35,24 @@ COMMON_ROBOTS = ("allow", "allow", "disallow", "disallow", "not_found", "crawl_d
 # Page kinds. "html" pages carry links; the others are leaves that test error handling.
 PAGE_KINDS = ("html", "not_found", "server_error", "redirect", "loop", "binary", "huge", "latin1")
 
-#: RFC 9309 outcome of each robots variant: "rules" (parse them), "allow" or "disallow" all.
+#: RFC 9309 outcome (crawlproj.politeness.robots) of each robots variant: parse the rules, allow
+#: or disallow all.
 RFC9309_OUTCOME = {
-    "allow": "rules",
-    "disallow": "rules",
-    "crawl_delay": "rules",
-    "not_found": "allow",
-    "server_error": "disallow",
-    "unavailable": "disallow",
-    "timeout": "disallow",
-    "redirect": "rules",
-    "oversized": "rules",
-    "garbage": "allow",
+    "allow": RULES,
+    "disallow": RULES,
+    "crawl_delay": RULES,
+    "not_found": ALLOW,
+    "server_error": DISALLOW,
+    "unavailable": DISALLOW,
+    "timeout": DISALLOW,
+    "redirect": RULES,
+    "oversized": RULES,
+    "garbage": ALLOW,
 }
 
 #: What Scrapy's built-in RobotsTxtMiddleware does with each variant: it parses the body of an
 #: error response (no rules: allow all) and allows everything when the fetch fails.
-SCRAPY_DEFAULT_OUTCOME = {**RFC9309_OUTCOME, "server_error": "allow", "unavailable": "allow",
-                          "timeout": "allow"}
+SCRAPY_DEFAULT_OUTCOME = {**RFC9309_OUTCOME, "server_error": ALLOW, "unavailable": ALLOW, "timeout": ALLOW}
 
 ROBOTS_PATHS = ("/robots.txt", "/robots-hop1.txt", "/robots-hop2.txt")
 OVERSIZED_ROBOTS_BYTES = 600 * 1024
@@ -220,8 +222,8 @@ class Web:
 
     def robots_allowed(self, host: Host, path: str, outcome: dict[str, str] = RFC9309_OUTCOME) -> bool:
         verdict = outcome[host.robots]
-        if verdict != "rules":
-            return verdict == "allow"
+        if verdict != RULES:
+            return verdict == ALLOW
         # RFC 9309 2.2.2: the longest matching rule wins; allow wins a tie.
         best: Rule | None = None
         for rule in self.robots_rules(host):

@@ -539,6 +539,8 @@ def _crawler(**overrides: Any) -> Any:
 def test_pipeline_is_off_without_mongo_uri():
     with pytest.raises(NotConfigured):
         MongoPipeline.from_crawler(_crawler())
+    with pytest.raises(ValueError, match="^MONGO_URI: expected a mongodb://"):  # the reader itself is pure
+        MongoConfig.from_settings(_crawler().settings)
     assert "crawlproj.pipelines.mongo.MongoPipeline" in _crawler().settings.getdict("ITEM_PIPELINES")
 
 
@@ -572,7 +574,7 @@ def test_bad_setting_names_the_setting_the_value_and_what_is_expected(name, valu
 
 
 def test_settings_given_as_json_on_the_command_line():
-    config = MongoConfig.read(_crawler(
+    config = MongoConfig.from_settings(_crawler(
         MONGO_URI="mongodb://user:secret@127.0.0.1:1/",
         MONGO_INDEXES='["url", {"keys": {"status": 1, "depth": -1}, "unique": false}]',
         MONGO_QUERY_PATHS='["url", ["status", "depth"]]',

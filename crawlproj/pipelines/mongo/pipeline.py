@@ -281,12 +281,12 @@ class MongoPipeline:
             return
         batch.prepared = result.prepared
         self._report_invalid(batch)
-        if result.failure is not None or result.outcome is None:
+        if result.failure is not None:
             self._schedule.doubt = batch  # its upserts may have been applied: keep their op ids
-            assert result.failure is not None
             self._job_failed(result.failure)
             return
         outcome = result.outcome
+        assert outcome is not None
         self._health.succeeded(outcome)
         self._schedule.doubt = None
         written = 0

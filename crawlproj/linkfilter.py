@@ -5,6 +5,9 @@ Building a Request for each, walking it through the spider middlewares and the e
 a dedup filter to drop it, is most of a node's CPU. The spider asks this filter first; the
 exact dedup (Scrapy's dupefilter, or the dispatcher's seen-set) still decides for the rest, so
 forgetting old entries costs a little work, never a URL.
+
+The spider and the DispatcherScheduler share one set, owned by the :class:`RecentLinks`
+extension and found with ``crawler.get_extension`` (:func:`recent_links`).
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ from crawlproj.setting_checks import int_at_least
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
-
-ATTRIBUTE = "_crawlproj_recent_links"
 
 
 class RecentSet:
@@ -47,10 +48,23 @@ class RecentSet:
         return len(self.new) + len(self.old)
 
 
+class RecentLinks:
+    """Extension: this process's one :class:`RecentSet` of canonical URLs (``RECENT_LINKS_SIZE``)."""
+
+    def __init__(self, size: int):
+        self.links = RecentSet(size)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> RecentLinks:
+        return cls(int_at_least(crawler.settings, "RECENT_LINKS_SIZE", 1, "a positive integer"))
+
+
 def recent_links(crawler: Crawler) -> RecentSet:
-    """The crawler's one filter of recent canonical URLs (``RECENT_LINKS_SIZE`` entries)."""
-    links: RecentSet | None = getattr(crawler, ATTRIBUTE, None)
-    if links is None:
-        links = RecentSet(int_at_least(crawler.settings, "RECENT_LINKS_SIZE", 1, "a positive integer"))
-        setattr(crawler, ATTRIBUTE, links)
-    return links
+    """The crawler's recent-links set; a set of its own for the caller if the extension is off.
+
+    Call it once the extensions exist (a spider: at its first callback, not in ``from_crawler``).
+    """
+    ext = crawler.get_extension(RecentLinks)
+    if ext is not None:
+        return ext.links
+    return RecentSet(int_at_least(crawler.settings, "RECENT_LINKS_SIZE", 1, "a positive integer"))

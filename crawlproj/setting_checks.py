@@ -1,11 +1,16 @@
-"""Read a setting with its typed getter and check it, or stop with a message a person can act on.
+"""Typed setting readers: read a setting with its typed getter and check it, or stop with a
+message a person can act on.
 
 Every bad value is a ValueError naming the setting, what it expects and the value it got, e.g.
 ``ROBOTS_RETRY_DELAY: expected seconds > 0, got 0.0``; a crawl that fails at start prints it.
+Configuration classes read their settings here (``XConfig.from_settings(settings)``, pure);
+``from_crawler`` alone decides ``NotConfigured``.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -35,6 +40,11 @@ def typed_setting(settings: BaseSettings, name: str, getter: Callable[[str], Any
     return value
 
 
+def bool_setting(settings: BaseSettings, name: str, expect: str = "a boolean") -> bool:
+    """A boolean setting (``True``, ``"false"``, ``1``, ...)."""
+    return bool(typed_setting(settings, name, settings.getbool, expect))
+
+
 def int_at_least(settings: BaseSettings, name: str, minimum: int, expect: str | None = None) -> int:
     """An integer setting >= ``minimum``."""
     expect = f"an integer >= {minimum}" if expect is None else expect
@@ -50,3 +60,66 @@ def float_at_least(settings: BaseSettings, name: str, minimum: float = 0.0, expe
 def positive_float(settings: BaseSettings, name: str, expect: str = "a number > 0") -> float:
     """A number setting > 0."""
     return float(typed_setting(settings, name, settings.getfloat, expect, lambda v: v > 0))
+
+
+def dict_setting(settings: BaseSettings, name: str, expect: str = "a dict (or a JSON object)") -> dict[str, Any]:
+    """A dict setting, given as a dict or as a JSON object (``-s NAME='{"a": 1}'``)."""
+    value: dict[str, Any] = typed_setting(settings, name, settings.getdict, expect)
+    return value
+
+
+def parse_list(name: str, value: Any, of: type | None = None) -> list[Any]:
+    """``value`` as a list: a list or tuple as it is; a string that is a JSON list as that list
+    (``-s NAME='["a", ["b", "c"]]'``); any other string as comma-separated parts, stripped,
+    empty ones dropped (so a regex like ``[a-z]+`` stays one item); ``None`` and ``""`` as
+    ``[]``. With ``of``, every element must be one."""
+    if value is None:
+        return []
+    raw = value
+    if isinstance(raw, str):
+        text = raw.strip()
+        parsed: Any = None
+        if text.startswith("["):
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+        if isinstance(parsed, list):
+            raw = parsed
+        else:
+            raw = [part.strip() for part in text.split(",") if part.strip()]
+    if not isinstance(raw, (list, tuple)):
+        raise ValueError(f"{name}: expected a list, got {value!r}")
+    if of is not None and not all(isinstance(v, of) for v in raw):
+        raise ValueError(f"{name}: expected a list of {of.__name__}, got {value!r}")
+    return list(raw)
+
+
+def list_setting(settings: BaseSettings, name: str, of: type | None = None) -> list[Any]:
+    """A list setting: a list, a JSON list or a comma-separated string (see :func:`parse_list`)."""
+    return parse_list(name, settings.get(name), of)
+
+
+def str_setting(settings: BaseSettings, name: str, expect: str = "a string") -> str:
+    """A string setting; ``None`` reads as ``""``."""
+    value = settings.get(name)
+    value = "" if value is None else value
+    check_setting(isinstance(value, str), name, value, expect)
+    return str(value)
+
+
+def file_setting(settings: BaseSettings, name: str, create_dirs: bool = True) -> str:
+    """A file path setting (``""``: none) whose directory exists or, with ``create_dirs``, can be
+    created: the nearest existing ancestor is a directory. Nothing is created here."""
+    path = str_setting(settings, name, "a path or ''")
+    if not path:
+        return path
+    directory = os.path.dirname(os.path.abspath(path))
+    if not create_dirs:
+        check_setting(os.path.isdir(directory), name, path, "a file in an existing directory")
+        return path
+    ancestor = directory
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    check_setting(os.path.isdir(ancestor), name, path, "a file in a directory that exists or can be created")
+    return path

@@ -41,6 +41,7 @@ ADDONS = {
 }
 
 EXTENSIONS = {
+    "crawlproj.linkfilter.RecentLinks": 0,  # links seen lately, shared by the spider and the scheduler
     "crawlproj.extensions.progress.Progress": 500,
 }
 

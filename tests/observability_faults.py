@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from scrapy.crawler import Crawler
+from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.threads import deferToThreadPool
@@ -87,12 +88,19 @@ class SlowPolitenessStore:
     def from_crawler(cls, crawler: Crawler) -> SlowPolitenessStore:
         if not crawler.settings.get("FAULT_LOOKUP_MS_PER_1K"):
             raise NotConfigured("FAULT_LOOKUP_MS_PER_1K is not set")
-        gate = crawler.get_extension(PolitenessGate)
-        if gate is None:
-            raise NotConfigured("FAULT_LOOKUP_MS_PER_1K needs the politeness gate")
-        store = gate.state.store
-        store._reader = _SlowReader(store._reader, positive_float(crawler.settings, "FAULT_LOOKUP_MS_PER_1K"))
-        return cls()
+        ms_per_1k = positive_float(crawler.settings, "FAULT_LOOKUP_MS_PER_1K")
+
+        def slow_down() -> None:  # extensions find each other once all are built
+            gate = crawler.get_extension(PolitenessGate)
+            if gate is None:
+                raise NotConfigured("FAULT_LOOKUP_MS_PER_1K needs the politeness gate")
+            store = gate.state.store
+            store._reader = _SlowReader(store._reader, ms_per_1k)
+
+        ext = cls()
+        ext.slow_down = slow_down  # type: ignore[attr-defined]  # kept alive: signals hold weak references
+        crawler.signals.connect(slow_down, signal=signals.engine_started)
+        return ext
 
 
 class CpuHeavySpider(BroadSpider):

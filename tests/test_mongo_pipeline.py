@@ -24,6 +24,7 @@ from typing import Any
 
 import pymongo
 import pytest
+from scrapy.utils.misc import load_object
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.test import get_crawler
 
@@ -539,7 +540,10 @@ def _crawler(**overrides: Any) -> Any:
 def test_pipeline_is_off_without_mongo_uri():
     with pytest.raises(NotConfigured):
         MongoPipeline.from_crawler(_crawler())
-    assert "crawlproj.pipelines.mongo.MongoPipeline" in _crawler().settings.getdict("ITEM_PIPELINES")
+    with pytest.raises(ValueError, match="^MONGO_URI: expected a mongodb://"):  # the reader itself is pure
+        MongoConfig.from_settings(_crawler().settings)
+    pipelines = _crawler().settings.getdict("ITEM_PIPELINES")  # the MongoDB add-on is on by default
+    assert MongoPipeline in {load_object(p) for p, order in pipelines.items() if order is not None}
 
 
 @pytest.mark.parametrize("name, value, expected", [
@@ -572,7 +576,7 @@ def test_bad_setting_names_the_setting_the_value_and_what_is_expected(name, valu
 
 
 def test_settings_given_as_json_on_the_command_line():
-    config = MongoConfig.read(_crawler(
+    config = MongoConfig.from_settings(_crawler(
         MONGO_URI="mongodb://user:secret@127.0.0.1:1/",
         MONGO_INDEXES='["url", {"keys": {"status": 1, "depth": -1}, "unique": false}]',
         MONGO_QUERY_PATHS='["url", ["status", "depth"]]',

@@ -30,9 +30,10 @@ from crawlproj.tools.cluster import Cluster
 from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj.observability.analysis import read_logs, windows
 from crawlproj.observability.diagnose import diagnose
-from crawlproj.observability.extension import TimingsConfig
+from crawlproj.observability.extension import (ParseTimingMiddleware, TimingsConfig, TimingsExtension,
+                                               timings_of)
 from crawlproj.observability.series import Series
-from crawlproj.observability.timings import Timings, parse_report
+from crawlproj.observability.timings import NullTimings, Timings, parse_report
 from crawlproj.politeness.timing import LatencySampler
 from crawlproj.wire.protocol import encode
 from crawlproj.tools.runner import SYNTHWEB_SETTINGS
@@ -107,7 +108,35 @@ def test_bad_timings_setting_names_itself(name: str, value: str) -> None:
     settings = Settings({"TIMINGS_ENABLED": True, "TIMINGS_LOG_INTERVAL": 60,
                          "TIMINGS_LOG_SAMPLE_RATE": 0.01, "TIMINGS_LOG_SLOW_MS": 1000, name: value})
     with pytest.raises(ValueError, match=name):
-        TimingsConfig(settings)
+        TimingsConfig.enabled(settings) and TimingsConfig.from_settings(settings)
+
+
+def test_timings_belong_to_the_extension_and_are_a_no_op_without_it() -> None:
+    from scrapy.exceptions import NotConfigured
+    from scrapy.utils.test import get_crawler
+
+    project = {k: getattr(project_settings, k) for k in dir(project_settings) if k.isupper()}
+    crawler = get_crawler(settings_dict={**project, "TIMINGS_ENABLED": True})
+    ext = crawler.get_extension(TimingsExtension)
+    assert ext is not None and timings_of(crawler) is ext.timings
+    assert ParseTimingMiddleware.from_crawler(crawler).timings is ext.timings
+
+    off = get_crawler(settings_dict={**project, "TIMINGS_ENABLED": False})
+    assert off.get_extension(TimingsExtension) is None
+    timings = timings_of(off)
+    assert isinstance(timings, NullTimings)
+    timings.open_reader("report")
+    timings.record("parse", 5.0)
+    timings.fetched("a.test")
+    assert timings.report() == {} and timings.samplers == {}
+    with pytest.raises(NotConfigured):
+        ParseTimingMiddleware.from_crawler(off)
+
+    from scrapy.crawler import Crawler
+    from scrapy.spiders import Spider
+
+    unbuilt = Crawler(Spider, {**project, "TIMINGS_ENABLED": True})  # before its extensions exist
+    assert isinstance(timings_of(unbuilt), NullTimings)
 
 
 def test_series_stays_bounded_and_covers_the_whole_run() -> None:

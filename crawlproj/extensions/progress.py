@@ -3,29 +3,48 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
 from twisted.internet import task
 
-from crawlproj.setting_checks import float_at_least
+from crawlproj.setting_checks import file_setting, float_at_least
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
+
+
+@dataclass(frozen=True)
+class ProgressConfig:
+    """The PROGRESS_* settings; defaults and meanings live in crawlproj/settings.py."""
+
+    interval: float  # 0: no progress lines
+    stats_file: str  # "": no stats file
+
+    @staticmethod
+    def enabled(settings: BaseSettings) -> bool:
+        config = ProgressConfig.from_settings(settings)
+        return config.interval > 0 or bool(config.stats_file)
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> ProgressConfig:
+        return cls(float_at_least(settings, "PROGRESS_INTERVAL", 0.0, "seconds >= 0"),
+                   file_setting(settings, "PROGRESS_STATS_FILE", create_dirs=False))
 
 
 class Progress:
     """Every ``PROGRESS_INTERVAL`` seconds, one line on stderr: pages, rate, items, errors."""
 
-    def __init__(self, crawler: Crawler, interval: float, stats_file: str | None):
+    def __init__(self, crawler: Crawler, config: ProgressConfig):
         self.crawler = crawler
         self.stats = crawler.stats
-        self.interval = interval
-        self.stats_file = stats_file
+        self.interval = config.interval
+        self.stats_file = config.stats_file
         self.loop: task.LoopingCall | None = None
         self.last_pages = 0
         self.last_time = 0.0
@@ -33,13 +52,9 @@ class Progress:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Progress:
-        interval = float_at_least(crawler.settings, "PROGRESS_INTERVAL", 0.0, "seconds >= 0")
-        stats_file = crawler.settings.get("PROGRESS_STATS_FILE") or None
-        if stats_file and not os.path.isdir(os.path.dirname(os.path.abspath(stats_file))):
-            raise ValueError(f"PROGRESS_STATS_FILE: expected a file in an existing directory, got {stats_file!r}")
-        if interval == 0 and not stats_file:
+        if not ProgressConfig.enabled(crawler.settings):
             raise NotConfigured("PROGRESS_INTERVAL is 0 and PROGRESS_STATS_FILE is empty")
-        ext = cls(crawler, interval, stats_file)
+        ext = cls(crawler, ProgressConfig.from_settings(crawler.settings))
         crawler.signals.connect(ext.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(ext.spider_closed, signal=signals.spider_closed)
         return ext

@@ -9,14 +9,17 @@ state's samplers (store lookups and writes, robots.txt fetches and parsing), wri
 summary line every ``TIMINGS_LOG_INTERVAL`` and the whole-crawl ``timing/<op>/*`` stats. The
 spider middleware, innermost, times each callback's output with one ``perf_counter`` pair per
 response and stamps the items it yields. Both are off with ``TIMINGS_ENABLED = False``.
+
+The extension owns the crawler's :class:`~.timings.Timings`; other components find it with
+:func:`timings_of` (``crawler.get_extension``), a no-op while the extension is off.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request, signals
@@ -27,9 +30,9 @@ from scrapy.utils.asyncio import create_looping_call
 from crawlproj.meta import KEY as POLITENESS_KEY_META
 from crawlproj.nodeid import node_name
 from crawlproj.politeness.gate import PolitenessGate
-from crawlproj.setting_checks import positive_float, typed_setting
+from crawlproj.setting_checks import bool_setting, file_setting, positive_float, typed_setting
 
-from .timings import TimingLog, Timings
+from .timings import NullTimings, TimingLog, Timings
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -39,43 +42,61 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-
+@dataclass(frozen=True)
 class TimingsConfig:
-    """TIMINGS_* settings, read and validated once."""
+    """The TIMINGS_* settings; defaults and meanings live in crawlproj/settings.py."""
 
-    def __init__(self, s: BaseSettings):
-        if not typed_setting(s, "TIMINGS_ENABLED", s.getbool, "a boolean"):
-            raise NotConfigured("TIMINGS_ENABLED is off")
-        self.interval = positive_float(s, "TIMINGS_LOG_INTERVAL", "seconds > 0")
-        self.sample_rate: float = typed_setting(s, "TIMINGS_LOG_SAMPLE_RATE", s.getfloat,
-                                                "a share between 0 and 1", lambda v: 0 <= v <= 1)
-        self.slow_ms = positive_float(s, "TIMINGS_LOG_SLOW_MS", "milliseconds > 0")
-        path = s.get("TIMINGS_LOG_FILE") or ""
-        if not isinstance(path, str):
-            raise ValueError(f"TIMINGS_LOG_FILE: expected a path or '', got {path!r}")
-        if path:
-            try:
-                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            except OSError as exc:
-                raise ValueError(f"TIMINGS_LOG_FILE: expected a file in a directory that exists or can be "
-                                 f"created, got {path!r} ({exc.strerror})") from None
-        self.log_file = path
-        self.node = node_name(s)
+    interval: float
+    sample_rate: float
+    slow_ms: float
+    log_file: str
+    node: str
+
+    @staticmethod
+    def enabled(settings: BaseSettings) -> bool:
+        return bool_setting(settings, "TIMINGS_ENABLED")
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings) -> TimingsConfig:
+        return cls(
+            interval=positive_float(settings, "TIMINGS_LOG_INTERVAL", "seconds > 0"),
+            sample_rate=float(typed_setting(settings, "TIMINGS_LOG_SAMPLE_RATE", settings.getfloat,
+                                            "a share between 0 and 1", lambda v: 0 <= v <= 1)),
+            slow_ms=positive_float(settings, "TIMINGS_LOG_SLOW_MS", "milliseconds > 0"),
+            log_file=file_setting(settings, "TIMINGS_LOG_FILE"),
+            node=node_name(settings),
+        )
+
+
+def timings_of(crawler: Crawler) -> Timings:
+    """The crawler's :class:`Timings` (its TimingsExtension's), or a :class:`NullTimings` while
+    the extension is off or not built yet (before the engine: e.g. in a spider's from_crawler)."""
+    try:
+        ext = crawler.get_extension(TimingsExtension)
+    except RuntimeError:  # the extension manager is not built yet
+        ext = None
+    return ext.timings if ext is not None else NullTimings()
 
 
 class TimingsExtension:
     def __init__(self, crawler: Crawler, config: TimingsConfig):
         self.crawler = crawler
         self.config = config
-        self.timings = Timings.of(crawler)
+        self.timings = Timings()
         self.timings.open_reader("log")
-        self.log = TimingLog(config.node, config.sample_rate, config.slow_ms, config.log_file)
+        try:
+            self.log = TimingLog(config.node, config.sample_rate, config.slow_ms, config.log_file)
+        except OSError as exc:
+            raise ValueError(f"TIMINGS_LOG_FILE: expected a file that can be created, got "
+                             f"{config.log_file!r} ({exc.strerror})") from None
         self.timings.set_log(self.log)
         self._loop: Any = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> TimingsExtension:
-        ext = cls(crawler, TimingsConfig(crawler.settings))
+        if not TimingsConfig.enabled(crawler.settings):
+            raise NotConfigured("TIMINGS_ENABLED is off")
+        ext = cls(crawler, TimingsConfig.from_settings(crawler.settings))
         connect = crawler.signals.connect
         connect(ext._spider_opened, signal=signals.spider_opened)
         connect(ext._spider_closed, signal=signals.spider_closed)
@@ -128,8 +149,10 @@ class ParseTimingMiddleware:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> ParseTimingMiddleware:
-        TimingsConfig(crawler.settings)  # NotConfigured with the extension
-        return cls(Timings.of(crawler))
+        ext = crawler.get_extension(TimingsExtension)  # built before the spider middlewares
+        if ext is None:
+            raise NotConfigured("TimingsExtension is off (TIMINGS_ENABLED)")
+        return cls(ext.timings)
 
     def process_spider_output(self, response: Response, result: Iterable[Any]) -> Iterable[Any]:
         timings, clock = self.timings, time.perf_counter

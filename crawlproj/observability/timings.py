@@ -29,12 +29,9 @@ import resource
 import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from crawlproj.politeness.timing import LatencySampler, StatsLike
-
-if TYPE_CHECKING:
-    from scrapy.crawler import Crawler
 
 logger = logging.getLogger("crawlproj.timing")
 
@@ -118,9 +115,9 @@ class TimingLog:
 
 
 class Timings:
-    """The timed operations of one crawler: ``Timings.of(crawler).record("parse", ms)``."""
-
-    ATTR = "_crawlproj_timings"
+    """The timed operations of one crawler, owned by its
+    :class:`~crawlproj.observability.extension.TimingsExtension`:
+    ``timings_of(crawler).record("parse", ms)``."""
 
     def __init__(self) -> None:
         self.samplers: dict[str, LatencySampler] = {}
@@ -130,14 +127,6 @@ class Timings:
         # component that reads it, so a standalone crawl keeps no "report" window or key counts
         self._keys: dict[str, Counter[str]] = {}
         self._cpu_at: dict[str, tuple[float, float]] = {}  # (monotonic, CPU seconds) of the last look
-
-    @classmethod
-    def of(cls, crawler: Crawler) -> Timings:
-        timings: Timings | None = getattr(crawler, cls.ATTR, None)
-        if timings is None:
-            timings = cls()
-            setattr(crawler, cls.ATTR, timings)
-        return timings
 
     # -- recording ------------------------------------------------------------------------------
 
@@ -236,6 +225,44 @@ class Timings:
         for op, sampler in self.samplers.items():
             for field, value in sampler.summary().items():
                 stats.set_value(f"{STATS_PREFIX}/{op}/{field}", value)
+
+
+class NullTimings(Timings):
+    """Timings that keep nothing: a crawler's timings while TimingsExtension is off."""
+
+    def sampler(self, op: str) -> LatencySampler:
+        return LatencySampler(f"{STATS_PREFIX}/{op}")  # not kept
+
+    def open_reader(self, reader: str) -> None:
+        pass
+
+    def adopt(self, op: str, sampler: LatencySampler) -> LatencySampler:
+        return sampler
+
+    def set_log(self, log: TimingLog) -> None:
+        pass
+
+    def record(self, op: str, ms: float) -> None:
+        pass
+
+    def fetched(self, key: str) -> None:
+        pass
+
+    def item_started(self, item: Any, t: float) -> None:
+        pass
+
+    def item_finished(self, item: Any, t: float) -> None:
+        pass
+
+    def window(self, reader: str) -> dict[str, Any]:
+        return {"interval": 0.0, "cpu": 0.0, "keys": {"distinct": 0, "fetches": 0, "top": None, "top_n": 0},
+                "ops": {}}
+
+    def report(self) -> dict[str, float]:
+        return {}
+
+    def publish(self, stats: StatsLike) -> None:
+        pass
 
 
 def parse_report(stats: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from crawlproj.linkfilter import recent_links
 from crawlproj.meta import CANONICAL, KEY, LEASE, OWN_ERRBACK, PARENT, WAKE
 from crawlproj.meta import PARTITION as PART
 from crawlproj.nodeid import node_name
-from crawlproj.observability.timings import Timings
+from crawlproj.observability.extension import timings_of
 from crawlproj.politeness.config import key_kind
 from crawlproj.politeness.gate import PolitenessGate, fetch_ended
 from crawlproj.wire.protocol import check_wire_request
@@ -158,7 +158,7 @@ class DispatcherScheduler(BaseScheduler):
         # when a key may be fetched: the node's one politeness gate (None: Scrapy's slots decide)
         self.gate = gate
         self.engine_ready = False  # engine.crawl() may be used to wake the engine only once open
-        self.timings = Timings.of(crawler)
+        self.timings = timings_of(crawler)
         self.timings.open_reader("report")  # read by _send_stats
         self._ping_sent = 0.0  # perf_counter of the last heartbeat: its answer times the round trip
         self.lease_timeout = 0.0  # the dispatcher's, from its welcome: a lease held longer goes back

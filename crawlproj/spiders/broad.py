@@ -5,7 +5,7 @@
     scrapy crawl broad -a seeds=redis               # the list or set "broad:start_urls"
 
 Arguments (``-a``) override the matching ``BROAD_*`` settings: ``scope``, ``allowed_domains``,
-``allow``, ``deny`` (comma lists) and ``max_depth`` (default: Scrapy's ``DEPTH_LIMIT``; here 0
+``allow``, ``deny`` (lists as settings take them: comma-separated, or a JSON list) and ``max_depth`` (default: Scrapy's ``DEPTH_LIMIT``; here 0
 means "the seeds only", where ``DEPTH_LIMIT = 0`` means no limit).
 """
 
@@ -17,30 +17,26 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import scrapy
 from scrapy.http import Response, TextResponse
 
 from crawlproj.items import PageItem
-from crawlproj.linkfilter import recent_links
+from crawlproj.linkfilter import RecentSet, recent_links
 from crawlproj.meta import CANONICAL
-from crawlproj.setting_checks import HEADER_NAME
+from crawlproj.setting_checks import HEADER_NAME, list_setting, parse_list
 from crawlproj.wire.urls import BadURL, canonicalize, host_of, registered_domain
+
+if TYPE_CHECKING:
+    from scrapy.settings import BaseSettings
 
 logger = logging.getLogger(__name__)
 
 SCOPES = ("domain", "allowed", "any")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
-def _split(value: str | list[str] | None) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return list(value)
 
 
 def _seed_url(raw: str) -> str:
@@ -54,74 +50,102 @@ def _seed_url(raw: str) -> str:
     return canonicalize(raw)
 
 
+def _compile(setting: str, patterns: list[str]) -> tuple[re.Pattern[str], ...]:
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise ValueError(f"{setting}: expected regular expressions, got {pattern!r} ({exc})") from exc
+    return tuple(compiled)
+
+
+def _list(settings: BaseSettings, name: str, arg_name: str, arg: str | None) -> list[str]:
+    """A list setting, or the spider argument that overrides it when given and not empty."""
+    return parse_list(f"-a {arg_name}", arg, str) or list_setting(settings, name, str)
+
+
+@dataclass(frozen=True)
+class BroadConfig:
+    """The BROAD_* settings, each overridden by its spider argument (``-a scope=any``)."""
+
+    scope: str
+    scope_domains: frozenset[str]
+    allow_res: tuple[re.Pattern[str], ...]
+    deny_res: tuple[re.Pattern[str], ...]
+    item_headers: tuple[str, ...]
+    redis_url: str
+    redis_key: str
+    max_depth: int | None
+
+    @classmethod
+    def from_settings(cls, settings: BaseSettings, spider_name: str = "broad", scope: str | None = None,
+                      allowed_domains: str | None = None, allow: str | None = None, deny: str | None = None,
+                      max_depth: str | None = None) -> BroadConfig:
+        scope = (scope or settings.get("BROAD_SCOPE")).lower()
+        if scope not in SCOPES:
+            raise ValueError(f"BROAD_SCOPE (or -a scope): expected one of {SCOPES}, got {scope!r}")
+        domains = frozenset(d.lower().lstrip(".") for d in
+                            _list(settings, "BROAD_ALLOWED_DOMAINS", "allowed_domains", allowed_domains))
+        for domain in domains:
+            if not domain or any(c.isspace() or c in "/:@?#" for c in domain):
+                raise ValueError(f"BROAD_ALLOWED_DOMAINS (or -a allowed_domains): expected domain names like "
+                                 f"'example.com', got {domain!r}")
+        allow_res = _compile("BROAD_ALLOW", _list(settings, "BROAD_ALLOW", "allow", allow))
+        deny_res = _compile("BROAD_DENY", _list(settings, "BROAD_DENY", "deny", deny))
+        item_headers = tuple(list_setting(settings, "BROAD_ITEM_HEADERS", str))
+        for header in item_headers:
+            if not HEADER_NAME.match(header):
+                raise ValueError(f"BROAD_ITEM_HEADERS: expected HTTP header names, got {header!r}")
+        redis_url = settings.get("BROAD_REDIS_URL")
+        if not isinstance(redis_url, str) or not redis_url.startswith(REDIS_SCHEMES):
+            raise ValueError(f"BROAD_REDIS_URL: expected a redis://, rediss:// or unix:// URL, got {redis_url!r}")
+        key = settings.get("BROAD_REDIS_START_URLS_KEY")
+        try:
+            redis_key = str(key) % {"name": spider_name}
+        except (KeyError, ValueError, TypeError):
+            raise ValueError(f"BROAD_REDIS_START_URLS_KEY: expected a key where %(name)s may stand for the "
+                             f"spider's name, got {key!r}") from None
+        depth: int | None = settings.getint("DEPTH_LIMIT") or None  # Scrapy: 0 = no limit
+        if max_depth is not None:
+            try:
+                depth = int(max_depth)
+            except ValueError:
+                raise ValueError(f"-a max_depth: expected an integer, got {max_depth!r}") from None
+            if depth < 0:
+                raise ValueError(f"-a max_depth: expected >= 0, got {depth}")
+        if scope == "allowed" and not domains:
+            raise ValueError("BROAD_SCOPE is 'allowed' but BROAD_ALLOWED_DOMAINS (-a allowed_domains) is empty")
+        return cls(scope, domains, allow_res, deny_res, item_headers, redis_url, redis_key, depth)
+
+
 class BroadSpider(scrapy.Spider):
     name = "broad"
     # Error pages become items too; redirects stay with RedirectMiddleware.
     handle_httpstatus_list = list(range(400, 600))
+    config: BroadConfig
+    _recent: RecentSet | None = None
 
     def __init__(self, seeds: str | None = None, scope: str | None = None,
                  allowed_domains: str | None = None, allow: str | None = None,
                  deny: str | None = None, max_depth: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.seeds_arg = seeds
-        self.scope_arg = scope
-        self.allowed_arg = allowed_domains
-        self.allow_arg = allow
-        self.deny_arg = deny
-        self.max_depth_arg = max_depth
+        self.overrides = {"scope": scope, "allowed_domains": allowed_domains, "allow": allow, "deny": deny,
+                          "max_depth": max_depth}
 
     @classmethod
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> BroadSpider:
         spider = super().from_crawler(crawler, *args, **kwargs)
-        spider._configure(crawler.settings)
+        spider.config = BroadConfig.from_settings(crawler.settings, spider.name, **spider.overrides)
         return spider
 
-    def _configure(self, settings: Any) -> None:
-        self.scope = (self.scope_arg or settings.get("BROAD_SCOPE")).lower()
-        if self.scope not in SCOPES:
-            raise ValueError(f"BROAD_SCOPE (or -a scope): expected one of {SCOPES}, got {self.scope!r}")
-        self.scope_domains = {d.lower().lstrip(".") for d in
-                              (_split(self.allowed_arg) or settings.getlist("BROAD_ALLOWED_DOMAINS"))}
-        for domain in self.scope_domains:
-            if not domain or any(c.isspace() or c in "/:@?#" for c in domain):
-                raise ValueError(f"BROAD_ALLOWED_DOMAINS (or -a allowed_domains): expected domain names like "
-                                 f"'example.com', got {domain!r}")
-        self.allow_res = self._compile("BROAD_ALLOW", _split(self.allow_arg) or settings.getlist("BROAD_ALLOW"))
-        self.deny_res = self._compile("BROAD_DENY", _split(self.deny_arg) or settings.getlist("BROAD_DENY"))
-        self.item_headers = settings.getlist("BROAD_ITEM_HEADERS")
-        for header in self.item_headers:
-            if not HEADER_NAME.match(header):
-                raise ValueError(f"BROAD_ITEM_HEADERS: expected HTTP header names, got {header!r}")
-        self.recent = recent_links(self.crawler)
-        self.redis_url = settings.get("BROAD_REDIS_URL")
-        if not isinstance(self.redis_url, str) or not self.redis_url.startswith(REDIS_SCHEMES):
-            raise ValueError(f"BROAD_REDIS_URL: expected a redis://, rediss:// or unix:// URL, got {self.redis_url!r}")
-        key = settings.get("BROAD_REDIS_START_URLS_KEY")
-        try:
-            self.redis_key = str(key) % {"name": self.name}
-        except (KeyError, ValueError, TypeError):
-            raise ValueError(f"BROAD_REDIS_START_URLS_KEY: expected a key where %(name)s may stand for the "
-                             f"spider's name, got {key!r}") from None
-        self.max_depth: int | None = settings.getint("DEPTH_LIMIT") or None  # Scrapy: 0 = no limit
-        if self.max_depth_arg is not None:
-            try:
-                self.max_depth = int(self.max_depth_arg)
-            except ValueError:
-                raise ValueError(f"-a max_depth: expected an integer, got {self.max_depth_arg!r}") from None
-            if self.max_depth < 0:
-                raise ValueError(f"-a max_depth: expected >= 0, got {self.max_depth}")
-        if self.scope == "allowed" and not self.scope_domains:
-            raise ValueError("BROAD_SCOPE is 'allowed' but BROAD_ALLOWED_DOMAINS (-a allowed_domains) is empty")
-
-    @staticmethod
-    def _compile(setting: str, patterns: list[str]) -> list[re.Pattern[str]]:
-        compiled = []
-        for pattern in patterns:
-            try:
-                compiled.append(re.compile(pattern))
-            except re.error as exc:
-                raise ValueError(f"{setting}: expected regular expressions, got {pattern!r} ({exc})") from exc
-        return compiled
+    @property
+    def recent(self) -> RecentSet:
+        """Links this process saw lately (the RecentLinks extension, shared with the scheduler)."""
+        if self._recent is None:
+            self._recent = recent_links(self.crawler)
+        return self._recent
 
     # -- seeds ------------------------------------------------------------------------------------
 
@@ -147,11 +171,11 @@ class BroadSpider(scrapy.Spider):
         if not arg:
             return []
         if arg == "redis" or arg.startswith(("redis://", "rediss://", "unix://")):
-            return await self._redis_seeds(self.redis_url if arg == "redis" else arg)
+            return await self._redis_seeds(self.config.redis_url if arg == "redis" else arg)
         if "://" not in arg and os.path.exists(arg):
             with open(arg, encoding="utf-8") as f:
                 return [line for line in (raw.strip() for raw in f) if line and not line.startswith("#")]
-        return _split(arg)
+        return parse_list("-a seeds", arg, str)
 
     async def _redis_seeds(self, url: str) -> list[str]:
         # redis.asyncio runs on the asyncio reactor's loop: no thread, no blocking call.
@@ -159,15 +183,15 @@ class BroadSpider(scrapy.Spider):
 
         client = aioredis.Redis.from_url(url)
         try:
-            kind = (await client.type(self.redis_key)).decode()
+            kind = (await client.type(self.config.redis_key)).decode()
             if kind == "list":
-                raw = await client.lpop(self.redis_key, await client.llen(self.redis_key))
+                raw = await client.lpop(self.config.redis_key, await client.llen(self.config.redis_key))
             elif kind == "set":
-                raw = await client.spop(self.redis_key, await client.scard(self.redis_key))
+                raw = await client.spop(self.config.redis_key, await client.scard(self.config.redis_key))
             elif kind == "none":
                 raw = []
             else:
-                raise ValueError(f"Redis key {self.redis_key!r} is a {kind}, expected a list or a set")
+                raise ValueError(f"Redis key {self.config.redis_key!r} is a {kind}, expected a list or a set")
         finally:
             await client.aclose()
         return [r.decode("utf-8", "replace") for r in raw or []]
@@ -175,17 +199,17 @@ class BroadSpider(scrapy.Spider):
     # -- pages ------------------------------------------------------------------------------------
 
     def in_scope(self, url: str, page_domain: str) -> bool:
-        if self.scope == "any":
+        if self.config.scope == "any":
             return True
         host = host_of(url)
-        if self.scope == "domain" and registered_domain(host) == page_domain:
+        if self.config.scope == "domain" and registered_domain(host) == page_domain:
             return True
-        return any(host == d or host.endswith("." + d) for d in self.scope_domains)
+        return any(host == d or host.endswith("." + d) for d in self.config.scope_domains)
 
     def wanted(self, url: str) -> bool:
-        if self.allow_res and not any(r.search(url) for r in self.allow_res):
+        if self.config.allow_res and not any(r.search(url) for r in self.config.allow_res):
             return False
-        return not any(r.search(url) for r in self.deny_res)
+        return not any(r.search(url) for r in self.config.deny_res)
 
     def extract_links(self, response: TextResponse) -> list[str]:
         return response.xpath("//a/@href").getall()
@@ -197,7 +221,7 @@ class BroadSpider(scrapy.Spider):
         if is_html and response.status == 200:
             links = self.extract_links(response)  # type: ignore[arg-type]
         yield self.make_item(response, len(links))
-        if self.max_depth is not None and response.meta.get("depth", 0) >= self.max_depth:
+        if self.config.max_depth is not None and response.meta.get("depth", 0) >= self.config.max_depth:
             return
         page_domain = registered_domain(host_of(response.url)) if links else ""
         stats = self.crawler.stats
@@ -236,7 +260,7 @@ class BroadSpider(scrapy.Spider):
                 title = None
         redirects = response.request.meta.get("redirect_urls") if response.request else None
         headers = {}
-        for name in self.item_headers:
+        for name in self.config.item_headers:
             value = response.headers.get(name)
             if value is not None:
                 headers[name] = value.decode("latin-1")

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from scrapy.resolver import CachingThreadedResolver
 from twisted.internet import defer
 
+from crawlproj.setting_checks import list_setting
+
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
@@ -22,7 +24,7 @@ RESOLVER = f"{__name__}.SyntheticResolver"
 
 def resolve_config(settings: BaseSettings) -> tuple[tuple[str, ...], str]:
     """(``SYNTHWEB_RESOLVE_SUFFIXES``, ``SYNTHWEB_RESOLVE_ADDRESS``); ValueError naming the bad one."""
-    suffixes = tuple(s.lower().lstrip(".") for s in settings.getlist("SYNTHWEB_RESOLVE_SUFFIXES"))
+    suffixes = tuple(s.lower().lstrip(".") for s in list_setting(settings, "SYNTHWEB_RESOLVE_SUFFIXES", str))
     for suffix in suffixes:
         if not suffix or any(c.isspace() or c in "/:@" for c in suffix):
             raise ValueError(f"SYNTHWEB_RESOLVE_SUFFIXES: expected domain suffixes like ['test'], "

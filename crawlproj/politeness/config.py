@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crawlproj.nodeid import node_name
-from crawlproj.setting_checks import check_setting, float_at_least, int_at_least, positive_float, typed_setting
+from crawlproj.setting_checks import (
+    bool_setting,
+    check_setting,
+    dict_setting,
+    float_at_least,
+    int_at_least,
+    positive_float,
+    typed_setting,
+)
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -31,7 +39,7 @@ def key_kind(settings: BaseSettings) -> str:
 
 def throttle_enabled(settings: BaseSettings) -> bool:
     """ROBOTS_THROTTLE_ENABLED: robots.txt and politeness by crawlproj (else Scrapy's robots.txt)."""
-    return bool(typed_setting(settings, "ROBOTS_THROTTLE_ENABLED", settings.getbool, "a boolean"))
+    return bool_setting(settings, "ROBOTS_THROTTLE_ENABLED")
 
 
 def state_file_source(settings: BaseSettings) -> str:
@@ -66,7 +74,7 @@ class PolitenessConfig:
         raw_delay = settings.get("ROBOTS_THROTTLE_DELAY")
         delay = float_at_least(settings, "DOWNLOAD_DELAY" if raw_delay in (None, "", "None")
                                else "ROBOTS_THROTTLE_DELAY")
-        raw_key_delays = typed_setting(settings, "ROBOTS_THROTTLE_KEY_DELAYS", settings.getdict,
+        raw_key_delays = dict_setting(settings, "ROBOTS_THROTTLE_KEY_DELAYS",
                                        "a dict {politeness key: seconds}")
         key_delays: dict[str, float] = {}
         for key, value in raw_key_delays.items():
@@ -93,7 +101,7 @@ class PolitenessConfig:
             delay=delay,
             key_delays=key_delays,
             crawl_delay_max=float_at_least(settings, "ROBOTS_CRAWL_DELAY_MAX"),
-            adaptive=typed_setting(settings, "ROBOTS_THROTTLE_ADAPTIVE", settings.getbool, "a boolean"),
+            adaptive=bool_setting(settings, "ROBOTS_THROTTLE_ADAPTIVE"),
             adaptive_factor=factor,
             adaptive_max_delay=float_at_least(settings, "ROBOTS_THROTTLE_ADAPTIVE_MAX_DELAY"),
             ttl=ttl,

@@ -26,7 +26,6 @@ allowed (the test harness's synthetic-web add-on adds 127.0.0.1 there; nothing e
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
@@ -34,7 +33,7 @@ from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 
-from crawlproj.setting_checks import typed_setting
+from crawlproj.setting_checks import bool_setting, list_setting
 
 if TYPE_CHECKING:
     from scrapy import Request
@@ -116,13 +115,10 @@ def network_list(settings: BaseSettings, name: str) -> list[IPNetwork]:
     """The list setting ``name`` of CIDRs (a list, a comma list or a JSON list); ValueError naming it."""
     raw = settings.get(name)
     try:
-        # a list, a comma-separated string, or a JSON list (as `-s NAME=[...]` gives it)
-        values = json.loads(raw) if isinstance(raw, str) and raw.lstrip().startswith("[") else settings.getlist(name)
-    except (TypeError, ValueError):
+        values: list[str] | None = list_setting(settings, name, str)
+    except ValueError:
         values = None
-    if not isinstance(values, list):
-        values = None
-    if values is None or not all(isinstance(v, str) for v in values):
+    if values is None:
         raise ValueError(f"{name}: expected a list of networks like ['10.1.0.0/16', '::1/128'], got {raw!r}")
     networks = []
     for value in values:
@@ -142,7 +138,7 @@ class _Guard:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Any:
-        if not typed_setting(crawler.settings, "SSRF_ENABLED", crawler.settings.getbool, "a boolean"):
+        if not bool_setting(crawler.settings, "SSRF_ENABLED"):
             raise NotConfigured("SSRF_ENABLED is off")
         return cls(crawler, AddressPolicy.from_settings(crawler.settings))
 

@@ -38,7 +38,7 @@ from scrapy.exceptions import DownloadCancelledError, IgnoreRequest, NotConfigur
 from scrapy.utils.httpobj import urlparse_cached
 
 from crawlproj.meta import DEPTH, REDIRECT_URLS, RETRY_TIMES, ROBOTS_FETCH
-from crawlproj.setting_checks import int_at_least, typed_setting
+from crawlproj.setting_checks import bool_setting, int_at_least
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -70,7 +70,7 @@ class TrapGuardMiddleware:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> TrapGuardMiddleware:
         s = crawler.settings
-        if not typed_setting(s, "TRAP_GUARD_ENABLED", s.getbool, "a boolean"):
+        if not bool_setting(s, "TRAP_GUARD_ENABLED"):
             raise NotConfigured("TRAP_GUARD_ENABLED is off")
         return cls(crawler, _cap(s, "URLLENGTH_LIMIT"), _cap(s, "TRAP_MAX_DEPTH"),
                    _cap(s, "TRAP_MAX_SEGMENT_REPEATS"), _cap(s, "TRAP_MAX_PAGES_PER_HOST"),

@@ -37,8 +37,10 @@ from common import save  # noqa: E402
 import zmq  # noqa: E402
 
 from crawlproj.tools.dispatcher_process import DispatcherProcess  # noqa: E402
-from crawlproj.dispatcher.server import Config, Dispatcher, Node  # noqa: E402
-from crawlproj.wire.protocol import decode_from_dispatcher, encode  # noqa: E402
+from crawlproj.dispatcher.config import Config  # noqa: E402
+from crawlproj.dispatcher.core import Node  # noqa: E402
+from crawlproj.dispatcher.service import Dispatcher  # noqa: E402
+from crawlproj.wire.protocol import UNKNOWN_NODE, decode_from_dispatcher, encode  # noqa: E402
 from crawlproj.wire.urls import canonicalize, partition_of, politeness_key  # noqa: E402
 
 P = 1024
@@ -135,7 +137,7 @@ def worker(endpoint: str, first: int, count: int, dup: float, salt: str) -> None
                     s.send(encode("pull", node=name, credit=len(lids)))
                 elif t == "revoke":
                     s.send(encode("handoff", node=name, partitions=msg["partitions"], state={}))
-                elif t == "error" and "register" in msg["reason"]:
+                elif t == "error" and msg["code"] == UNKNOWN_NODE:
                     s.send(encode("register", node=name, pid=os.getpid(), host="bench",
                                   capacity=CREDIT))
         now = time.monotonic()

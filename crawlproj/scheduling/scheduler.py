@@ -629,9 +629,10 @@ class DispatcherScheduler(BaseScheduler):
             asyncio.ensure_future(engine.close_spider_async(reason="finished"))
 
     def _on_error(self, msg: dict[str, Any]) -> None:
-        reason = str(msg.get("reason"))
-        logger.warning("Dispatcher refused a message: %s", reason)
-        if "register" in reason:
+        from crawlproj.wire.protocol import UNKNOWN_NODE  # (beside check_wire_request once merged)
+
+        logger.warning("Dispatcher refused a message: %s", msg["reason"])
+        if msg["code"] == UNKNOWN_NODE:
             self.registered = False
             self._register()
 

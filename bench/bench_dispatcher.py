@@ -40,6 +40,7 @@ from crawlproj.tools.dispatcher_process import DispatcherProcess  # noqa: E402
 from crawlproj.dispatcher.config import Config  # noqa: E402
 from crawlproj.dispatcher.core import Node  # noqa: E402
 from crawlproj.dispatcher.service import Dispatcher  # noqa: E402
+from crawlproj.observability.dispatcher import DispatcherObserver  # noqa: E402
 from crawlproj.wire.protocol import UNKNOWN_NODE, decode_from_dispatcher, encode  # noqa: E402
 from crawlproj.wire.urls import canonicalize, partition_of, politeness_key  # noqa: E402
 
@@ -211,7 +212,9 @@ def micro(workdir: Path) -> dict[str, Any]:
     reqs = [space.new() for _ in range(MICRO_URLS)]
     frames = [encode("push", node="n", requests=reqs[i:i + PUSH_CHUNK])
               for i in range(0, len(reqs), PUSH_CHUNK)]
-    disp = Dispatcher(Config(store=str(workdir / "micro-store"), partitions=P))
+    # with the instrument the service runs with (crawlproj dispatcher): its timings are in the path
+    disp = Dispatcher(Config(store=str(workdir / "micro-store"), partitions=P),
+                      instrument=DispatcherObserver())
     disp.nodes["n"] = Node(name="n", identity=b"n")
 
     def run() -> float:

@@ -57,8 +57,8 @@ def _env(name: str, default: Any, kind: Callable[[str], Any] = str) -> Any:
     try:
         return kind(value)
     except ValueError:
-        raise ConfigError(f"{var}: expected {getattr(kind, '__name__', 'a value')}, "
-                          f"got {value!r}") from None
+        expected = {int: "an integer", float: "a number"}.get(kind, "a value")
+        raise ConfigError(f"{var}: expected {expected}, got {value!r}") from None
 
 
 def _env_bool(name: str) -> bool:

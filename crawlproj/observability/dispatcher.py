@@ -18,14 +18,16 @@ import resource
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crawlproj.dispatcher.instrument import Instrument, State
 from crawlproj.politeness.timing import LatencySampler
 
-from .http import StatusHTTPServer
 from .series import Series
 from .timings import DISPATCHER_OPERATIONS, STATS_PREFIX, WINDOW_TAG, parse_report
+
+if TYPE_CHECKING:
+    from .http import StatusHTTPServer
 
 logger = logging.getLogger("crawlproj.timing")
 
@@ -219,6 +221,8 @@ class DispatcherObserver(Instrument):
 
     def start_http(self, host: str, port: int) -> str:
         """Serve the HTTP API on ``host:port`` (0: a free port); its URL. Call after attach()."""
+        from .http import StatusHTTPServer  # prometheus-client and http.server only when asked
+
         self.http = StatusHTTPServer(self, host, port)
         self.http_url = self.http.start()
         if self._source is not None:

@@ -37,8 +37,11 @@ from common import save  # noqa: E402
 import zmq  # noqa: E402
 
 from crawlproj.tools.dispatcher_process import DispatcherProcess  # noqa: E402
-from crawlproj.dispatcher.server import Config, Dispatcher, Node  # noqa: E402
-from crawlproj.wire.protocol import decode_from_dispatcher, encode  # noqa: E402
+from crawlproj.dispatcher.config import Config  # noqa: E402
+from crawlproj.dispatcher.core import Node  # noqa: E402
+from crawlproj.dispatcher.service import Dispatcher  # noqa: E402
+from crawlproj.observability.dispatcher import DispatcherObserver  # noqa: E402
+from crawlproj.wire.protocol import UNKNOWN_NODE, decode_from_dispatcher, encode  # noqa: E402
 from crawlproj.wire.urls import canonicalize, partition_of, politeness_key  # noqa: E402
 
 P = 1024
@@ -135,7 +138,7 @@ def worker(endpoint: str, first: int, count: int, dup: float, salt: str) -> None
                     s.send(encode("pull", node=name, credit=len(lids)))
                 elif t == "revoke":
                     s.send(encode("handoff", node=name, partitions=msg["partitions"], state={}))
-                elif t == "error" and "register" in msg["reason"]:
+                elif t == "error" and msg["code"] == UNKNOWN_NODE:
                     s.send(encode("register", node=name, pid=os.getpid(), host="bench",
                                   capacity=CREDIT))
         now = time.monotonic()
@@ -209,7 +212,9 @@ def micro(workdir: Path) -> dict[str, Any]:
     reqs = [space.new() for _ in range(MICRO_URLS)]
     frames = [encode("push", node="n", requests=reqs[i:i + PUSH_CHUNK])
               for i in range(0, len(reqs), PUSH_CHUNK)]
-    disp = Dispatcher(Config(store=str(workdir / "micro-store"), partitions=P))
+    # with the instrument the service runs with (crawlproj dispatcher): its timings are in the path
+    disp = Dispatcher(Config(store=str(workdir / "micro-store"), partitions=P),
+                      instrument=DispatcherObserver())
     disp.nodes["n"] = Node(name="n", identity=b"n")
 
     def run() -> float:

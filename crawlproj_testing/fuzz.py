@@ -29,21 +29,29 @@ from typing import Any
 import msgpack
 import zmq
 
-from crawlproj.dispatcher.seeds import wire_seed
-from crawlproj.wire.protocol import PROTOCOL_VERSION, ProtocolError, decode_from_dispatcher, decode_from_node, encode
+from crawlproj.wire.protocol import (
+    BAD_FRAME,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    decode_from_dispatcher,
+    decode_from_node,
+    encode,
+    routed_request,
+)
 
 KINDS = ("mutated", "confused", "random", "deep", "huge")
 MAX_RANDOM_BYTES = 4096
 DEEP_LEVELS = (100, 1000, 10_000, 100_000)
 
 
-def wire_request(url: str, partitions: int, **extra: Any) -> dict[str, Any]:
-    return {**wire_seed(url, partitions, "domain"), **extra}
+def wire_request(url: str, partitions: int, **options: Any) -> dict[str, Any]:
+    """A valid wire request of ``url`` (keyed by domain); ``options`` as for routed_request."""
+    return routed_request(url, partitions, "domain", **options)
 
 
 def node_messages(node: str, partitions: int, host: str = "fuzz.test") -> list[dict[str, Any]]:
     """One valid message of every type a node sends (as field maps with ``t``)."""
-    reqs = [wire_request(f"http://{host}/page/{i}", partitions, pr=i % 3, d=1) for i in range(3)]
+    reqs = [wire_request(f"http://{host}/page/{i}", partitions, priority=i % 3, depth=1) for i in range(3)]
     return [
         {"t": "register", "node": node, "pid": 4242, "host": "fuzz-host", "capacity": 16},
         {"t": "heartbeat", "node": node},
@@ -69,7 +77,7 @@ def dispatcher_messages(node: str, partitions: int, host: str = "fuzz.test") -> 
         {"t": "assign", "partitions": [0], "state": {}},
         {"t": "revoke", "partitions": [1]},
         {"t": "finished"},
-        {"t": "error", "reason": "bad frame (fuzz): nothing"},
+        {"t": "error", "code": BAD_FRAME, "reason": "bad frame (fuzz): nothing"},
         {"t": "state", "state": {"frontier": 0}},
     ]
 

@@ -3,7 +3,7 @@
 A :class:`SimNode` is one DEALER (routing id = node name) that registers, asks for credit,
 receives batches, "crawls" a leased URL by computing its links with a function (for example
 over the link structure of a :class:`crawlproj_testing.synthweb.model.Web`, no HTTP), pushes them as wire
-requests built with :mod:`crawlproj.wire.urls`, acks, and follows revoke / assign / finished. It
+requests built with :func:`crawlproj.wire.protocol.routed_request`, acks, and follows revoke / assign / finished. It
 keeps a record of everything it saw so tests can check the dispatcher's guarantees.
 
 :func:`drive` runs several nodes from one :class:`zmq.Poller` until a condition holds.
@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
-from crawlproj.wire.protocol import ProtocolError, decode_from_dispatcher, encode
-from crawlproj_testing.synthweb.model import Web
-from crawlproj.wire.urls import canonicalize, fingerprint, partition_of, politeness_key
-
 from crawlproj.dispatcher.errors import DispatcherError
+from crawlproj.wire.protocol import UNKNOWN_NODE, ProtocolError, decode_from_dispatcher, encode, routed_request
+from crawlproj.wire.urls import canonicalize
+from crawlproj_testing.synthweb.model import Web
 
 PUSH_CHUNK = 1000  # wire requests per push frame
-UNKNOWN_NODE = "unknown node: register"
 DEFAULT_CAPACITY = 50
 STATS_EVERY = 1.0  # seconds between two "stats" messages in drive()
 
@@ -57,13 +55,13 @@ class SimNode:
         self.welcomes: list[dict[str, Any]] = []
         self.assigns: list[tuple[list[int], dict[Any, Any]]] = []
         self.revokes: list[list[int]] = []
-        self.errors: list[str] = []
+        self.errors: list[str] = []  # the reasons of "error" messages
+        self.error_codes: list[str] = []
         self.leased: list[tuple[int, str]] = []  # (lease id, url) of every request received
         self.acked: list[str] = []
         self.violations: list[tuple[int, int]] = []  # (lease id, partition) received unowned
         self.max_batch_over_credit = 0  # > 0 means the dispatcher sent more than asked
         self.state: dict[str, Any] = {"from": name}  # the "politeness state" handed off
-        self._pcache: dict[str, int] = {}
 
     # -- sending -----------------------------------------------------------------------------------
 
@@ -81,21 +79,13 @@ class SimNode:
         self.outstanding += credit
         self.send("pull", node=self.name, credit=credit)
 
-    def wire(self, url: str, **extra: Any) -> dict[str, Any]:
+    def wire(self, url: str) -> dict[str, Any]:
         """The wire request of ``url``, as a node computes it (canonical URL, fp, key, partition)."""
-        canonical = canonicalize(url)
-        key = politeness_key(canonical, self.key_by)
-        part = self._pcache.get(key)
-        if part is None:
-            part = self._pcache[key] = partition_of(key, self.partitions)
-        return {"u": canonical, "f": fingerprint(canonical), "k": key, "p": part, **extra}
+        return routed_request(url, self.partitions, self.key_by)
 
     def push(self, requests: list[dict[str, Any]]) -> None:
         for start in range(0, len(requests), PUSH_CHUNK):
             self.send("push", node=self.name, requests=requests[start:start + PUSH_CHUNK])
-
-    def push_urls(self, urls: Iterable[str]) -> None:
-        self.push([self.wire(u) for u in urls])
 
     def ack(self, leases: list[int]) -> None:
         for lid in leases:
@@ -183,7 +173,8 @@ class SimNode:
             self.epoch = msg["epoch"]
         elif mtype == "error":
             self.errors.append(msg["reason"])
-            if msg["reason"] == UNKNOWN_NODE and self.registered and not self.stopped:
+            self.error_codes.append(msg["code"])
+            if msg["code"] == UNKNOWN_NODE and self.registered and not self.stopped:
                 # The dispatcher restarted: forget partitions and leases, register again.
                 self.owned.clear()
                 self.leases.clear()

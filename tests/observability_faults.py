@@ -8,6 +8,8 @@ process loads by dotted path when its settings name them. Test-only; never in cr
 - CpuHeavySpider: the broad spider with a callback that burns CPU first.
 - HangingSpider: the broad spider whose callback never returns for the pages of one host
   (tests/test_cluster.py: a revoked partition is handed off anyway).
+- SlowDispatcher: the dispatcher service, sleeping before it handles each message but "status"
+  (run by tests/slow_dispatcher.py, the drills' dispatcher module).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from scrapy.exceptions import NotConfigured
 from scrapy.utils.defer import maybe_deferred_to_future
 from twisted.internet.threads import deferToThreadPool
 
+from crawlproj.dispatcher.service import Dispatcher
 from crawlproj.politeness.gate import PolitenessGate
 from crawlproj.setting_checks import positive_float
 from crawlproj.spiders.broad import BroadSpider
@@ -127,3 +130,17 @@ class HangingSpider(BroadSpider):
             await asyncio.get_running_loop().create_future()  # never set
         for output in super().parse(response, **kwargs):
             yield output
+
+
+class SlowDispatcher(Dispatcher):
+    """The dispatcher, ``message_delay`` seconds slower per message (status answers stay fast)."""
+
+    def __init__(self, *args: Any, message_delay: float, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.message_delay = message_delay
+
+    def handle_message(self, mtype: str, identity: bytes, envelope: list[bytes],
+                       msg: dict[str, Any]) -> None:
+        if mtype != "status":
+            time.sleep(self.message_delay)  # the planted fault, inside the timed handling
+        super().handle_message(mtype, identity, envelope, msg)

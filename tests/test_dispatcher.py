@@ -24,9 +24,15 @@ from crawlproj.dispatcher.errors import StartError
 from crawlproj.dispatcher.frontier import Frontier
 from crawlproj.dispatcher.partitions import Rendezvous, rendezvous_owner
 from crawlproj.tools.dispatcher_process import DispatcherProcess
-from crawlproj.dispatcher.server import encode_batch
 from crawlproj_testing.simnode import SimNode, drive, web_links, web_reachable
-from crawlproj.wire.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, decode_from_dispatcher, encode
+from crawlproj.wire.protocol import (
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    UNKNOWN_NODE,
+    decode_from_dispatcher,
+    encode,
+    encode_batch,
+)
 from crawlproj_testing.synthweb.model import Web, WebSpec
 from crawlproj.wire.urls import canonicalize, fingerprint, partition_of
 
@@ -308,7 +314,7 @@ def test_kill_9_mid_crawl_then_restart_resumes(dispatcher, nodes, web, seeds, tr
     state = d.status()
     assert state["epoch"] == 2 and state["frontier"] == 0 and state["finished"]
     assert state["seen"] == len(truth)
-    assert any("unknown node: register" in n.errors for n in crew)
+    assert any(UNKNOWN_NODE in n.error_codes for n in crew)
 
 
 def test_bad_frames_are_counted_dropped_and_the_service_keeps_serving(

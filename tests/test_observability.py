@@ -27,7 +27,7 @@ from conftest import wait_until
 from crawlproj import settings as project_settings
 from crawlproj.tools.cli import main as crawlproj_main
 from crawlproj.tools.cluster import Cluster
-from crawlproj.tools.dispatcher_process import DispatcherProcess
+from crawlproj.tools.dispatcher_process import DISPATCHER_MODULE, DispatcherProcess
 from crawlproj.observability.analysis import read_logs, windows
 from crawlproj.observability.diagnose import diagnose
 from crawlproj.observability.extension import (ParseTimingMiddleware, TimingsConfig, TimingsExtension,
@@ -525,7 +525,8 @@ DRILLS: dict[str, dict[str, Any]] = {
         "FAULT_LOOKUP_MS_PER_1K": 12, "ROBOTS_CACHE_MEMORY": 1, "ROBOTS_THROTTLE_MEMORY": 1,
         "ROBOTS_STORE_FLUSH_INTERVAL": 0.05}},
     "hot_domain": {"expect": "politeness", "spec": HOT},
-    "dispatcher": {"expect": "dispatcher", "dispatcher_args": ("--test-message-delay", "0.03")},
+    "dispatcher": {"expect": "dispatcher", "dispatcher_module": "slow_dispatcher",
+                   "dispatcher_args": ("--message-delay", "0.03")},
     "cpu": {"expect": "cpu", "spider": "cpuheavy", "settings": {"FAULT_PARSE_BURN_MS": 20}},
 }
 
@@ -551,7 +552,8 @@ def test_fault_drill_diagnose_names_the_planted_cause(drill: str, tmp_path: Path
     workdir = tmp_path / "cluster"
     with Cluster(workdir, seeds, spider=plan.get("spider", "broad"), settings=settings,
                  dispatcher_args=("--partitions", "32", "--timings-interval", "1",
-                                  *plan.get("dispatcher_args", ()))) as cluster:
+                                  *plan.get("dispatcher_args", ())),
+                 dispatcher_module=plan.get("dispatcher_module", DISPATCHER_MODULE)) as cluster:
         cluster.start_node("n1")
         assert cluster.wait(CRAWL_SECONDS + 60), "the node did not stop"
         stats = cluster.node_stats("n1")

@@ -1,5 +1,8 @@
 """The durable frontier and the exact seen-set, in one SQLite file (WAL).
 
+(Over 400 lines on purpose: the in-memory read-ahead and the SQLite tables share one invariant,
+"every unleased row with a key <= bound is in memory", which every method below keeps.)
+
 Tables: ``seen`` (every fingerprint ever accepted, the exact dedup set), ``frontier`` (every
 request not yet acked: row id, partition, negated priority, msgpack wire request) and ``meta``
 (partition count, run epoch, seen count). A request stays in ``frontier`` until it is acked, so
@@ -23,7 +26,8 @@ earlier run, even one whose last transaction was lost in a crash, so a late ack 
 another request's row.
 
 Writes are batched: the caller commits with :meth:`Frontier.maybe_commit` (``commit_interval``
-or ``COMMIT_ROWS``, whichever comes first).
+or ``COMMIT_ROWS``, whichever comes first). Adds, acks and commits are timed through the
+injected :class:`~.instrument.Instrument` (``frontier_add``, ``frontier_ack``, ``frontier_commit``).
 Everything arrives over one socket and is applied in arrival order inside one transaction
 stream, so a node's push of a page's links (sent before that page's ack) is never lost while
 the ack survives.
@@ -43,6 +47,7 @@ from typing import Any
 import msgpack
 
 from .errors import StoreError
+from .instrument import NO_INSTRUMENT, Instrument
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +89,8 @@ class Frontier:
                  readahead: int = DEFAULT_READAHEAD, hot_seen: int = DEFAULT_HOT_SEEN,
                  cache_kib: int = DEFAULT_CACHE_KIB,
                  commit_interval: float = DEFAULT_COMMIT_INTERVAL,
-                 merge_rows: int = DEFAULT_MERGE_ROWS) -> None:
+                 merge_rows: int = DEFAULT_MERGE_ROWS,
+                 instrument: Instrument = NO_INSTRUMENT) -> None:
         if partitions < 1:
             raise StoreError(f"partitions must be >= 1, got {partitions}")
         self.dir = Path(store_dir)
@@ -95,6 +101,7 @@ class Frontier:
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store in {self.dir}: {exc}") from exc
         self.path = self.dir / STORE_FILENAME
+        self.instrument = instrument
         self.readahead = max(1, readahead)
         self.commit_interval = commit_interval
         self.merge_rows = max(1, merge_rows)
@@ -189,6 +196,10 @@ class Frontier:
 
         ``requests`` are validated wire requests (``f`` 20 bytes, ``p`` in range, ``pr`` int).
         """
+        with self.instrument.timed("frontier_add"):
+            return self._add(requests)
+
+    def _add(self, requests: list[dict[str, Any]]) -> tuple[int, list[int]]:
         # Set algebra in C instead of a Python loop: most pushed links are duplicates.
         by_fp = {r["f"]: r for r in requests}
         unknown = by_fp.keys() - self._young
@@ -231,13 +242,14 @@ class Frontier:
 
     def add_forced(self, requests: list[dict[str, Any]]) -> tuple[int, list[int]]:
         """Store requests even if seen before (Scrapy's ``dont_filter``); same return as add()."""
-        if not requests:
-            return 0, []
-        self._begin()
-        fresh = list({r["f"]: None for r in requests if not self._known(r["f"])})
-        if fresh:
-            self._log_new(fresh)
-        return self._store(requests)
+        with self.instrument.timed("frontier_add"):
+            if not requests:
+                return 0, []
+            self._begin()
+            fresh = list({r["f"]: None for r in requests if not self._known(r["f"])})
+            if fresh:
+                self._log_new(fresh)
+            return self._store(requests)
 
     def _store(self, requests: list[dict[str, Any]]) -> tuple[int, list[int]]:
         pack = self._pack
@@ -336,17 +348,18 @@ class Frontier:
 
     def ack_leased(self, acked: list[tuple[int, int]]) -> None:
         """Delete acked rows whose lease is known: (row id, partition) pairs."""
-        if not acked:
-            return
-        self._begin()
-        self.conn.executemany("DELETE FROM frontier WHERE id=?", [(rid,) for rid, _ in acked])
-        parts = self.parts
-        leased = self._leased
-        for rid, p in acked:
-            parts[p].count -= 1
-            leased.discard(rid)
-        self.size -= len(acked)
-        self._txn_rows += len(acked)
+        with self.instrument.timed("frontier_ack"):
+            if not acked:
+                return
+            self._begin()
+            self.conn.executemany("DELETE FROM frontier WHERE id=?", [(rid,) for rid, _ in acked])
+            parts = self.parts
+            leased = self._leased
+            for rid, p in acked:
+                parts[p].count -= 1
+                leased.discard(rid)
+            self.size -= len(acked)
+            self._txn_rows += len(acked)
 
     def ack_unknown(self, rid: int) -> bool:
         """Delete a row acked without a known lease (e.g. leased before a restart)."""
@@ -388,6 +401,10 @@ class Frontier:
     def commit(self) -> None:
         if not self._in_txn:
             return
+        with self.instrument.timed("frontier_commit"):
+            self._commit()
+
+    def _commit(self) -> None:
         if len(self._log) >= self.merge_rows:
             self._merge_log()
         started = time.monotonic()
@@ -429,3 +446,16 @@ class Frontier:
 
     def hot_seen_size(self) -> int:
         return len(self._young) + len(self._old) + len(self._log)
+
+    def available_total(self) -> int:
+        """Rows that can be served now (unacked, not leased), over every partition."""
+        return sum(st.avail for st in self.parts)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The frontier's part of the dispatcher's "state" (sizes, store path, commit timings)."""
+        return {
+            "frontier": self.size, "available": self.available_total(),
+            "memory_rows": self.memory_rows(), "seen": self.seen_count,
+            "hot_seen": self.hot_seen_size(),
+            "store": {"path": str(self.path), "commits": self.commits, **self.timings},
+        }

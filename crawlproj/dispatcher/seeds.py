@@ -1,7 +1,8 @@
 """Seed sources: command line, a file, a Redis key (scrapy-redis convention).
 
-Each yields plain URL strings; the dispatcher canonicalizes them and computes fingerprint, key
-and partition with :mod:`crawlproj.wire.urls`, exactly as the nodes do.
+Each yields plain URL strings; the dispatcher routes them with
+:func:`crawlproj.wire.protocol.routed_request` (canonical URL, fingerprint, key, partition),
+exactly as the nodes do.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from crawlproj.wire.urls import BadURL, canonicalize, fingerprint, partition_of, politeness_key
+from crawlproj.wire.protocol import routed_request
+from crawlproj.wire.urls import BadURL
 
 from .errors import ConfigError
 
@@ -24,10 +26,7 @@ REDIS_TIMEOUT = 5.0  # seconds for one Redis command
 
 def wire_seed(url: str, partitions: int, key_by: str) -> dict[str, Any]:
     """The wire request of a seed URL; raises BadURL."""
-    canonical = canonicalize(url)
-    key = politeness_key(canonical, key_by)
-    return {"u": canonical, "f": fingerprint(canonical), "k": key,
-            "p": partition_of(key, partitions)}
+    return routed_request(url, partitions, key_by)
 
 
 def parse_seed_item(item: bytes | str) -> str | None:

@@ -1,39 +1,38 @@
-"""The dispatcher's side of observability: its own timings, the cluster's time series, the HTTP
-server's snapshot, and the test-only per-message delay.
+"""The dispatcher's side of observability: its own timings, the cluster's time series and the
+HTTP server's snapshot.
 
-Everything here runs on the dispatcher's one thread, from hooks in
-:mod:`crawlproj.dispatcher.server` (``on_stats`` for each node report, ``tick`` from its timers);
-the HTTP server's threads only read what ``tick`` published (a snapshot swapped under a lock and
-the :class:`~crawlproj.observability.series.Series`), so a slow HTTP client never slows the
-poll loop.
+:class:`DispatcherObserver` is the dispatcher's :class:`~crawlproj.dispatcher.instrument.Instrument`
+(``crawlproj dispatcher`` gives it one): the service and its frontier call its hooks on their one
+thread (``timed`` around each timed operation, ``busy`` around the loop's work, ``node_stats`` for
+each node report, ``tick`` from the timers), and it reads the service only through the public
+``state()`` snapshot it was attached to. The HTTP server's threads only read what ``tick``
+published (a snapshot swapped under a lock and the :class:`~crawlproj.observability.series.Series`),
+so a slow HTTP client never slows the poll loop.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import resource
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from crawlproj.dispatcher.instrument import Instrument, State
 from crawlproj.politeness.timing import LatencySampler
 
 from .series import Series
 from .timings import DISPATCHER_OPERATIONS, STATS_PREFIX, WINDOW_TAG, parse_report
 
 if TYPE_CHECKING:
-    from crawlproj.dispatcher.server import Dispatcher
-
     from .http import StatusHTTPServer
 
 logger = logging.getLogger("crawlproj.timing")
 
 READERS = ("tick", "log")
 NODE_FIELDS = ("queued", "inflight", "keys", "owned")
-HTTP_PREFIX = "DISPATCHER HTTP "
 
 
 class _Reader:
@@ -55,20 +54,53 @@ class _Reader:
         return result
 
 
-class DispatcherObserver:
-    def __init__(self, dispatcher: Dispatcher):
-        self.d = dispatcher
-        config = dispatcher.config
-        self.interval = config.series_interval
-        self.log_interval = config.timings_interval
-        self.message_delay = config.test_message_delay
-        self.series = Series(config.series_points)
+class _Timer:
+    """A reusable context manager adding each duration (ms) to a sampler; nests safely."""
+
+    __slots__ = ("add", "starts")
+
+    def __init__(self, sampler: LatencySampler):
+        self.add = sampler.add
+        self.starts: list[float] = []
+
+    def __enter__(self) -> None:
+        self.starts.append(time.perf_counter())
+
+    def __exit__(self, *exc: object) -> None:
+        self.add((time.perf_counter() - self.starts.pop()) * 1000.0)
+
+
+class _Busy:
+    """A reusable context manager adding each duration (s) to the readers' busy time."""
+
+    __slots__ = ("readers", "starts")
+
+    def __init__(self, readers: Iterable[_Reader]):
+        self.readers = tuple(readers)
+        self.starts: list[float] = []
+
+    def __enter__(self) -> None:
+        self.starts.append(time.perf_counter())
+
+    def __exit__(self, *exc: object) -> None:
+        took = time.perf_counter() - self.starts.pop()
+        for reader in self.readers:
+            reader.busy += took
+
+
+class DispatcherObserver(Instrument):
+    def __init__(self, interval: float = 1.0, points: int = 3600, log_interval: float = 60.0):
+        self.interval = interval
+        self.log_interval = log_interval
+        self.series = Series(points)
         self.samplers = {op: LatencySampler(f"{STATS_PREFIX}/{op}") for op in DISPATCHER_OPERATIONS}
         now = time.monotonic()
         for sampler in self.samplers.values():
             for reader in READERS:
                 sampler.take_window(reader)
         self._readers = {reader: _Reader(now) for reader in READERS}
+        self._timers = {op: _Timer(sampler) for op, sampler in self.samplers.items()}
+        self._busy = _Busy(self._readers.values())
         self._next_tick = now
         self._next_log = now + self.log_interval
         self._node_prev: dict[str, tuple[float, float]] = {}  # name -> (monotonic, pages)
@@ -77,135 +109,68 @@ class DispatcherObserver:
         self._last: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._state: dict[str, Any] = {}
+        self._source: State | None = None
         self.http: StatusHTTPServer | None = None
         self.http_url = ""
-        self._instrument()
 
-    # -- instrumentation ------------------------------------------------------------------------
+    # -- hooks (the dispatcher's thread) ---------------------------------------------------------
 
-    def _instrument(self) -> None:
-        """Time the handlers and the frontier store by wrapping them on this instance."""
-        d, fr = self.d, self.d.frontier
-        for mtype, handler in list(d._handlers.items()):
-            d._handlers[mtype] = self._timed_handler(mtype, handler)
-        fr.add = self._timed("frontier_add", fr.add)  # type: ignore[method-assign]
-        fr.add_forced = self._timed("frontier_add", fr.add_forced)  # type: ignore[method-assign]
-        fr.ack_leased = self._timed("frontier_ack", fr.ack_leased)  # type: ignore[method-assign]
-        d._serve = self._timed("dispatcher_serve", d._serve)  # type: ignore[method-assign]
-        fr.maybe_commit = self._timed_commit(fr.maybe_commit)  # type: ignore[method-assign]
-        # the loop's work between two polls: its share of the wall clock is how busy it is
-        for name in ("_drain", "_serve_dirty", "_timers"):
-            setattr(d, name, self._busy(getattr(d, name)))
+    def attach(self, state: State) -> None:
+        self._source = state
 
-    def _timed(self, op: str, func: Callable[..., Any]) -> Callable[..., Any]:
-        add, clock = self.samplers[op].add, time.perf_counter
+    def timed(self, op: str) -> _Timer:
+        return self._timers[op]
 
-        @functools.wraps(func)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            started = clock()
-            try:
-                return func(*args, **kwargs)
-            finally:
-                add((clock() - started) * 1000.0)
+    def busy(self) -> _Busy:
+        return self._busy
 
-        return timed
-
-    def _timed_commit(self, func: Callable[..., bool]) -> Callable[..., bool]:
-        add, clock = self.samplers["frontier_commit"].add, time.perf_counter
-        readers = self._readers.values()
-
-        @functools.wraps(func)
-        def timed(*args: Any, **kwargs: Any) -> bool:
-            started = clock()
-            committed = func(*args, **kwargs)
-            took = clock() - started
-            for reader in readers:
-                reader.busy += took
-            if committed:
-                add(took * 1000.0)
-            return committed
-
-        return timed
-
-    def _timed_handler(self, mtype: str, func: Callable[..., None]) -> Callable[..., None]:
-        add, clock = self.samplers["dispatcher_message"].add, time.perf_counter
-        delay = self.message_delay if mtype != "status" else 0.0
-
-        @functools.wraps(func)
-        def timed(*args: Any) -> None:
-            started = clock()
-            if delay:
-                time.sleep(delay)  # test-only: a dispatcher this much slower per message
-            try:
-                func(*args)
-            finally:
-                add((clock() - started) * 1000.0)
-
-        return timed
-
-    def _busy(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        clock = time.perf_counter
-        readers = self._readers.values()
-
-        @functools.wraps(func)
-        def timed(*args: Any) -> Any:
-            started = clock()
-            try:
-                return func(*args)
-            finally:
-                took = clock() - started
-                for reader in readers:
-                    reader.busy += took
-
-        return timed
-
-    # -- hooks ----------------------------------------------------------------------------------
-
-    def on_stats(self, name: str, stats: dict[str, Any]) -> None:
+    def node_stats(self, node: str, stats: dict[str, int | float]) -> None:
         now = time.monotonic()
-        pages = stats.get("response_received_count", 0)  # the server passes numbers only
-        prev = self._node_prev.get(name)
+        pages = stats.get("response_received_count", 0)  # the dispatcher passes numbers only
+        prev = self._node_prev.get(node)
         if prev is not None and now > prev[0]:
             # a restarted node counts from 0 again: its rate is what it did since its start
             delta = pages - prev[1] if pages >= prev[1] else pages
-            self._node_rate[name] = delta / (now - prev[0])
-        self._node_prev[name] = (now, pages)
-        self._fresh[name] = parse_report(stats)
+            self._node_rate[node] = delta / (now - prev[0])
+        self._node_prev[node] = (now, pages)
+        self._fresh[node] = parse_report(stats)
 
     def tick(self, now: float) -> None:
-        if now >= self._next_tick:
+        sample, log = now >= self._next_tick, now >= self._next_log
+        if self._source is None or not (sample or log):
+            return
+        state = self._source()
+        if sample:
             self._next_tick = now + self.interval
-            self._sample(now)
-        if now >= self._next_log:
+            self._sample(now, state)
+        if log:
             self._next_log = now + self.log_interval
-            self._log(now)
+            self._log(now, state)
 
-    def _sample(self, now: float) -> None:
-        d = self.d
+    def _sample(self, now: float, state: dict[str, Any]) -> None:
         interval, busy, cpu = self._readers["tick"].take(now)
         fresh, self._fresh = self._fresh, {}
         nodes: dict[str, dict[str, Any]] = {}
-        for node in d.nodes.values():
-            if not node.alive and node.name not in fresh:
+        for name, node in state["nodes"].items():
+            if not node["alive"] and name not in fresh:
                 continue
-            stats = node.stats
+            stats = node["stats"]
             entry: dict[str, Any] = {
-                "alive": node.alive, "pages": stats.get("response_received_count", 0),
-                "rate": round(self._node_rate.get(node.name, 0.0), 3) if node.alive else 0.0,
-                "leases": len(node.leases),
+                "alive": node["alive"], "pages": stats.get("response_received_count", 0),
+                "rate": round(self._node_rate.get(name, 0.0), 3) if node["alive"] else 0.0,
+                "leases": node["leases"],
             }
             for field in NODE_FIELDS:
                 entry[field] = stats.get(field, 0)
-            report = fresh.get(node.name)
+            report = fresh.get(name)
             if report is not None:
                 entry["report"] = report
-            nodes[node.name] = entry
-        fr = d.frontier
+            nodes[name] = entry
         point = {
             "t": round(time.time(), 3), "interval": round(interval, 3),
-            "frontier": fr.size, "available": sum(st.avail for st in fr.parts),
-            "leases": len(d.leases), "seen": fr.seen_count,
-            "nodes_alive": sum(1 for n in d.nodes.values() if n.alive),
+            "frontier": state["frontier"], "available": state["available"],
+            "leases": state["leases"], "seen": state["seen"],
+            "nodes_alive": sum(1 for n in state["nodes"].values() if n["alive"]),
             "pages": sum(n["pages"] for n in nodes.values()),
             "rate": round(sum(n["rate"] for n in nodes.values()), 3),
             "busy": round(busy, 4), "cpu": round(cpu, 4),
@@ -213,10 +178,10 @@ class DispatcherObserver:
         }
         self._last = point
         self.series.append(point)
-        if self.http is not None:
-            state = d.state()
-            with self._lock:
-                self._state = state
+        # the snapshot's own summary as of this point (the state was taken before it)
+        published = {**state, "observability": self.summary()}
+        with self._lock:
+            self._state = published
 
     def _windows(self, reader: str) -> dict[str, dict[str, float]]:
         ops = {}
@@ -226,12 +191,12 @@ class DispatcherObserver:
                 ops[op] = window
         return ops
 
-    def _log(self, now: float) -> None:
+    def _log(self, now: float, state: dict[str, Any]) -> None:
         interval, busy, cpu = self._readers["log"].take(now)
-        d = self.d
         record = {"t": round(time.time(), 3), "node": "dispatcher", "interval": round(interval, 3),
-                  "busy": round(busy, 4), "cpu": round(cpu, 4), "frontier": d.frontier.size,
-                  "leases": len(d.leases), "nodes_alive": sum(1 for n in d.nodes.values() if n.alive),
+                  "busy": round(busy, 4), "cpu": round(cpu, 4), "frontier": state["frontier"],
+                  "leases": state["leases"],
+                  "nodes_alive": sum(1 for n in state["nodes"].values() if n["alive"]),
                   "ops": self._windows("log")}
         logger.info("%s %s", WINDOW_TAG, json.dumps(record, separators=(",", ":")))
 
@@ -255,11 +220,13 @@ class DispatcherObserver:
     # -- HTTP ------------------------------------------------------------------------------------
 
     def start_http(self, host: str, port: int) -> str:
-        from .http import StatusHTTPServer
+        """Serve the HTTP API on ``host:port`` (0: a free port); its URL. Call after attach()."""
+        from .http import StatusHTTPServer  # prometheus-client and http.server only when asked
 
         self.http = StatusHTTPServer(self, host, port)
         self.http_url = self.http.start()
-        self._sample(time.monotonic())  # a first snapshot before anyone asks
+        if self._source is not None:
+            self._sample(time.monotonic(), self._source())  # a first snapshot before anyone asks
         return self.http_url
 
     def close(self) -> None:

@@ -7,7 +7,8 @@
     GET /healthz          "ok"
 
 It runs in its own threads and reads only what the dispatcher's loop published at its last tick
-(:meth:`DispatcherObserver.snapshot`, the series); it never touches the dispatcher's state.
+(a :class:`Source`: the observer's ``snapshot()`` and series); it never touches the dispatcher's
+state.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -26,10 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from crawlproj.politeness.timing import QUANTILES
 
+from .series import Series
 from .timings import parse_report
-
-if TYPE_CHECKING:
-    from .dispatcher import DispatcherObserver
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +41,19 @@ def _asset(name: str) -> bytes:
     return resources.files("crawlproj.observability").joinpath("assets", name).read_bytes()
 
 
+class Source(Protocol):
+    """What the server reads (crawlproj.observability.dispatcher.DispatcherObserver)."""
+
+    series: Series
+    interval: float
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
 class ClusterCollector:
     """Prometheus metrics from the observer's last snapshot and series point."""
 
-    def __init__(self, observer: DispatcherObserver):
+    def __init__(self, observer: Source):
         self.observer = observer
 
     def collect(self) -> Iterator[Metric]:
@@ -102,7 +110,7 @@ class ClusterCollector:
 
 
 class StatusHTTPServer:
-    def __init__(self, observer: DispatcherObserver, host: str, port: int):
+    def __init__(self, observer: Source, host: str, port: int):
         self.observer = observer
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ClusterCollector(observer))

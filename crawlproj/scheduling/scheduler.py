@@ -34,7 +34,7 @@ from crawlproj.nodeid import node_name
 from crawlproj.observability.extension import timings_of
 from crawlproj.politeness.config import key_kind
 from crawlproj.politeness.gate import PolitenessGate, fetch_ended
-from crawlproj.wire.protocol import check_wire_request
+from crawlproj.wire.protocol import UNKNOWN_NODE, check_wire_request
 from crawlproj.scheduling.keyqueue import KeyQueues
 from crawlproj.scheduling.leases import LeaseBook, LeaseTrackerMiddleware, lease_final
 from crawlproj.scheduling.link import DispatcherLink
@@ -665,9 +665,8 @@ class DispatcherScheduler(BaseScheduler):
             asyncio.ensure_future(engine.close_spider_async(reason="finished"))
 
     def _on_error(self, msg: dict[str, Any]) -> None:
-        reason = str(msg.get("reason"))
-        logger.warning("Dispatcher refused a message: %s", reason)
-        if "register" in reason:
+        logger.warning("Dispatcher refused a message: %s", msg["reason"])
+        if msg["code"] == UNKNOWN_NODE:
             self.registered = False
             self._register()
 

@@ -13,7 +13,7 @@ from crawlproj.security import curve
 # Services with their own argument parsers: the rest of the command line goes to them.
 SERVICES = {
     "synthweb": ("crawlproj_testing.synthweb.server", "serve the synthetic web on 127.0.0.1"),
-    "dispatcher": ("crawlproj.dispatcher.server", "run the ZeroMQ dispatcher"),
+    "dispatcher": ("crawlproj.dispatcher.cli", "run the ZeroMQ dispatcher"),
 }
 
 

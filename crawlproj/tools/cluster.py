@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from crawlproj.addons import combine, node_settings
-from crawlproj.tools.dispatcher_process import DispatcherProcess
+from crawlproj.tools.dispatcher_process import DISPATCHER_MODULE, DispatcherProcess
 from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env, stop_process
 
 NODE_HEADER = "X-Crawlproj-Node"
@@ -35,7 +35,7 @@ class Cluster:
 
     def __init__(self, workdir: Path, seeds_file: Path | None = None, spider: str = "broad",
                  settings: dict[str, Any] | None = None, spider_args: dict[str, Any] | None = None,
-                 dispatcher_args: tuple[str, ...] = ()):
+                 dispatcher_args: tuple[str, ...] = (), dispatcher_module: str = DISPATCHER_MODULE):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.spider = spider
@@ -45,7 +45,8 @@ class Cluster:
         if seeds_file is not None:
             args += ["--seeds-file", str(seeds_file)]
         self.dispatcher = DispatcherProcess(self.workdir / "dispatcher-store", *args,
-                                            log_path=self.workdir / "dispatcher.log")
+                                            log_path=self.workdir / "dispatcher.log",
+                                            module=dispatcher_module)
         self.nodes: dict[str, subprocess.Popen[bytes]] = {}
 
     def node_settings(self, name: str) -> dict[str, Any]:

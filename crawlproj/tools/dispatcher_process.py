@@ -30,8 +30,9 @@ from crawlproj.tools.runner import stop_process
 from crawlproj.security.curve import ClientKeys
 
 from crawlproj.dispatcher.errors import DispatcherError, StartError
-from crawlproj.dispatcher.server import HTTP_PREFIX, LISTENING_PREFIX
+from crawlproj.dispatcher.cli import HTTP_PREFIX, LISTENING_PREFIX
 
+DISPATCHER_MODULE = "crawlproj.dispatcher"
 STARTUP_TIMEOUT = 30.0  # seconds for the LISTENING line
 STOP_TIMEOUT = 10.0  # seconds a SIGTERM gets before SIGKILL
 STATUS_TIMEOUT = 5.0
@@ -78,7 +79,8 @@ def request_state(endpoint: str, timeout: float = STATUS_TIMEOUT, keys: ClientKe
 class DispatcherProcess:
     """A running ``python -m crawlproj.dispatcher``; a context manager.
 
-    ``args`` are extra command-line options (``--partitions``, ``--seeds``...). Its log (stderr)
+    ``args`` are extra command-line options (``--partitions``, ``--seeds``...). ``module`` is the
+    module run with ``-m`` (tests run one of their own that wraps the service). Its log (stderr)
     goes to ``log_path`` (default: ``dispatcher.log`` beside the store directory). With a CURVE
     dispatcher (``--curve-secret-key``), ``status()`` authenticates with ``curve`` keys, else with
     those named by CRAWLPROJ_CURVE_SECRET_KEY_FILE / CRAWLPROJ_CURVE_SERVER_KEY_FILE.
@@ -87,8 +89,10 @@ class DispatcherProcess:
     def __init__(self, store: str | os.PathLike[str], *args: str, port: int = 0,
                  host: str = "127.0.0.1", env: dict[str, str] | None = None,
                  log_path: str | os.PathLike[str] | None = None,
-                 startup_timeout: float = STARTUP_TIMEOUT, curve: ClientKeys | None = None) -> None:
+                 startup_timeout: float = STARTUP_TIMEOUT, curve: ClientKeys | None = None,
+                 module: str = DISPATCHER_MODULE) -> None:
         self.store = Path(store)
+        self.module = module
         self.curve = curve  # a CURVE dispatcher's monitor keys (None: CRAWLPROJ_CURVE_* or none)
         self.args = list(args)
         self.host = host
@@ -109,7 +113,7 @@ class DispatcherProcess:
 
     def _start(self, port: int, extra: list[str] | None = None) -> None:
         bind = f"tcp://{self.host}:{port if port else '*'}"
-        cmd = [sys.executable, "-m", "crawlproj.dispatcher", "--bind", bind, "--store",
+        cmd = [sys.executable, "-m", self.module, "--bind", bind, "--store",
                str(self.store), *self.args, *(extra or [])]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")

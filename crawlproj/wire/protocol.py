@@ -1,11 +1,12 @@
-"""The dispatcher <-> node wire protocol: message types and their msgpack encoding.
+"""The dispatcher <-> node wire protocol: every message, reason code, encoder and check.
 
 One module, imported by the dispatcher and by the nodes (DESIGN.md: "one fact, one place").
 Transport: the dispatcher binds a ZeroMQ ROUTER, each node connects a DEALER whose routing id is
 its node name. Every message is one frame (after the ROUTER's identity frame): a msgpack map
 ``{"v": PROTOCOL_VERSION, "t": <type>, ...}``. Nothing is pickled. A frame that is too large, not
 msgpack, not a map, of another version, of an unknown type, or missing a field raises
-:class:`ProtocolError`; receivers count it and drop it, they never crash.
+:class:`ProtocolError` (its ``code`` names the fault); receivers count it and drop it, they never
+crash.
 
 Messages (node -> dispatcher)
     register   {node, pid, host, capacity}           join, or rejoin after a restart
@@ -26,29 +27,52 @@ Messages (dispatcher -> node)
     assign     {partitions: [int], state}             you now own these (with handed-over state)
     revoke     {partitions: [int]}                    stop serving these; release or finish, then handoff
     finished   {}                                     frontier empty and no lease open: close
-    error      {reason}                               the last message was refused
+    error      {code, reason}                         the last message was refused (code: below)
     state      {state: {...}}                         answer to "status": nodes, frontier, leases...
 
-Semantics, as the dispatcher (crawlproj.dispatcher.server) implements them
+Reason codes (``error.code``; ``reason`` is text for people and logs)
+    unknown_node   the dispatcher does not know this node (it restarted, or declared the node
+                   dead): stop serving, drop queued leases, register again (:data:`UNKNOWN_NODE`)
+    bad_frame      the frame was refused; ``reason`` reads "bad frame (<kind>): <detail>", where
+                   <kind> is a :data:`BAD_FRAME_KINDS` entry or the type of the message whose
+                   fields were wrong (the dispatcher's "bad_frames" counters use the same kinds)
+
+Semantics, as the dispatcher (crawlproj.dispatcher.service) implements them
     - welcome.partitions is P, the crawl's partition count; welcome.assigned lists the partitions
       the node owns at once (empty politeness state). Every later partition comes in an
       "assign", with the state its previous owner handed off (or {}). The state is opaque and
       passed through whole: when one handoff's partitions go to several nodes, each gets it all.
+      welcome.heartbeat_interval and welcome.lease_timeout are the dispatcher's settings (seconds).
     - A node sends the push of a page's links before that page's ack: the dispatcher applies
       messages in arrival order within one transaction stream, so a crash never keeps an ack
       while losing the links it covered (at-least-once, nothing lost).
-    - error "unknown node: register" (after a dispatcher restart, or after the node was declared
-      dead): the node stops serving its partitions, drops its queued leases and registers again.
-      A push, ack or release of an unknown node is still applied.
+    - error unknown_node (after a dispatcher restart, or after the node was declared dead): the
+      node stops serving its partitions, drops its queued leases and registers again. A push,
+      ack or release of an unknown node is still applied.
     - A register under the name of a live node means that node restarted: its open leases go back
       to the frontier at once. A handoff of partitions that were not revoked means the node is
       leaving (bye follows).
-    - Lease ids are frontier row ids, stable across dispatcher restarts. Optional ``df`` (Scrapy's
-      dont_filter) in a wire request skips deduplication.
+    - Lease ids are frontier row ids, stable across dispatcher restarts.
 
-A *wire request* is a map: ``u`` URL (canonical), ``f`` fingerprint (20 bytes), ``k`` politeness
-key, ``p`` partition, and optionally ``m`` method, ``h`` headers, ``b`` body, ``cb``/``eb``
-callback/errback names, ``pr`` priority, ``d`` depth, ``meta`` (msgpack-safe values only).
+A *wire request* is a map, built by :func:`wire_request` (or :func:`routed_request` from a URL)
+and checked by :func:`check_wire_request`:
+
+    u     str     canonical URL                                        always
+    f     bytes   fingerprint, 20 bytes (:mod:`crawlproj.wire.urls`)    always
+    k     str     politeness key                                       always
+    p     int     partition of ``k``, 0..P-1                           always
+    m     str     HTTP method                                          when not GET
+    h     map     headers, {name: [value, ...]} (latin-1 text)         when any
+    b     bytes   body                                                 when not empty
+    cb    str     callback: name of a spider method                    when not ``parse``
+    eb    str     errback: name of a spider method                     when set
+    pr    int     priority (Scrapy's; higher first)                    when not 0
+    d     int     depth                                                when not 0
+    df    1       dont_filter: stored even if seen before (no dedup)   when set
+    kw    map     cb_kwargs (msgpack-safe values only)                 when any
+    meta  map     request.meta minus the node-local keys (crawlproj.meta.LOCAL), msgpack-safe
+                  values only                                          when any
+
 Nodes compute ``f``, ``k`` and ``p`` with :mod:`crawlproj.wire.urls`, so the dispatcher routes and
 deduplicates without parsing URLs.
 """
@@ -59,6 +83,8 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+
+from crawlproj.wire.urls import canonicalize, fingerprint_canonical, partition_of, politeness_key
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 8 * 1024 * 1024  # a batch of a few thousand requests fits easily
@@ -82,14 +108,41 @@ DISPATCHER_TYPES = {
     "assign": ("partitions", "state"),
     "revoke": ("partitions",),
     "finished": (),
-    "error": ("reason",),
+    "error": ("code", "reason"),
     "state": ("state",),
 }
 WIRE_REQUEST_FIELDS = ("u", "f", "k", "p")
+FINGERPRINT_BYTES = 20  # SHA-1, crawlproj.wire.urls.fingerprint
+
+# -- reason codes ------------------------------------------------------------------------------------
+
+UNKNOWN_NODE = "unknown_node"  #: error.code: register again
+BAD_FRAME = "bad_frame"  #: error.code: the frame was refused
+UNKNOWN_NODE_TEXT = "unknown node: register"  #: error.reason that goes with UNKNOWN_NODE
+
+# Kinds of refused frames (ProtocolError.code, the dispatcher's "bad_frames" counter names)
+OVERSIZED = "oversized"
+UNDECODABLE = "undecodable"
+NOT_A_MAP = "not_a_map"
+VERSION = "version"
+UNKNOWN_TYPE = "unknown_type"
+MISSING_FIELD = "missing_field"
+INVALID = "invalid"
+BAD_FRAME_KINDS = (OVERSIZED, UNDECODABLE, NOT_A_MAP, VERSION, UNKNOWN_TYPE, MISSING_FIELD, INVALID)
 
 
 class ProtocolError(ValueError):
-    """A frame that does not decode to a valid message of this protocol version."""
+    """A frame that does not decode to a valid message of this protocol version.
+
+    ``code`` is one of :data:`BAD_FRAME_KINDS`.
+    """
+
+    def __init__(self, message: str, code: str = INVALID) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- encoders ----------------------------------------------------------------------------------------
 
 
 def encode(mtype: str, **fields: Any) -> bytes:
@@ -97,31 +150,106 @@ def encode(mtype: str, **fields: Any) -> bytes:
     fields["t"] = mtype
     data = msgpack.packb(fields, use_bin_type=True)
     if len(data) > MAX_FRAME_BYTES:
-        raise ProtocolError(f"{mtype} message of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+        raise ProtocolError(f"{mtype} message of {len(data)} bytes exceeds {MAX_FRAME_BYTES}", OVERSIZED)
     return data
+
+
+def encode_error(code: str, reason: str) -> bytes:
+    """An "error" message; ``reason`` is cut to 500 characters."""
+    return encode("error", code=code, reason=reason[:500])
+
+
+_BATCH_HEAD = (b"\x83" + msgpack.packb("v") + msgpack.packb(PROTOCOL_VERSION) + msgpack.packb("t")
+               + msgpack.packb("batch") + msgpack.packb("leases"))
+_PAIR = b"\x92"  # msgpack fixarray of 2: [lease id, wire request]
+#: Bytes a batch frame spends on its own header and on each pair's framing, at most.
+BATCH_FRAME_SLACK = 64
+
+
+def encode_batch(items: list[tuple[int, bytes]]) -> bytes:
+    """A "batch" frame from (lease id, msgpack wire request) pairs, without re-encoding them.
+
+    Decodes to what ``encode("batch", leases=[[id, request], ...])`` produces (keys in another
+    order). The dispatcher stores requests as msgpack, so they are spliced in as they are: this
+    is its serving hot path (bench/bench_dispatcher.py). The caller keeps the frame under
+    MAX_FRAME_BYTES (each pair costs its blob plus at most BATCH_FRAME_SLACK bytes).
+    """
+    packb = msgpack.packb
+    parts = [_BATCH_HEAD, msgpack.Packer().pack_array_header(len(items))]
+    for rid, blob in items:
+        parts.append(_PAIR)
+        parts.append(packb(rid))
+        parts.append(blob)
+    return b"".join(parts)
+
+
+def wire_request(url: str, fp: bytes, key: str, partition: int, *, method: str = "GET",
+                 headers: dict[str, list[str]] | None = None, body: bytes = b"",
+                 callback: str | None = None, errback: str | None = None, priority: int = 0,
+                 depth: int = 0, dont_filter: bool = False, cb_kwargs: dict[str, Any] | None = None,
+                 meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The wire request map (see the table above): optional fields only when not their default.
+
+    The values must already be msgpack-safe; callers that take them from a Scrapy Request
+    (crawlproj.wire.request) check that first.
+    """
+    wire: dict[str, Any] = {"u": url, "f": fp, "k": key, "p": partition}
+    if callback is not None:
+        wire["cb"] = callback
+    if errback is not None:
+        wire["eb"] = errback
+    if method != "GET":
+        wire["m"] = method
+    if body:
+        wire["b"] = body
+    if headers:
+        wire["h"] = headers
+    if priority:
+        wire["pr"] = priority
+    if depth:
+        wire["d"] = depth
+    if dont_filter:
+        wire["df"] = 1
+    if cb_kwargs:
+        wire["kw"] = cb_kwargs
+    if meta:
+        wire["meta"] = meta
+    return wire
+
+
+def routed_request(url: str, partitions: int, key_by: str = "domain", **options: Any) -> dict[str, Any]:
+    """The wire request of ``url`` routed as a node routes it (canonical URL, fingerprint, key,
+    partition), with :func:`wire_request`'s ``options``; raises BadURL."""
+    canonical = canonicalize(url)
+    key = politeness_key(canonical, key_by)
+    return wire_request(canonical, fingerprint_canonical(canonical), key,
+                        partition_of(key, partitions), **options)
+
+
+# -- decoders and checks -----------------------------------------------------------------------------
 
 
 def decode(frame: bytes, allowed: dict[str, tuple[str, ...]]) -> dict[str, Any]:
     """Decode and validate one frame against ``allowed`` (NODE_TYPES or DISPATCHER_TYPES)."""
     if len(frame) > MAX_FRAME_BYTES:
-        raise ProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}", OVERSIZED)
     try:
         # unpackb sizes its limits from len(frame), checked above; it has no max_buffer_size.
         msg = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated exception types
-        raise ProtocolError(f"undecodable frame: {type(exc).__name__}") from exc
+        raise ProtocolError(f"undecodable frame: {type(exc).__name__}", UNDECODABLE) from exc
     if not isinstance(msg, dict):
-        raise ProtocolError(f"frame is a {type(msg).__name__}, expected a map")
+        raise ProtocolError(f"frame is a {type(msg).__name__}, expected a map", NOT_A_MAP)
     version = msg.get("v")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+        raise ProtocolError(f"protocol version {version!r}, expected {PROTOCOL_VERSION}", VERSION)
     mtype = msg.get("t")
     required = allowed.get(mtype) if isinstance(mtype, str) else None
     if required is None:
-        raise ProtocolError(f"unknown message type {mtype!r}")
+        raise ProtocolError(f"unknown message type {mtype!r}", UNKNOWN_TYPE)
     missing = [name for name in required if name not in msg]
     if missing:
-        raise ProtocolError(f"{mtype} message without {', '.join(missing)}")
+        raise ProtocolError(f"{mtype} message without {', '.join(missing)}", MISSING_FIELD)
     return msg
 
 
@@ -182,7 +310,8 @@ _DISPATCHER_CHECKS: dict[str, Callable[[dict[str, Any]], str]] = {
     else "partitions that are not a list of partition numbers, or a state that is not a map",
     "revoke": lambda m: "" if _partition_list(m["partitions"]) else "partitions that are not a list of partition numbers",
     "finished": lambda m: "",
-    "error": lambda m: "" if isinstance(m["reason"], str) else "a reason that is not a string",
+    "error": lambda m: "" if isinstance(m["code"], str) and isinstance(m["reason"], str)
+    else "a code or reason that is not a string",
     "state": lambda m: "" if isinstance(m["state"], dict) else "a state that is not a map",
 }
 
@@ -197,7 +326,7 @@ def check_wire_request(req: Any, partitions: int) -> dict[str, Any]:
     if not isinstance(req["u"], str) or not isinstance(req["k"], str):
         raise ProtocolError("wire request url and key must be strings")
     fp = req["f"]
-    if not isinstance(fp, bytes) or len(fp) != 20:
+    if not isinstance(fp, bytes) or len(fp) != FINGERPRINT_BYTES:
         raise ProtocolError("wire request fingerprint must be 20 bytes")
     part = req["p"]
     if not isinstance(part, int) or not 0 <= part < partitions:

@@ -9,6 +9,7 @@ import msgpack
 from scrapy import Request, Spider
 
 from crawlproj.meta import LOCAL as LOCAL_META
+from crawlproj.wire.protocol import wire_request
 from crawlproj.wire.urls import canonicalize, fingerprint_canonical, partition_of, politeness_key
 
 logger = logging.getLogger(__name__)
@@ -56,31 +57,10 @@ class WireCodec:
         return fingerprint_canonical(canonical), key, partition_of(key, self.partitions)
 
     def encode(self, request: Request, fp: bytes, key: str, part: int) -> dict[str, Any]:
-        wire: dict[str, Any] = {"u": request.url, "f": fp, "k": key, "p": part}
         cb = _method_name(request.callback, self.spider, "callback")
-        if cb is not None and cb != "parse":
-            wire["cb"] = cb
         eb = _method_name(request.errback, self.spider, "errback")
-        if eb is not None:
-            wire["eb"] = eb
-        if request.method != "GET":
-            wire["m"] = request.method
-        if request.body:
-            wire["b"] = request.body
-        if request.headers:
-            wire["h"] = {k.decode("latin-1"): [v.decode("latin-1") for v in vs]
-                         for k, vs in request.headers.items()}
-        if request.priority:
-            wire["pr"] = request.priority
-        depth = request.meta.get("depth")
-        if depth:
-            wire["d"] = depth
-        if request.dont_filter:
-            wire["df"] = 1
-        if request.cb_kwargs:
-            if not _carryable(request.cb_kwargs):
-                raise Unserializable(f"cb_kwargs of {request.url} cannot be encoded with msgpack")
-            wire["kw"] = request.cb_kwargs
+        if request.cb_kwargs and not _carryable(request.cb_kwargs):
+            raise Unserializable(f"cb_kwargs of {request.url} cannot be encoded with msgpack")
         meta = {}
         for name, value in request.meta.items():
             if name in LOCAL_META:
@@ -91,9 +71,16 @@ class WireCodec:
                 self.stats.inc_value("dispatcher/meta_dropped")
                 logger.warning("Meta key %r of %s cannot travel (msgpack) and is dropped",
                                name, request.url)
-        if meta:
-            wire["meta"] = meta
-        return wire
+        headers = None
+        if request.headers:
+            headers = {k.decode("latin-1"): [v.decode("latin-1") for v in vs]
+                       for k, vs in request.headers.items()}
+        return wire_request(
+            request.url, fp, key, part, method=request.method, headers=headers, body=request.body,
+            callback=None if cb == "parse" else cb,
+            errback=eb,
+            priority=request.priority, depth=request.meta.get("depth") or 0,
+            dont_filter=request.dont_filter, cb_kwargs=request.cb_kwargs, meta=meta)
 
     def decode(self, wire: dict[str, Any]) -> Request:
         spider = self.spider

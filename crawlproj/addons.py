@@ -111,16 +111,16 @@ SETTINGS_MODULE = "crawlproj.settings"
 
 
 def _addons_of(value: Mapping[str, Any] | str) -> dict[str, Any]:
-    raw = value
+    parsed: Any = value
     if isinstance(value, str):
         try:
-            value = json.loads(value) if value.strip() else {}
+            parsed = json.loads(value) if value.strip() else {}
         except ValueError:
-            value = None
-    if not isinstance(value, Mapping):
+            parsed = None
+    if not isinstance(parsed, Mapping):
         raise ValueError(f"ADDONS: expected a mapping (or a JSON object) of add-on paths to priorities, "
-                         f"got {raw!r}")
-    return dict(value)
+                         f"got {value!r}")
+    return dict(parsed)
 
 
 def merged_addons(value: Mapping[str, Any] | str) -> dict[str, Any]:

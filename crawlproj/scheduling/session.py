@@ -1,0 +1,225 @@
+"""A node's session with the dispatcher: register, heartbeats, credit, pushes and acks, replay.
+
+Pushes go before acks, so a page's links are stored before its lease ends; the last
+DISPATCHER_REPLAY_SECONDS of pushes and acks are sent again to a restarted dispatcher. Part of
+:class:`crawlproj.scheduling.scheduler.DispatcherScheduler`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from scrapy import Request
+
+from crawlproj.wire.protocol import UNKNOWN_NODE
+from crawlproj.wire.request import WireCodec
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+    from scrapy.spiders import Spider
+
+    from crawlproj.linkfilter import RecentSet
+    from crawlproj.observability.timings import Timings
+    from crawlproj.politeness.gate import PolitenessGate
+    from crawlproj.scheduling.config import NodeConfig
+    from crawlproj.scheduling.keyqueue import KeyQueues
+    from crawlproj.scheduling.leases import LeaseBook
+    from crawlproj.scheduling.link import DispatcherLink
+
+logger = logging.getLogger("crawlproj.scheduling.scheduler")
+
+
+class DispatcherSession:
+    # set by DispatcherScheduler.__init__
+    crawler: Crawler
+    stats: Any
+    config: NodeConfig
+    node: str
+    book: LeaseBook
+    gate: PolitenessGate | None
+    queues: KeyQueues[Request]
+    partitions: int
+    owned: set[int]
+    revoking: dict[int, float]
+    inflight: dict[int, tuple[str, int]]
+    busy_by: dict[str, int]
+    link: DispatcherLink | None
+    spider: Spider | None
+    codec: WireCodec | None
+    recent: RecentSet
+    timings: Timings
+    push_buffer: list[dict[str, Any]]
+    replay_log: deque[tuple[float, str, list[Any]]]
+    ack_buffer: list[int]
+    epoch: Any
+    registered: bool
+    finished: bool
+    closing: bool
+    requested: int
+    lease_timeout: float
+    _early: list[Request]
+    _welcomed: asyncio.Event
+    _ping_sent: float
+    _warned_heartbeat: bool
+
+    if TYPE_CHECKING:  # the other parts of DispatcherScheduler
+        def _discover(self, request: Request) -> bool: ...
+
+        def _unqueue(self, requests: list[Request]) -> list[int]: ...
+
+        def _force_late_handoffs(self) -> None: ...
+
+    def _register(self) -> None:
+        assert self.link is not None
+        self.link.send("register", node=self.node, pid=os.getpid(), host=socket.gethostname(),
+                       capacity=self.config.queue_target)
+
+    def _flush(self) -> None:
+        """Pushes before acks: a response's discovered links are stored before its lease ends."""
+        if self.link is None or not self.registered:
+            return
+        while self.push_buffer:
+            batch, self.push_buffer = self.push_buffer[: self.config.push_batch], self.push_buffer[self.config.push_batch:]
+            self.link.send("push", node=self.node, requests=batch)
+            self._sent("push", batch)
+            self.stats.inc_value("dispatcher/pushed", len(batch))
+        if self.ack_buffer:
+            acks, self.ack_buffer = self.ack_buffer, []
+            self.link.send("ack", node=self.node, leases=acks)
+            self._sent("ack", acks)
+
+    def _sent(self, kind: str, payload: list[Any]) -> None:
+        """Remember recent pushes and acks: a dispatcher killed before its commit loses the last
+        ones it received (or had in its socket buffers), and a restarted one gets them again."""
+        now = time.monotonic()
+        log = self.replay_log
+        log.append((now, kind, payload))
+        horizon = now - self.config.replay_seconds
+        while log and log[0][0] < horizon:
+            log.popleft()
+
+    def _replay(self) -> None:
+        assert self.link is not None
+        pushes = acks = 0
+        for _, kind, payload in self.replay_log:
+            if kind == "push":
+                self.link.send("push", node=self.node, requests=payload)
+                pushes += len(payload)
+            else:
+                self.link.send("ack", node=self.node, leases=payload)
+                acks += len(payload)
+        self.stats.inc_value("dispatcher/replayed", pushes + acks)
+        logger.warning("Sent the last %.0f s again to the restarted dispatcher: %d pushed requests, "
+                       "%d acks", self.config.replay_seconds, pushes, acks)
+
+    def _pull(self) -> None:
+        if self.link is None or not self.registered or self.finished or self.closing:
+            return
+        have = len(self.queues) + len(self.inflight) + self.requested
+        want = self.config.queue_target - have
+        if want >= max(1, self.config.queue_target // 4):
+            self.requested += want
+            self.link.send("pull", node=self.node, credit=want)
+
+    def _heartbeat(self) -> None:
+        assert self.link is not None
+        loop = asyncio.get_event_loop()
+        if self.registered and loop.time() - self.link.last_heard > self.config.timeout:
+            logger.warning("No word from the dispatcher for %.0f s: registering again", self.config.timeout)
+            self.registered = False
+        if not self.registered:
+            self._register()
+            return
+        self.link.send("heartbeat", node=self.node)
+        self._ping_sent = time.perf_counter()
+        self._force_late_handoffs()
+        self._pull()
+
+    def _send_stats(self) -> None:
+        if self.link is None or not self.registered:
+            return
+        wanted = ("response_received_count", "item_scraped_count", "downloader/request_count",
+                  "dispatcher/acked", "dispatcher/pushed", "dispatcher/discovered")
+        stats = {k: self.stats.get_value(k, 0) for k in wanted}
+        stats.update(queued=len(self.queues), inflight=len(self.inflight), keys=self.queues.keys,
+                     owned=len(self.owned))
+        stats.update(self.timings.report())  # timing/<op>/* of the last interval, node/cpu, keys/*
+        self.link.send("stats", node=self.node, stats=stats)
+
+    def _on_message(self, msg: dict[str, Any]) -> None:
+        handler = getattr(self, f"_on_{msg['t']}", None)
+        if handler is None:
+            self.stats.inc_value(f"dispatcher/unexpected/{msg['t']}")
+            return
+        handler(msg)
+
+    def _on_welcome(self, msg: dict[str, Any]) -> None:
+        partitions = int(msg["partitions"])
+        if self.codec is None:
+            assert self.spider is not None
+            self.codec = WireCodec(self.spider, partitions, self.config.key_by, self.stats)
+        elif partitions != self.partitions:
+            logger.error("The dispatcher now uses %d partitions instead of %d", partitions, self.partitions)
+            self.codec.partitions = partitions
+        self.partitions = partitions
+        restarted = self.epoch is not None and msg["epoch"] != self.epoch
+        if restarted:
+            # The dispatcher restarted: it forgot every lease and credit. What we queued but did
+            # not start will be leased again (to us or another node); drop our copies. Pages
+            # whose acks it lost will be crawled again: their links must be pushed again too.
+            self.recent.clear()
+            dropped = self._unqueue(self.queues.clear())
+            self.stats.inc_value("dispatcher/dropped_on_restart", len(dropped))
+            logger.warning("Dispatcher restarted (epoch %s): dropped %d queued leases", msg["epoch"], len(dropped))
+        self.epoch = msg["epoch"]
+        self._take_timing(float(msg["heartbeat_interval"]), float(msg["lease_timeout"]))
+        self.owned = set(msg["assigned"])
+        self.registered = True
+        self.requested = 0
+        self._welcomed.set()
+        if restarted:
+            self._replay()
+        early, self._early = self._early, []
+        for request in early:
+            self._discover(request)
+        logger.info("Node %s registered: %d of %d partitions", self.node, len(self.owned), partitions)
+        self._flush()
+        self._pull()
+
+    def _take_timing(self, heartbeat_interval: float, lease_timeout: float) -> None:
+        """The dispatcher's heartbeat interval and lease time-out, from its welcome."""
+        self.lease_timeout = lease_timeout
+        if self.config.heartbeat_interval > heartbeat_interval and not self._warned_heartbeat:
+            self._warned_heartbeat = True
+            logger.warning("DISPATCHER_HEARTBEAT_INTERVAL: %.1f s is longer than the dispatcher's "
+                           "heartbeat interval (%.1f s); it may take this node for dead",
+                           self.config.heartbeat_interval, heartbeat_interval)
+
+    def _on_heartbeat(self, msg: dict[str, Any]) -> None:
+        if self._ping_sent:
+            self.timings.record("dispatcher_rtt", (time.perf_counter() - self._ping_sent) * 1000.0)
+            self._ping_sent = 0.0
+        if self.epoch is not None and msg["epoch"] != self.epoch:
+            self.registered = False
+            self._register()
+
+    def _on_finished(self, msg: dict[str, Any]) -> None:
+        if not self.finished:
+            logger.info("The dispatcher reports the crawl finished")
+        self.finished = True
+        engine = self.crawler.engine
+        if self.spider is not None and engine is not None and engine.spider_is_idle():
+            # close now rather than at the engine's next idle check (up to 5 s away)
+            asyncio.ensure_future(engine.close_spider_async(reason="finished"))
+
+    def _on_error(self, msg: dict[str, Any]) -> None:
+        logger.warning("Dispatcher refused a message: %s", msg["reason"])
+        if msg["code"] == UNKNOWN_NODE:
+            self.registered = False
+            self._register()

@@ -23,9 +23,9 @@ import pytest
 from conftest import ROOT, free_port, machine_python, wait_until
 
 from crawlproj.tools.cluster import NODE_HEADER
-from crawlproj.tools.deploy import (
-    DeployError, NodeJob, Record, Scrapyd, Target, deploy_targets, node_settings, place_nodes, public_url,
-)
+from crawlproj.tools.deploy import Target, deploy_targets
+from crawlproj.tools.jobs import node_settings
+from crawlproj.tools.scrapyd import DeployError, NodeJob, Record, Scrapyd, place_nodes, public_url
 from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj.politeness.store import StateStore
 from crawlproj.tools.runner import SYNTHWEB_ADDON, SYNTHWEB_SETTINGS

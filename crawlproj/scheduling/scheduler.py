@@ -1,10 +1,12 @@
 """DispatcherScheduler: a Scrapy scheduler that leases its requests from the ZeroMQ dispatcher.
 
-    SCHEDULER = "crawlproj.scheduling.scheduler.DispatcherScheduler"
+    ADDONS = {..., "crawlproj.addons.DispatcherNode": 500}   # sets SCHEDULER to this class
 
 The node registers under a stable name, owns the partitions the dispatcher assigns it, pulls
 leased requests with credit, keeps them in per-politeness-key queues and hands Scrapy only a
-request whose key is neither busy nor inside its delay. Discovered requests are filtered through
+request whose key the politeness gate (crawlproj.politeness.gate) lets start: no fetch in
+flight, its delay past, on the gate's one clock. Its session with the dispatcher is in
+crawlproj.scheduling.session, partition handoff in crawlproj.scheduling.handoff. Discovered requests are filtered through
 a bounded recently-sent set and pushed in batches; a leased request is acked when its fate is
 final (crawlproj.scheduling.leases). On revoke it releases what it has not started, finishes
 what it has, and hands the partitions' politeness state over.

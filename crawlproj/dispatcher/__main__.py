@@ -1,3 +1,5 @@
+"""``python -m crawlproj.dispatcher``: the dispatcher service (crawlproj.dispatcher.cli)."""
+
 import sys
 
 from .cli import main

@@ -1,0 +1,1 @@
+"""Scrapy extensions of a node: progress lines and the stats file."""

@@ -1,0 +1,1 @@
+"""Downloader middlewares: robots.txt and politeness (RobotsThrottle), Scrapy's robots.txt fixed."""

@@ -1,0 +1,1 @@
+"""Item pipelines: MongoDB (batched upserts, spill files while it is away)."""

@@ -1,1 +1,1 @@
-"""The Scrapy side of the dispatcher: scheduler, wire format of requests, lease bookkeeping."""
+"""The node side of the dispatcher: the scheduler, its session and handoff, key queues, leases."""

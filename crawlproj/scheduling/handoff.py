@@ -16,35 +16,12 @@ from scrapy import Request
 
 from crawlproj.meta import LEASE
 from crawlproj.meta import PARTITION as PART
-
-if TYPE_CHECKING:
-    from scrapy.crawler import Crawler
-
-    from crawlproj.politeness.gate import PolitenessGate
-    from crawlproj.scheduling.config import NodeConfig
-    from crawlproj.scheduling.keyqueue import KeyQueues
-    from crawlproj.scheduling.leases import LeaseBook
-    from crawlproj.scheduling.link import DispatcherLink
+from crawlproj.scheduling.state import NodeState
 
 logger = logging.getLogger("crawlproj.scheduling.scheduler")
 
 
-class PartitionHandoff:
-    # set by DispatcherScheduler.__init__
-    crawler: Crawler
-    stats: Any
-    config: NodeConfig
-    node: str
-    book: LeaseBook
-    gate: PolitenessGate | None
-    queues: KeyQueues[Request]
-    partitions: int
-    owned: set[int]
-    revoking: dict[int, float]
-    inflight: dict[int, tuple[str, int]]
-    busy_by: dict[str, int]
-    link: DispatcherLink | None
-
+class PartitionHandoff(NodeState):
     if TYPE_CHECKING:  # the other parts of DispatcherScheduler
         def _flush(self) -> None: ...
 

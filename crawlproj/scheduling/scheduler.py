@@ -365,5 +365,3 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
                 self.queues.hold(key, self.gate.ready_at(key))
         self.stats.inc_value("dispatcher/leased", len(msg["leases"]) - len(unasked))
         self._wake_soon()
-
-    # -- politeness state handoff ----------------------------------------------------------------

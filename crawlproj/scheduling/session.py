@@ -19,37 +19,18 @@ from scrapy import Request
 
 from crawlproj.wire.protocol import UNKNOWN_NODE
 from crawlproj.wire.request import WireCodec
+from crawlproj.scheduling.state import NodeState
 
 if TYPE_CHECKING:
-    from scrapy.crawler import Crawler
     from scrapy.spiders import Spider
 
     from crawlproj.linkfilter import RecentSet
     from crawlproj.observability.timings import Timings
-    from crawlproj.politeness.gate import PolitenessGate
-    from crawlproj.scheduling.config import NodeConfig
-    from crawlproj.scheduling.keyqueue import KeyQueues
-    from crawlproj.scheduling.leases import LeaseBook
-    from crawlproj.scheduling.link import DispatcherLink
 
 logger = logging.getLogger("crawlproj.scheduling.scheduler")
 
 
-class DispatcherSession:
-    # set by DispatcherScheduler.__init__
-    crawler: Crawler
-    stats: Any
-    config: NodeConfig
-    node: str
-    book: LeaseBook
-    gate: PolitenessGate | None
-    queues: KeyQueues[Request]
-    partitions: int
-    owned: set[int]
-    revoking: dict[int, float]
-    inflight: dict[int, tuple[str, int]]
-    busy_by: dict[str, int]
-    link: DispatcherLink | None
+class DispatcherSession(NodeState):
     spider: Spider | None
     codec: WireCodec | None
     recent: RecentSet

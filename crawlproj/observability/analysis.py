@@ -1,6 +1,9 @@
 """Read what nodes and the dispatcher recorded, as logs or as the dispatcher's series, and cut it
 into time windows: crawl rate, per-operation latency, CPU, dispatcher load, politeness keys.
 
+One module of about 400 lines: the readers of the three inputs and the windowing they share,
+which ``crawlproj logs`` and ``crawlproj diagnose`` both use.
+
 Inputs understood (any mix, any number of files):
 
 - Scrapy logs in the default format: LogStats lines (``Crawled N pages (at X pages/min) ...``)

@@ -3,6 +3,10 @@ results back into stats, log lines and the ``process_item`` Deferreds.
 
 Nothing here blocks: every write, spill and probe is a job of the :class:`~.writer.MongoWriter`
 that owns the worker thread. See :mod:`crawlproj.pipelines.mongo` for the contract.
+
+Kept as one module (about 400 lines): every Scrapy hook of the pipeline and the turning of the
+worker's answers into stats and log lines read together; the state machine, health, brake and
+messages it drives are modules of their own.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from twisted.internet.defer import Deferred
 
 from crawlproj.meta import ANSWERED, DONT_OBEY_ROBOTSTXT, DOWNLOAD_LATENCY, DOWNLOAD_SLOT, KEY, ROBOTS_BYTES, ROBOTS_FETCH
 from crawlproj.politeness.config import throttle_enabled
-from crawlproj.politeness.gate import PolitenessGate
+from crawlproj.politeness.gate import HANDOFF_LEAD, PolitenessGate
 from crawlproj.politeness.robots import MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, REDIRECT_STATUSES
 from crawlproj.politeness.robots_cache import FAILING
 from crawlproj.setting_checks import float_at_least
@@ -300,14 +300,14 @@ class RobotsThrottleMiddleware:
         slot.concurrency = 1
         slot.jitter = 0.0  # Scrapy's jitter goes below the delay too
         slot.delay = self.gate.delay_for(key)
-        ready = self.gate.ready_at(key)
-        if ready and ready - slot.delay > slot.lastseen:
+        last = self.gate.last_fetch(key)
+        if last > slot.lastseen:
             # a fetch of an earlier run or of the key's previous owner (the state file)
-            if not slot.lastseen and ready > now:
+            if not slot.lastseen and last + slot.delay > now:
                 self.stats.inc_value("politeness/waited_for_earlier_fetch")
-            slot.lastseen = ready - slot.delay
-        if slot.queue or slot.transferring or (slot.delay and slot.lastseen + slot.delay > now):
-            # the request waits in the slot, holding one of CONCURRENT_REQUESTS meanwhile
+            slot.lastseen = last
+        if slot.queue or slot.transferring or slot.lastseen + slot.delay - now > HANDOFF_LEAD:
+            # the request waits in the slot for its key's delay, holding one of CONCURRENT_REQUESTS
             after = "after_robots" if self.gate.last_was_robots(key) else "page"
             self.stats.inc_value(f"politeness/slot_wait/{after}")
         self.gate.started(key, now)

@@ -32,7 +32,9 @@ STATE_FORMAT_VERSION = 1
 
 
 @dataclass(slots=True)
-class _KeyState:
+class KeyState:
+    """One politeness key in memory: its stored row and what this process adds to it."""
+
     row: KeyRow
     adaptive: float = 0.0  # observed-latency delay; not persisted, it is relearnt in seconds
     last_monotonic: float = 0.0  # the row's last activity on this process's monotonic clock
@@ -47,7 +49,7 @@ class Politeness:
         self.clock = clock
         self.store = StateStore(config.state_file, config.flush_interval)
         self.robots = RobotsCache(config, self.store, stats, clock)
-        self._keys: LRU[str, _KeyState] = LRU(config.keys_memory)
+        self._keys: LRU[str, KeyState] = LRU(config.keys_memory)
         self._closed = False
 
     # -- politeness keys ------------------------------------------------------------------------
@@ -55,25 +57,26 @@ class Politeness:
     def key_of(self, url: str) -> str:
         return politeness_key(url, self.config.key_by)
 
-    def _key_state(self, key: str) -> _KeyState:
+    def key_state(self, key: str) -> KeyState:
+        """The key's state in memory, read from the state file on first touch (LRU-bounded)."""
         state = self._keys.get(key)
         if state is None:
             row = self.store.get_key(key) or KeyRow(key)
-            state = _KeyState(row, last_monotonic=self.to_monotonic(max(row.last_start, row.last_done)))
+            state = KeyState(row, last_monotonic=self.to_monotonic(max(row.last_start, row.last_done)))
             self._keys.put(key, state)
         return state
 
     def delay_for(self, key: str) -> float:
         """Seconds between fetches on ``key``: the largest of the configured delay (or the
         key's override), its robots.txt Crawl-delay (capped) and the adaptive delay."""
-        state = self._key_state(key)
+        state = self.key_state(key)
         configured = self.config.key_delays.get(key, self.config.delay)
         crawl_delay = min(max(state.row.crawl_delays.values(), default=0.0), self.config.crawl_delay_max)
         return max(configured, crawl_delay, state.adaptive)
 
     def last_fetch(self, key: str) -> float:
         """Epoch seconds of the last activity on ``key`` (a fetch start or end), 0 if none."""
-        row = self._key_state(key).row
+        row = self.key_state(key).row
         return max(row.last_start, row.last_done)
 
     def next_allowed(self, key: str) -> float:
@@ -86,7 +89,7 @@ class Politeness:
         return time.monotonic() - (self.clock() - wall) if wall else 0.0
 
     def record_fetch_start(self, key: str, t: float) -> None:
-        state = self._key_state(key)
+        state = self.key_state(key)
         row = state.row
         if t > row.last_start:
             row.last_start = t
@@ -94,7 +97,7 @@ class Politeness:
             self.store.put_key(row)
 
     def record_fetch_done(self, key: str, t: float) -> None:
-        state = self._key_state(key)
+        state = self.key_state(key)
         row = state.row
         if t > row.last_done:
             row.last_done = t
@@ -105,7 +108,7 @@ class Politeness:
         """AutoThrottle's policy, per key: move towards latency x factor, never below it."""
         if not self.config.adaptive:
             return
-        state = self._key_state(key)
+        state = self.key_state(key)
         target = latency * self.config.adaptive_factor
         new = min(max(target, (state.adaptive + target) / 2.0), self.config.adaptive_max_delay)
         # error pages are small and fast: do not let them lower the delay
@@ -114,7 +117,7 @@ class Politeness:
         state.adaptive = new
 
     def _set_crawl_delay(self, key: str, authority: str, delay: float | None) -> None:
-        row = self._key_state(key).row
+        row = self.key_state(key).row
         if delay is None or delay <= 0:
             if row.crawl_delays.pop(authority, None) is None:
                 return
@@ -176,7 +179,7 @@ class Politeness:
             except (TypeError, ValueError, KeyError, AttributeError) as exc:
                 self._invalid_import("key", raw, exc, taken)
                 continue
-            key_state = self._key_state(incoming.key)
+            key_state = self.key_state(incoming.key)
             row = key_state.row
             row.last_start = max(row.last_start, incoming.last_start)
             row.last_done = max(row.last_done, incoming.last_done)

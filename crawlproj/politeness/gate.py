@@ -103,19 +103,19 @@ class PolitenessGate:
 
     def last_fetch(self, key: str) -> float:
         """Monotonic time of the last activity on ``key`` (a fetch's start or end; 0: none)."""
-        return self.state._key_state(key).last_monotonic
+        return self.state.key_state(key).last_monotonic
 
     def ready_at(self, key: str) -> float:
         """Monotonic time from which a request on ``key`` may be handed to Scrapy (0: at once):
         ``HANDOFF_LEAD`` before the key's delay has passed since its last fetch."""
-        last = self.state._key_state(key).last_monotonic
+        last = self.state.key_state(key).last_monotonic
         return last + self.state.delay_for(key) - HANDOFF_LEAD if last else 0.0
 
     def may_start(self, key: str, now: float) -> bool:
         return key not in self._in_flight and now >= self.ready_at(key)
 
     def last_was_robots(self, key: str) -> bool:
-        return self.state._key_state(key).after_robots
+        return self.state.key_state(key).after_robots
 
     def started(self, key: str, t: float) -> None:
         """A fetch on ``key`` entered the downloader at monotonic time ``t``."""
@@ -125,7 +125,7 @@ class PolitenessGate:
     def ended(self, key: str, t: float, request: Request | None = None, robots: bool = False) -> float:
         """The fetch on ``key`` ended (answer or failure) at ``t``; returns the next ready time."""
         self._in_flight.discard(key)
-        key_state = self.state._key_state(key)
+        key_state = self.state.key_state(key)
         self.state.record_fetch_done(key, self._wall(t))
         key_state.last_monotonic = max(key_state.last_monotonic, t)
         key_state.after_robots = robots
@@ -136,7 +136,7 @@ class PolitenessGate:
 
     def hold(self, key: str, until: float) -> None:
         """Count ``key`` as busy until monotonic ``until`` (a fetch this node can no longer see end)."""
-        key_state = self.state._key_state(key)
+        key_state = self.state.key_state(key)
         self.state.record_fetch_done(key, self._wall(until))
         key_state.last_monotonic = max(key_state.last_monotonic, until)
 

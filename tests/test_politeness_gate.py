@@ -9,9 +9,17 @@ slot waits out the delay; the only slot waits left are the first page after a ro
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from politeness_checks import assert_polite, key_of_host
+from scrapy import Request
+from scrapy.settings import Settings
+
+from crawlproj.meta import DOWNLOAD_SLOT, KEY
+from crawlproj.politeness.config import PolitenessConfig
+from crawlproj.politeness.core import Politeness
+from crawlproj.politeness.gate import HANDOFF_LEAD, PolitenessGate
 
 from crawlproj.tools.cluster import Cluster
 from crawlproj.tools.runner import SYNTHWEB_SETTINGS
@@ -23,6 +31,39 @@ DELAY = 0.05  # every other key
 SPEC = WebSpec(seed=21, hosts=6, min_pages=8, max_pages=20, base_latency_ms=100,
                slow_host_share=0.0, page_bytes=2000, robots_variants=False)
 CRAWL_TIMEOUT = 180
+
+
+def test_gate_one_key_one_fetch_one_clock(tmp_path: Path) -> None:
+    """The gate's contract without Scrapy: key once, one fetch in flight, the delay from the
+    end on the monotonic clock, even when the wall clock steps back."""
+    settings = Settings()
+    settings.setmodule("crawlproj.settings", priority="project")
+    settings.update({"ROBOTS_STATE_FILE": str(tmp_path / "s.sqlite3"), "ROBOTS_THROTTLE_DELAY": 0.5,
+                     "ROBOTS_STORE_FLUSH_INTERVAL": 0.02}, priority="cmdline")
+    wall = [1_000_000.0]
+    gate = PolitenessGate(Politeness(PolitenessConfig.from_settings(settings), clock=lambda: wall[0]))
+    try:
+        request = Request("http://blog.site1.test/a")
+        key = gate.key_of(request)
+        assert key == "site1.test" and request.meta[KEY] == key and request.meta[DOWNLOAD_SLOT] == key
+        redirected = request.replace(url="http://other.test/b")  # meta copied: the key is not
+        assert gate.key_of(redirected) == "other.test"
+
+        now = time.monotonic()
+        assert gate.ready_at(key) == 0.0 and gate.may_start(key, now)
+        gate.started(key, now)
+        assert not gate.may_start(key, now + 10)  # one fetch in flight per key
+        ready = gate.ended(key, now + 0.1)
+        assert abs(ready - (now + 0.1 + 0.5 - HANDOFF_LEAD)) < 1e-3  # from the end
+        assert not gate.may_start(key, ready - 0.01) and gate.may_start(key, ready)
+        wall[0] -= 3600.0  # the wall clock steps back an hour: the next end is "older" on it
+        gate.started(key, now + 1.0)
+        ready = gate.ended(key, now + 1.1)
+        assert abs(ready - (now + 1.1 + 0.5 - HANDOFF_LEAD)) < 1e-3  # the monotonic clock rules
+        gate.hold(key, now + 5.0)  # a fetch this node can no longer see end
+        assert gate.ready_at(key) > now + 5.0
+    finally:
+        gate.state.close()
 
 
 def test_no_request_waits_in_a_downloader_slot_for_its_delay(tmp_path: Path, synthweb) -> None:

@@ -7,7 +7,8 @@ For every http(s) request:
    on the key starts and ends (the downloader's signals), and configures the key's slot from the
    gate: one fetch in flight, the key's delay counted from the previous answer, a last fetch
    from an earlier run or another node waited out the same way. Under the DispatcherScheduler
-   the gate already held the request back until then, so it does not wait in the slot.
+   the gate already held the request back until then (but for a few milliseconds of handoff,
+   ``HANDOFF_LEAD``), so it does not wait in the slot for the delay.
 2. Its authority's robots.txt verdict comes from the node's cache (memory, then SQLite). A missing,
    expired or due-for-retry copy is fetched once, through ``crawler.engine.download_async`` with
    the same slot (so it obeys the same politeness), redirects followed here (up to 5, rules
@@ -257,7 +258,7 @@ class RobotsThrottleMiddleware:
                 # no compression: a small compressed body must not inflate past our limits
                 headers={"Accept-Encoding": "identity"},
                 meta={ROBOTS_FETCH: True, KEY: key, DOWNLOAD_SLOT: key,
-                      "dont_redirect": True, "dont_retry": True, "dont_obey_robotstxt": True,
+                      "dont_redirect": True, "dont_retry": True, DONT_OBEY_ROBOTSTXT: True,
                       "handle_httpstatus_all": True,
                       # the body is cut at MAX_ROBOTS_BYTES by _bytes_received, whatever its size
                       "download_maxsize": 0, "download_warnsize": 0},

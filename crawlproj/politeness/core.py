@@ -88,6 +88,10 @@ class Politeness:
         """A wall-clock time of the state file on this process's monotonic clock (0 stays 0)."""
         return time.monotonic() - (self.clock() - wall) if wall else 0.0
 
+    def to_wall(self, t: float) -> float:
+        """A time of this process's monotonic clock as the state file keeps it (wall clock)."""
+        return self.clock() - (time.monotonic() - t)
+
     def record_fetch_start(self, key: str, t: float) -> None:
         state = self.key_state(key)
         row = state.row

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request, signals
@@ -34,7 +33,6 @@ from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.threads import deferToThread
 
 from crawlproj.meta import DOWNLOAD_SLOT, KEY
-from crawlproj.wire.urls import politeness_key
 
 from .config import PolitenessConfig, state_file_source, throttle_enabled
 from .core import Politeness
@@ -91,7 +89,7 @@ class PolitenessGate:
         meta = request.meta
         key = meta.get(KEY)
         if key is None or not _key_fits(key, urlparse_cached(request).hostname or ""):
-            key = politeness_key(request.url, self.key_by)  # a redirect to another host: a new key
+            key = self.state.key_of(request.url)  # a redirect to another host: a new key
             meta[KEY] = key
         meta[DOWNLOAD_SLOT] = key
         return key
@@ -120,15 +118,13 @@ class PolitenessGate:
     def started(self, key: str, t: float) -> None:
         """A fetch on ``key`` entered the downloader at monotonic time ``t``."""
         self._in_flight.add(key)
-        self.state.record_fetch_start(key, self._wall(t))
+        self.state.record_fetch_start(key, self.state.to_wall(t))
 
     def ended(self, key: str, t: float, request: Request | None = None, robots: bool = False) -> float:
         """The fetch on ``key`` ended (answer or failure) at ``t``; returns the next ready time."""
         self._in_flight.discard(key)
-        key_state = self.state.key_state(key)
-        self.state.record_fetch_done(key, self._wall(t))
-        key_state.last_monotonic = max(key_state.last_monotonic, t)
-        key_state.after_robots = robots
+        self._record_end(key, t)
+        self.state.key_state(key).after_robots = robots
         ready = self.ready_at(key)
         if request is not None and self._crawler is not None:
             self._crawler.signals.send_catch_log(fetch_ended, request=request, key=key, ready_at=ready)
@@ -136,12 +132,13 @@ class PolitenessGate:
 
     def hold(self, key: str, until: float) -> None:
         """Count ``key`` as busy until monotonic ``until`` (a fetch this node can no longer see end)."""
-        key_state = self.state.key_state(key)
-        self.state.record_fetch_done(key, self._wall(until))
-        key_state.last_monotonic = max(key_state.last_monotonic, until)
+        self._record_end(key, until)
 
-    def _wall(self, t: float) -> float:
-        return self.state.clock() - (time.monotonic() - t)
+    def _record_end(self, key: str, t: float) -> None:
+        self.state.record_fetch_done(key, self.state.to_wall(t))  # persisted on the wall clock
+        # in process the monotonic time rules, even if the wall clock stepped back meanwhile
+        key_state = self.state.key_state(key)
+        key_state.last_monotonic = max(key_state.last_monotonic, t)
 
     # -- handoff ----------------------------------------------------------------------------------
 
@@ -162,9 +159,6 @@ class PolitenessGate:
             self._publisher.stop()
         d: Deferred[None] = deferToThread(self.state.close)
         await maybe_deferred_to_future(d)
-
-    def close(self) -> None:
-        self.state.close()
 
 
 def _key_fits(key: str, host: str) -> bool:

@@ -27,6 +27,7 @@ from scrapy.core.downloader import Downloader
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import create_looping_call
 
+from crawlproj.meta import DOWNLOAD_LATENCY
 from crawlproj.meta import KEY as POLITENESS_KEY_META
 from crawlproj.nodeid import node_name
 from crawlproj.politeness.gate import PolitenessGate
@@ -115,7 +116,7 @@ class TimingsExtension:
 
     def _response_received(self, response: Response, request: Request) -> None:
         meta = request.meta
-        latency = meta.get("download_latency")
+        latency = meta.get(DOWNLOAD_LATENCY)
         if latency is not None:
             self.timings.record("download", latency * 1000.0)
         key = meta.get(POLITENESS_KEY_META) or meta.get(Downloader.DOWNLOAD_SLOT)

@@ -27,7 +27,7 @@ from scrapy.utils.reactor import is_asyncio_reactor_installed
 from twisted.internet.defer import Deferred
 
 from crawlproj.linkfilter import recent_links
-from crawlproj.meta import CANONICAL, KEY, LEASE, OWN_ERRBACK, PARENT, WAKE
+from crawlproj.meta import CANONICAL, KEY, LEASE, OWN_ERRBACK, PARENT, REDIRECT_URLS, WAKE
 from crawlproj.meta import PARTITION as PART
 from crawlproj.observability.extension import timings_of
 from crawlproj.politeness.gate import PolitenessGate, fetch_ended
@@ -200,12 +200,9 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
             self.stats.inc_value("dispatcher/retry_given_up")
             return False
         # leased requests arrive without redirect history, so any history means a redirect
-        if not request.meta.get("redirect_urls"):
+        if not request.meta.get(REDIRECT_URLS):
             self.stats.inc_value("dispatcher/retried")
-            key = request.meta[KEY]
-            self.queues.push(key, request, front=True)
-            if self.gate is not None:
-                self.queues.hold(key, self.gate.ready_at(key))
+            self._queue(request.meta[KEY], request, front=True)
             self._wake_soon()
             return True
         own_errback = request.meta.pop(OWN_ERRBACK, None)
@@ -247,6 +244,14 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
         if len(self.push_buffer) >= self.config.push_batch:
             self._flush()
         return True
+
+    def _queue(self, key: str, request: Request, front: bool = False) -> None:
+        """Queue a leased request. A key with nothing queued keeps no time in the queues: it
+        waits for the gate's (a fetch lately, before a restart, or by the node that handed it over)."""
+        fresh = key not in self.queues
+        self.queues.push(key, request, front=front)
+        if fresh and self.gate is not None:
+            self.queues.hold(key, self.gate.ready_at(key))
 
     def next_request(self) -> Request | None:
         now = time.monotonic()
@@ -358,10 +363,6 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
             request.errback = errback
             if self.config.node_header:
                 request.headers[self.config.node_header] = self.node
-            fresh = key not in self.queues
-            self.queues.push(key, request)
-            if fresh and self.gate is not None:
-                # a key fetched lately, before a restart or by the node that handed it over, waits
-                self.queues.hold(key, self.gate.ready_at(key))
+            self._queue(key, request)
         self.stats.inc_value("dispatcher/leased", len(msg["leases"]) - len(unasked))
         self._wake_soon()

@@ -26,7 +26,7 @@ from scrapy.http import Response, TextResponse
 
 from crawlproj.items import PageItem
 from crawlproj.linkfilter import RecentSet, recent_links
-from crawlproj.meta import CANONICAL
+from crawlproj.meta import CANONICAL, DEPTH, REDIRECT_URLS
 from crawlproj.setting_checks import HEADER_NAME, list_setting, parse_list
 from crawlproj.wire.urls import BadURL, canonicalize, host_of, registered_domain
 
@@ -221,7 +221,7 @@ class BroadSpider(scrapy.Spider):
         if is_html and response.status == 200:
             links = self.extract_links(response)  # type: ignore[arg-type]
         yield self.make_item(response, len(links))
-        if self.config.max_depth is not None and response.meta.get("depth", 0) >= self.config.max_depth:
+        if self.config.max_depth is not None and response.meta.get(DEPTH, 0) >= self.config.max_depth:
             return
         page_domain = registered_domain(host_of(response.url)) if links else ""
         stats = self.crawler.stats
@@ -258,7 +258,7 @@ class BroadSpider(scrapy.Spider):
                 title = response.xpath("//title/text()").get()
             except ValueError:  # not markup after all
                 title = None
-        redirects = response.request.meta.get("redirect_urls") if response.request else None
+        redirects = response.request.meta.get(REDIRECT_URLS) if response.request else None
         headers = {}
         for name in self.config.item_headers:
             value = response.headers.get(name)
@@ -273,7 +273,7 @@ class BroadSpider(scrapy.Spider):
             content_length=len(response.body),
             content_hash=hashlib.sha1(response.body).hexdigest(),
             outlinks=outlinks,
-            depth=response.meta.get("depth", 0),
+            depth=response.meta.get(DEPTH, 0),
             fetched_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         )
 

@@ -8,6 +8,7 @@ from typing import Any
 import msgpack
 from scrapy import Request, Spider
 
+from crawlproj.meta import DEPTH
 from crawlproj.meta import LOCAL as LOCAL_META
 from crawlproj.wire.protocol import wire_request
 from crawlproj.wire.urls import canonicalize, fingerprint_canonical, partition_of, politeness_key
@@ -79,7 +80,7 @@ class WireCodec:
             request.url, fp, key, part, method=request.method, headers=headers, body=request.body,
             callback=None if cb == "parse" else cb,
             errback=eb,
-            priority=request.priority, depth=request.meta.get("depth") or 0,
+            priority=request.priority, depth=request.meta.get(DEPTH) or 0,
             dont_filter=request.dont_filter, cb_kwargs=request.cb_kwargs, meta=meta)
 
     def decode(self, wire: dict[str, Any]) -> Request:
@@ -87,7 +88,7 @@ class WireCodec:
         callback = getattr(spider, wire["cb"]) if "cb" in wire else None
         errback = getattr(spider, wire["eb"]) if "eb" in wire else None
         meta = dict(wire.get("meta") or {})
-        meta["depth"] = wire.get("d", 0)
+        meta[DEPTH] = wire.get("d", 0)
         headers = wire.get("h")
         return Request(
             wire["u"], callback=callback, errback=errback, method=wire.get("m", "GET"),

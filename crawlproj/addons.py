@@ -11,7 +11,7 @@
 Each ``update_settings`` puts its components into Scrapy's component dicts (at the priorities
 below) and sets what the mode needs with priority "addon", so a value in settings.py or on the
 command line still wins. ``ADDONS`` given on the command line replaces the project's whole
-dict: :func:`addons_setting` builds the value that adds modes to the project's own.
+dict: :func:`merged_addons` and :func:`combine` build the value that adds modes to the project's own.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Politeness:
     def update_settings(self, settings: BaseSettings) -> None:
         from crawlproj.politeness.config import throttle_enabled
 
-        settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", load_object(SCRAPY_ROBOTS), None)
+        _put(settings, "DOWNLOADER_MIDDLEWARES", {SCRAPY_ROBOTS: None})
         if throttle_enabled(settings):
             _put(settings, "EXTENSIONS", {"crawlproj.politeness.gate.PolitenessGate": POLITENESS_GATE_ORDER})
             _put(settings, "DOWNLOADER_MIDDLEWARES", {
@@ -68,8 +68,8 @@ class Hardening:
     """Hostile input: the SSRF guard, crawler-trap guard and counted decompression bombs."""
 
     def update_settings(self, settings: BaseSettings) -> None:
-        settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", load_object(SCRAPY_COMPRESSION), None)
         _put(settings, "DOWNLOADER_MIDDLEWARES", {
+            SCRAPY_COMPRESSION: None,
             "crawlproj.security.ssrf.SSRFGuardMiddleware": SSRF_GUARD_ORDER,
             "crawlproj.security.traps.TrapGuardMiddleware": TRAP_GUARD_ORDER,
             "crawlproj.security.traps.CountingHttpCompressionMiddleware": DECOMPRESSION_ORDER,

@@ -34,6 +34,11 @@ COMMON_ROBOTS = ("allow", "allow", "disallow", "disallow", "not_found", "crawl_d
 
 # Page kinds. "html" pages carry links; the others are leaves that test error handling.
 PAGE_KINDS = ("html", "not_found", "server_error", "redirect", "loop", "binary", "huge", "latin1")
+#: Sections of html pages no page links to (sitemaps list them): orphans of every sitemap host,
+#: and the pages the over-limit sitemaps list within their limits ("kept") and past them ("cut").
+SITEMAP_SECTIONS = ("orphan", "kept", "cut")
+SITEMAP_INDEX_PATH = "/sitemap_index.xml"  # named by robots.txt
+SITEMAP_PATH = "/sitemap.xml"  # the conventional place, for hosts whose robots.txt names none
 
 #: RFC 9309 outcome (crawlproj.politeness.robots) of each robots variant: parse the rules, allow
 #: or disallow all.
@@ -80,6 +85,18 @@ class WebSpec:
     subdomain_share: float = 0.1  # share of hosts that are "blog." of the previous domain
     crawl_delay: float = 0.5  # Crawl-delay served by "crawl_delay" hosts
     robots_variants: bool = True  # False: every host allows everything (throughput benchmarks)
+    # -- a changing web (crawlproj_testing.synthweb.changes); the defaults keep the web static --
+    #: (share of pages, mean seconds between changes) per class; the other pages never change
+    change_classes: tuple[tuple[float, float], ...] = ()
+    change_process: str = "poisson"  # "poisson" (random, memoryless) or "periodic" (random phase)
+    # -- sitemaps (crawlproj_testing.synthweb.sitemaps) --
+    sitemaps: bool = False  # robots.txt names a sitemap index (gzip + plain children); /sitemap.xml
+    orphan_pages: int = 0  # pages per host no page links to: only the sitemaps list them
+    sitemap_over_limits: bool = False  # the first host's index also lists two over-limit children
+
+    def __post_init__(self) -> None:
+        # JSON (the server's --spec) gives lists: keep the spec hashable and equal to the original
+        object.__setattr__(self, "change_classes", tuple(tuple(c) for c in self.change_classes))
 
 
 @dataclass(frozen=True)
@@ -199,6 +216,8 @@ class Web:
         if len(parts) != 3 or not parts[2].isdigit():
             return None
         index = int(parts[2])
+        if parts[1] in SITEMAP_SECTIONS:
+            return self._sitemap_page(host, parts[1], index, path)
         if not 0 < index < host.pages:
             return None
         if parts[1] == "loop":
@@ -208,6 +227,13 @@ class Web:
         if self.page_path(host, index) != path:
             return None
         return self.page(host_name, index)
+
+    def _sitemap_page(self, host: Host, section: str, index: int, path: str) -> Page | None:
+        from .sitemaps import sitemap_section_size
+
+        if not 0 < index <= sitemap_section_size(self, host, section):
+            return None
+        return Page(host.name, -index, path, "html", links=((host.name, "/"),))
 
     # -- robots.txt ------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from crawlproj.tools.runner import stop_process
 
@@ -51,12 +51,13 @@ class SynthWebProcess:
     """A running ``python -m crawlproj_testing.synthweb``; use as a context manager."""
 
     def __init__(self, spec: WebSpec, access_log: str | os.PathLike[str] | None = None,
-                 hold_seconds: float = 30.0, port: int = 0, startup_timeout: float = 30.0):
+                 hold_seconds: float = 30.0, port: int = 0, startup_timeout: float = 30.0,
+                 time_scale: float = 0.0):
         self.spec = spec
         self.web = Web(spec)
         self.access_log = Path(access_log) if access_log else None
         args = [sys.executable, "-m", "crawlproj_testing.synthweb", "--port", str(port),
-                "--hold-seconds", str(hold_seconds)]
+                "--hold-seconds", str(hold_seconds), "--time-scale", str(time_scale)]
         if self.access_log is not None:
             args += ["--access-log", str(self.access_log)]
         args += ["--spec", json.dumps(asdict(spec))]
@@ -93,6 +94,15 @@ class SynthWebProcess:
 
     def set_robots(self, host: str, variant: str) -> None:
         self.control(f"/_synthweb/robots?host={host}&variant={variant}")
+
+    def clock(self, set_to: float | None = None, advance: float | None = None) -> float:
+        """Web time of a changing web, after setting or advancing it when asked."""
+        query = f"?set={set_to}" if set_to is not None else f"?advance={advance}" if advance is not None else ""
+        return float(json.loads(self.control(f"/_synthweb/clock{query}"))["now"])
+
+    def history(self, host: str, path: str) -> dict[str, Any]:
+        """A page's versions so far: {"period", "now", "versions": [[number, since], ...]}."""
+        return json.loads(self.control(f"/_synthweb/history?host={host}&path={path}"))
 
     def accesses(self) -> list[Access]:
         if self.access_log is None:

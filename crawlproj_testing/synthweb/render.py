@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .model import (
     HUGE_PAGE_BYTES,
+    SITEMAP_INDEX_PATH,
     OVERSIZED_ROBOTS_BYTES,
     Host,
     Page,
@@ -34,7 +35,8 @@ def _reason(status: int) -> str:
             500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Unknown")
 
 
-def render_page(web: Web, page: Page, port: int) -> Rendered:
+def render_page(web: Web, page: Page, port: int, version: int | None = None) -> Rendered:
+    """The page's response; ``version`` (a changing web only) is written into the body."""
     if page.redirect_to is not None:
         location = f"http://{page.host}:{port}{page.redirect_to}"
         return Rendered(301, (("Location", location), ("Content-Type", "text/html")), b"")
@@ -61,16 +63,17 @@ def render_page(web: Web, page: Page, port: int) -> Rendered:
     filler_len = max(0, web.spec.page_bytes - 60 * len(page.links) - 300)
     start = (page.index * 7919) % (len(_FILLER) - filler_len - 1) if filler_len else 0
     charset = "iso-8859-1" if latin1 else "utf-8"
+    changes = "" if version is None else f'<p id="version">version {version}</p>'
     body = (
         f'<!DOCTYPE html><html><head><meta charset="{charset}"><title>{title}</title></head>'
-        f"<body><h1>{title}</h1><ul>\n{links}\n</ul><p>{_FILLER[start:start + filler_len]}</p>"
+        f"<body><h1>{title}</h1>{changes}<ul>\n{links}\n</ul><p>{_FILLER[start:start + filler_len]}</p>"
         "</body></html>"
     )
     data = body.replace("—", "-").encode(charset) if latin1 else body.encode(charset)
     return Rendered(200, (("Content-Type", f"text/html; charset={charset}"),), data)
 
 
-def robots_text(web: Web, host: Host) -> str:
+def robots_text(web: Web, host: Host, port: int = 0) -> str:
     """The ``*`` group and a foreign group that must not apply to us."""
     lines = ["User-agent: otherbot", "Disallow: /", ""]
     lines.append("User-agent: *")
@@ -82,6 +85,8 @@ def robots_text(web: Web, host: Host) -> str:
     delay = web.crawl_delay(host)
     if delay is not None:
         lines.append(f"Crawl-delay: {delay:g}")
+    if web.spec.sitemaps:
+        lines += ["", f"Sitemap: http://{host.name}:{port}{SITEMAP_INDEX_PATH}"]
     return "\n".join(lines) + "\n"
 
 
@@ -94,7 +99,7 @@ def render_robots(web: Web, host: Host, path: str, port: int) -> Rendered | None
             return Rendered(301, (("Location", f"http://{host.name}:{port}/robots-hop1.txt"),), b"")
         if path == "/robots-hop1.txt":
             return Rendered(302, (("Location", f"http://{host.name}:{port}/robots-hop2.txt"),), b"")
-        return Rendered(200, text_plain, robots_text(web, host).encode())
+        return Rendered(200, text_plain, robots_text(web, host, port).encode())
     if path != "/robots.txt":
         return Rendered(404, text_plain, b"not found")
     if variant == "timeout":
@@ -108,7 +113,7 @@ def render_robots(web: Web, host: Host, path: str, port: int) -> Rendered | None
     if variant == "garbage":
         rng = random.Random(f"garbage:{host.name}")
         return Rendered(200, text_plain, rng.randbytes(2048))
-    text = robots_text(web, host)
+    text = robots_text(web, host, port)
     if variant == "oversized":
         pad_line = "# " + "padding " * 12 + "\n"
         text += pad_line * (OVERSIZED_ROBOTS_BYTES // len(pad_line) + 1)

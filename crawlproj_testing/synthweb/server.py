@@ -5,8 +5,12 @@ and cached as bytes, so serving costs a dict lookup and a socket write. The acce
 (tab-separated: start_ms, end_ms, host, path, status, node) is what tests read to check
 completeness, robots compliance and politeness.
 
-Control endpoints, on any host: ``/_synthweb/stats`` (JSON counters and CPU time) and
-``/_synthweb/robots?host=H&variant=V`` (switch a host's robots.txt variant at run time).
+Control endpoints, on any host: ``/_synthweb/stats`` (JSON counters and CPU time),
+``/_synthweb/robots?host=H&variant=V`` (switch a host's robots.txt variant at run time) and, for
+a changing web (``WebSpec.change_classes``), ``/_synthweb/clock?set=T`` or ``?advance=S`` (web
+time; read it without arguments) and ``/_synthweb/history?host=H&path=P`` (a page's versions).
+Its pages answer with ETag and Last-Modified, and 304 to a matching If-None-Match or
+If-Modified-Since (:mod:`.changes`). Sitemaps (``WebSpec.sitemaps``): :mod:`.sitemaps`.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from collections import OrderedDict
 from typing import TextIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .model import ROBOTS_PATHS, ROBOTS_VARIANTS, Host, Web, WebSpec
+from .changes import CHANGING_KINDS, WEB_EPOCH, Changes, etag_of, http_date, not_modified
+from .model import ROBOTS_PATHS, ROBOTS_VARIANTS, Host, Page, Web, WebSpec
 from .render import Rendered, http_bytes, render_page, render_robots
+from .sitemaps import OVER_LIMIT_CHILDREN, render_sitemap
 
 NODE_HEADER = b"x-crawlproj-node"
 MAX_HEAD_BYTES = 16 * 1024
@@ -33,18 +39,28 @@ def _now_ms() -> float:
     return time.time() * 1000.0
 
 
+def _json(body: object) -> bytes:
+    return http_bytes(Rendered(200, (("Content-Type", "application/json"),), json.dumps(body).encode()))
+
+
 class SynthWeb:
     """Shared state of the server: the model, rendered-bytes cache, overrides and the log."""
 
     def __init__(self, web: Web, access_log: TextIO | None, hold_seconds: float,
-                 cache_size: int = 20000):
+                 cache_size: int = 20000, time_scale: float = 0.0):
         self.web = web
+        self.changes = Changes(web)
+        self.time_scale = time_scale  # web seconds per real second; 0: a virtual clock, set by tests
+        self.clock_offset = 0.0
+        self.clock_base = time.monotonic()
         self.port = 0
         self.log = access_log
         self.hold_seconds = hold_seconds
         self.cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self.cache_size = cache_size
         self.robots_override: dict[str, str] = {}
+        self.versions: OrderedDict[tuple[str, str, int], tuple[bytes, str, float, tuple[tuple[str, str], ...]]] = \
+            OrderedDict()
         self.requests = 0
         self.started = time.monotonic()
 
@@ -54,11 +70,20 @@ class SynthWeb:
             host = Host(host.index, host.name, host.pages, self.robots_override[name], host.latency_ms)
         return host
 
-    def respond(self, host_name: str, target: str) -> tuple[int, bytes | None]:
+    def now(self) -> float:
+        """Web time, seconds since changes.WEB_EPOCH."""
+        return self.clock_offset + (time.monotonic() - self.clock_base) * self.time_scale
+
+    def respond(self, host_name: str, target: str, if_none_match: str | None = None,
+                if_modified_since: str | None = None) -> tuple[int, bytes | None]:
         """(status, full response bytes) for a GET; bytes None means never answer."""
         path = unquote(urlsplit(target).path) or "/"
         if path.startswith("/_synthweb/"):
             return self.control(path, target)
+        if self.changes.enabled:
+            page = self.web.resolve(host_name, path)
+            if page is not None and page.kind in CHANGING_KINDS:
+                return self.respond_changing(page, if_none_match, if_modified_since)
         key = (host_name, path)
         cached = self.cache.get(key)
         if cached is not None:
@@ -73,6 +98,10 @@ class SynthWeb:
                 return 0, None
             # robots answers can be switched at run time: never cache them
             return rendered.status, http_bytes(rendered)
+        elif (sitemap := render_sitemap(self.web, host, path, self.port, self.lastmod)) is not None:
+            if self.changes.enabled and path not in OVER_LIMIT_CHILDREN:
+                return sitemap.status, http_bytes(sitemap)  # <lastmod> moves with the clock
+            rendered = sitemap
         else:
             page = self.web.resolve(host_name, path)
             if page is None:
@@ -85,14 +114,57 @@ class SynthWeb:
             self.cache.popitem(last=False)
         return rendered.status, data
 
+    def respond_changing(self, page: Page, if_none_match: str | None,
+                         if_modified_since: str | None) -> tuple[int, bytes]:
+        version = self.changes.version(page, self.now())
+        key = (page.host, page.path, version.number)
+        cached = self.versions.get(key)
+        if cached is None:
+            rendered = render_page(self.web, page, self.port, version.number)
+            etag = etag_of(rendered.body)
+            validators = (("ETag", etag), ("Last-Modified", http_date(version.since)))
+            rendered = Rendered(rendered.status, rendered.headers + validators, rendered.body)
+            cached = self.versions[key] = (http_bytes(rendered), etag, version.since, validators)
+            if len(self.versions) > self.cache_size:
+                self.versions.popitem(last=False)
+        data, etag, since, validators = cached
+        if not_modified(etag, since, if_none_match, if_modified_since):
+            return 304, http_bytes(Rendered(304, validators, b""))
+        return 200, data
+
+    def lastmod(self, host: str, path: str) -> str | None:
+        """<lastmod> of a page in a sitemap: when its current version was made (W3C datetime)."""
+        page = self.web.resolve(host, path)
+        if page is None:
+            return None
+        since = self.changes.version(page, self.now()).since
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(WEB_EPOCH + since))
+
     def control(self, path: str, target: str) -> tuple[int, bytes]:
         query = parse_qs(urlsplit(target).query)
+        if path == "/_synthweb/clock":
+            if "set" in query or "advance" in query:
+                try:
+                    value = float((query.get("set") or query["advance"])[0])
+                except ValueError:
+                    return 400, http_bytes(Rendered(400, (), b"need set=<web seconds> or advance=<seconds>"))
+                self.clock_offset = value if "set" in query else self.now() + value
+                self.clock_base = time.monotonic()
+            return 200, _json({"now": self.now(), "time_scale": self.time_scale})
+        if path == "/_synthweb/history":
+            host, page_path = query.get("host", [""])[0], query.get("path", ["/"])[0]
+            page = self.web.resolve(host, page_path)
+            if page is None:
+                return 404, http_bytes(Rendered(404, (), b"need host=<known host>&path=<a page's path>"))
+            now = self.now()
+            versions = [[v.number, v.since] for v in self.changes.history(page, now)]
+            return 200, _json({"host": host, "path": page_path, "now": now,
+                               "period": self.changes.period(page), "versions": versions})
         if path == "/_synthweb/stats":
             usage = resource.getrusage(resource.RUSAGE_SELF)
             body = {"requests": self.requests, "cpu_seconds": usage.ru_utime + usage.ru_stime,
                     "uptime_seconds": time.monotonic() - self.started, "port": self.port}
-            return 200, http_bytes(Rendered(200, (("Content-Type", "application/json"),),
-                                            json.dumps(body).encode()))
+            return 200, _json(body)
         if path == "/_synthweb/robots":
             host = query.get("host", [""])[0]
             variant = query.get("variant", [""])[0]
@@ -150,6 +222,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._close()
             return
         host = node = ""
+        inm = ims = None
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
@@ -157,9 +230,13 @@ class HTTPProtocol(asyncio.Protocol):
                 host = value.strip().decode("latin-1").rsplit(":", 1)[0].lower()
             elif name == NODE_HEADER:
                 node = value.strip().decode("latin-1")
+            elif name == b"if-none-match":
+                inm = value.strip().decode("latin-1")
+            elif name == b"if-modified-since":
+                ims = value.strip().decode("latin-1")
         site = self.site
         site.requests += 1
-        status, data = site.respond(host, target)
+        status, data = site.respond(host, target, inm, ims)
         path = target.split("?", 1)[0]
         if data is None:
             # The time-out variant: hold the connection, then drop it unanswered.
@@ -212,9 +289,10 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crawl-delay", type=float, default=d.crawl_delay)
 
 
-async def serve(web: Web, host: str, port: int, access_log: str | None, hold_seconds: float) -> None:
+async def serve(web: Web, host: str, port: int, access_log: str | None, hold_seconds: float,
+                time_scale: float = 0.0) -> None:
     log = open(access_log, "a", buffering=1, encoding="utf-8") if access_log else None
-    site = SynthWeb(web, log, hold_seconds)
+    site = SynthWeb(web, log, hold_seconds, time_scale=time_scale)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: HTTPProtocol(site), host, port, backlog=1024)
     site.port = server.sockets[0].getsockname()[1]
@@ -236,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--access-log", default=None)
     parser.add_argument("--hold-seconds", type=float, default=30.0,
                         help="how long the time-out robots variant holds a request")
+    parser.add_argument("--time-scale", type=float, default=0.0,
+                        help="web seconds per real second of a changing web; 0: a virtual clock "
+                             "moved by /_synthweb/clock")
     add_spec_arguments(parser)
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -243,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     web = Web(spec_from_args(args))
     try:
-        asyncio.run(serve(web, args.host, args.port, args.access_log, args.hold_seconds))
+        asyncio.run(serve(web, args.host, args.port, args.access_log, args.hold_seconds, args.time_scale))
     except KeyboardInterrupt:
         pass
     return 0

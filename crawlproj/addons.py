@@ -5,6 +5,7 @@
         "crawlproj.addons.Hardening": 200,       # SSRF guard, trap guard, counted decompression
         "crawlproj.addons.MongoDB": 300,         # the item pipeline (off while MONGO_URI is empty)
         "crawlproj.addons.Timings": 400,         # timings of every operation
+        "crawlproj.addons.Revisits": 450,        # conditional GET of revisits, sitemaps
         "crawlproj.addons.DispatcherNode": 500,  # distributed mode: leases from the dispatcher
     }
 
@@ -37,6 +38,8 @@ PARSE_TIMING_ORDER = 1050  # innermost: one perf_counter pair per response
 POLITENESS_GATE_ORDER = 0
 TIMINGS_ORDER = 510
 MONGO_ORDER = 800
+REVISIT_ORDER = 580  # before decompression: its process_response sees the decompressed body
+SITEMAP_DISCOVERY_ORDER = 750  # after DepthMiddleware (900) in the output: robots.txt requests at depth 0
 
 SCRAPY_ROBOTS = "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware"
 SCRAPY_COMPRESSION = "scrapy.downloadermiddlewares.httpcompression.HttpCompressionMiddleware"
@@ -91,6 +94,16 @@ class Timings:
         _put(settings, "EXTENSIONS", {"crawlproj.observability.extension.TimingsExtension": TIMINGS_ORDER})
         _put(settings, "SPIDER_MIDDLEWARES", {
             "crawlproj.observability.extension.ParseTimingMiddleware": PARSE_TIMING_ORDER})
+
+
+class Revisits:
+    """Continuous crawling: conditional GET of revisits (crawlproj.middlewares.revisit) and
+    sitemaps (crawlproj.sitemaps, when SITEMAP_ENABLED)."""
+
+    def update_settings(self, settings: BaseSettings) -> None:
+        _put(settings, "DOWNLOADER_MIDDLEWARES", {
+            "crawlproj.middlewares.revisit.ConditionalGetMiddleware": REVISIT_ORDER})
+        _put(settings, "SPIDER_MIDDLEWARES", {"crawlproj.sitemaps.SitemapDiscovery": SITEMAP_DISCOVERY_ORDER})
 
 
 class DispatcherNode:

@@ -18,3 +18,4 @@ class PageItem(scrapy.Item):
     outlinks = scrapy.Field()  # links found on the page (before scope and dedup filtering)
     depth = scrapy.Field()
     fetched_at = scrapy.Field()  # ISO 8601 UTC
+    revisit = scrapy.Field()  # a revisit's outcome (crawlproj.middlewares.revisit); unset on a first fetch

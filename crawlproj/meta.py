@@ -29,8 +29,28 @@ ROBOTS_BYTES = "_robots_throttle_bytes"
 #: The request's answer was recorded by the politeness gate (a failure left no answer).
 ANSWERED = "_robots_throttle_answered"
 
+#: Outcome of a revisit's download: "not_modified", "unchanged" or "changed"
+#: (crawlproj.middlewares.revisit; the spider and the MongoDB pipeline read it).
+REVISIT_OUTCOME = "_revisit"
+#: The conditional headers this node added to the request (removed again on a redirect).
+REVISIT_SENT = "_revisit_sent"
+
 CRAWLPROJ_KEYS = frozenset({LEASE, PARENT, KEY, PARTITION, WAKE, OWN_ERRBACK, CANONICAL,
-                            ROBOTS_FETCH, ROBOTS_BYTES, ANSWERED})
+                            ROBOTS_FETCH, ROBOTS_BYTES, ANSWERED, REVISIT_OUTCOME, REVISIT_SENT})
+
+# -- crawlproj's keys that travel: what the frontier knows of a URL, handed out with it ----------
+#: Stored validators and content hash of a page (crawlproj.middlewares.revisit): a request that
+#: carries them is a revisit, sent as a conditional GET.
+REVISIT_ETAG = "revisit_etag"
+REVISIT_LAST_MODIFIED = "revisit_last_modified"  # as the server sent it (an HTTP date)
+REVISIT_CONTENT_HASH = "revisit_content_hash"  # SHA-1 hex of the body (PageItem.content_hash)
+#: <lastmod> of the sitemap entry that brought the URL, W3C datetime as written (crawlproj.sitemaps).
+SITEMAP_LASTMOD = "sitemap_lastmod"
+#: Sitemap index levels above a sitemap request (crawlproj.sitemaps caps the nesting).
+SITEMAP_NESTING = "sitemap_nesting"
+
+WIRE_KEYS = frozenset({REVISIT_ETAG, REVISIT_LAST_MODIFIED, REVISIT_CONTENT_HASH, SITEMAP_LASTMOD,
+                       SITEMAP_NESTING})
 
 # -- Scrapy's keys that crawlproj reads or sets ---------------------------------------------------
 DEPTH = "depth"  # hops from a seed (DepthMiddleware); travels as the wire request's "d"
@@ -40,6 +60,7 @@ REDIRECT_URLS = "redirect_urls"
 RETRY_TIMES = "retry_times"
 DONT_OBEY_ROBOTSTXT = "dont_obey_robotstxt"
 PROXY = "proxy"
+DOWNLOAD_MAXSIZE = "download_maxsize"  # per request; sitemaps get the protocol's 50 MiB
 
 #: Scrapy's keys of one download attempt: a leased request starts its attempts afresh.
 SCRAPY_ATTEMPT_KEYS = frozenset({

@@ -37,6 +37,7 @@ ADDONS = {
     "crawlproj.addons.Hardening": 200,  # SSRF guard, crawler-trap guard, counted decompression bombs
     "crawlproj.addons.MongoDB": 300,  # items to MongoDB (the pipeline is off while MONGO_URI is empty)
     "crawlproj.addons.Timings": 400,  # timings of every operation that can get slow
+    "crawlproj.addons.Revisits": 450,  # conditional GET of revisits; sitemaps when SITEMAP_ENABLED
     # "crawlproj.addons.DispatcherNode": 500,  # distributed mode; `crawlproj cluster` and `crawlproj schedule` add it
 }
 
@@ -124,3 +125,9 @@ TIMINGS_LOG_INTERVAL = 60.0  # seconds between TIMINGS lines (percentiles of tha
 TIMINGS_LOG_SAMPLE_RATE = 0.001  # share of single operations logged as TIMING lines (0 = none, 1 = all)
 TIMINGS_LOG_SLOW_MS = 1000.0  # an operation slower than this (ms) is always logged as a TIMING line
 TIMINGS_LOG_FILE = ""  # also write TIMING/TIMINGS records as JSON lines to this file; "" = don't
+
+# -- Revisits and sitemaps (add-on crawlproj.addons.Revisits: crawlproj.middlewares.revisit, crawlproj.sitemaps)
+REVISIT_CONDITIONAL_GET = True  # a revisit sends its stored validators (If-None-Match / If-Modified-Since)
+SITEMAP_ENABLED = False  # read the sitemaps of robots.txt (or /sitemap.xml) of every authority the crawl reaches
+SITEMAP_MAX_URLS = 50000  # entries read per sitemap file (the protocol's limit, at most); the rest is cut and counted
+SITEMAP_MAX_BYTES = 50 * 1024 * 1024  # bytes per sitemap file uncompressed (the protocol's limit, at most); cut there

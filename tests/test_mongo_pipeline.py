@@ -30,6 +30,7 @@ from scrapy.utils.test import get_crawler
 
 from conftest import ROOT, free_port, wait_until
 from crawlproj.pipelines.mongo import MongoConfig, MongoPipeline
+from crawlproj.pipelines.mongo.writer import HISTORY_FIELDS
 from crawlproj.pipelines.spill import SpillRecord, SpillWriter, claim_spill_files
 from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env, stop_process
 from crawlproj_testing.synthweb.model import WebSpec
@@ -216,7 +217,7 @@ def test_crawl_upserts_one_document_per_url_and_a_recrawl_updates_them(synthweb,
     for doc in docs:
         item = by_url[doc["url"]]
         assert {k: doc[k] for k in item} == item  # every field of the item, as scraped
-        assert set(doc) == set(item) | {"_id", "_op", "first_seen", "fetch_count"}
+        assert set(doc) == set(item) | {"_id", "_op"} | HISTORY_FIELDS
     assert stats["mongo/items_written"] == stats["item_scraped_count"] == len(items)
     assert stats["mongo/batches"] >= len(items) // 100
     assert 0 < stats["mongo/write_latency_ms/p50"] <= stats["mongo/write_latency_ms/p99"]

@@ -11,7 +11,6 @@ means "the seeds only", where ``DEPTH_LIMIT = 0`` means no limit).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,8 +25,10 @@ from scrapy.http import Response, TextResponse
 
 from crawlproj.items import PageItem
 from crawlproj.linkfilter import RecentSet, recent_links
-from crawlproj.meta import CANONICAL, DEPTH, REDIRECT_URLS
+from crawlproj.meta import CANONICAL, DEPTH, REDIRECT_URLS, REVISIT_OUTCOME
+from crawlproj.middlewares.revisit import CURRENT, content_hash, history_item
 from crawlproj.setting_checks import HEADER_NAME, list_setting, parse_list
+from crawlproj.sitemaps import sitemap_requests
 from crawlproj.wire.urls import BadURL, canonicalize, host_of, registered_domain
 
 if TYPE_CHECKING:
@@ -121,8 +122,8 @@ class BroadConfig:
 
 class BroadSpider(scrapy.Spider):
     name = "broad"
-    # Error pages become items too; redirects stay with RedirectMiddleware.
-    handle_httpstatus_list = list(range(400, 600))
+    # Error pages become items too; redirects stay with RedirectMiddleware; 304 answers a revisit.
+    handle_httpstatus_list = [304, *range(400, 600)]
     config: BroadConfig
     _recent: RecentSet | None = None
 
@@ -215,6 +216,9 @@ class BroadSpider(scrapy.Spider):
         return response.xpath("//a/@href").getall()
 
     def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
+        if response.meta.get(REVISIT_OUTCOME) in CURRENT:  # the stored copy is current: no parse
+            yield history_item(response)
+            return
         links: list[str] = []
         is_html = isinstance(response, TextResponse) and b"html" in (
             response.headers.get(b"Content-Type") or b"html")
@@ -251,6 +255,10 @@ class BroadSpider(scrapy.Spider):
             if count:
                 stats.inc_value(f"broad/links/{name}", count)
 
+    def parse_sitemap(self, response: Response, **kwargs: Any) -> Iterator[Any]:
+        """robots.txt or a sitemap (crawlproj.sitemaps): requests for what it lists, in scope."""
+        yield from sitemap_requests(self, response)
+
     def make_item(self, response: Response, outlinks: int) -> PageItem:
         title = None
         if isinstance(response, TextResponse) and response.status < 600:
@@ -264,18 +272,21 @@ class BroadSpider(scrapy.Spider):
             value = response.headers.get(name)
             if value is not None:
                 headers[name] = value.decode("latin-1")
-        return PageItem(
+        item = PageItem(
             url=redirects[0] if redirects else response.url,
             final_url=response.url,
             status=response.status,
             headers=headers,
             title=title.strip() if title else None,
             content_length=len(response.body),
-            content_hash=hashlib.sha1(response.body).hexdigest(),
+            content_hash=content_hash(response.body),
             outlinks=outlinks,
             depth=response.meta.get(DEPTH, 0),
             fetched_at=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         )
+        if REVISIT_OUTCOME in response.meta:
+            item["revisit"] = response.meta[REVISIT_OUTCOME]
+        return item
 
     def on_error(self, failure: Any) -> None:
         self.crawler.stats.inc_value(f"broad/errors/{failure.type.__name__}")

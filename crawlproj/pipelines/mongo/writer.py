@@ -19,9 +19,11 @@ from pymongo import MongoClient, UpdateOne, WriteConcern
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from twisted.python.failure import Failure
 
+from crawlproj.middlewares.revisit import CHANGED, CURRENT
 from crawlproj.pipelines.spill import SpillRecord
 
 from .backlog import SpillBacklog
+from .config import IndexSpec, QueryPath
 from .messages import (
     MESSAGE_LIMIT,
     BatchResult,
@@ -47,7 +49,20 @@ logger = logging.getLogger(__package__)  # one logger for the whole pipeline
 OP_FIELD = "_op"
 FIRST_SEEN_FIELD = "first_seen"
 FETCH_COUNT_FIELD = "fetch_count"
-RESERVED_FIELDS = frozenset({"_id", OP_FIELD, FIRST_SEEN_FIELD, FETCH_COUNT_FIELD})
+#: The page's history (docs/revisits.md): when last fetched ("checked at"), when its content
+#: last changed, how often it changed; with ``content_hash`` (an item field) and the two above.
+LAST_FETCHED_FIELD = "last_fetched"
+LAST_CHANGED_FIELD = "last_changed"
+CHANGE_COUNT_FIELD = "change_count"
+HISTORY_FIELDS = frozenset({FIRST_SEEN_FIELD, FETCH_COUNT_FIELD, LAST_FETCHED_FIELD, LAST_CHANGED_FIELD,
+                            CHANGE_COUNT_FIELD})
+RESERVED_FIELDS = frozenset({"_id", OP_FIELD}) | HISTORY_FIELDS
+#: Item field with a revisit's outcome (crawlproj.middlewares.revisit): read, never stored.
+REVISIT_FIELD = "revisit"
+#: Built in on every collection, self-checked like MONGO_INDEXES: "changed since T" and "not
+#: fetched since T".
+HISTORY_INDEXES = (IndexSpec(((LAST_CHANGED_FIELD, 1),), None, {}), IndexSpec(((LAST_FETCHED_FIELD, 1),), None, {}))
+HISTORY_QUERY_PATHS = (QueryPath((LAST_CHANGED_FIELD,), None), QueryPath((LAST_FETCHED_FIELD,), None))
 
 DUPLICATE_KEY = 11000
 #: Server error codes that say "try again" rather than "this document is wrong": not primary,
@@ -57,6 +72,37 @@ TRANSIENT_CODES = frozenset({6, 7, 89, 91, 134, 189, 262, 9001, 10107, 11600, 11
 DEFAULT_MAX_BSON_SIZE = 16 * 1024 * 1024
 #: Bytes the stored document may add to an upsert's encoded size (``_id``, ``_op``).
 DOC_OVERHEAD = 128
+
+
+def history_update(doc: Doc) -> dict[str, Any]:
+    """The upsert of one item: its fields and the page's history.
+
+    A revisit whose stored copy is current (304, or the same content hash) sets only
+    ``last_fetched`` and counts the fetch; its fields are written only if the document is new. A
+    changed revisit rewrites the fields and counts the change. A fetch that is no revisit
+    rewrites the fields and leaves ``last_changed`` as first set: without the stored hash it
+    cannot tell.
+    """
+    fields = dict(doc.fields)
+    outcome = fields.pop(REVISIT_FIELD, None)
+    at = doc.seen_at
+    if outcome in CURRENT:
+        return {"$set": {LAST_FETCHED_FIELD: at}, "$setOnInsert": {FIRST_SEEN_FIELD: at, **fields},
+                "$inc": {FETCH_COUNT_FIELD: 1, CHANGE_COUNT_FIELD: 0}}
+    changed = outcome == CHANGED
+    sets = {**fields, LAST_FETCHED_FIELD: at, **({LAST_CHANGED_FIELD: at} if changed else {})}
+    on_insert = {FIRST_SEEN_FIELD: at, **({} if changed else {LAST_CHANGED_FIELD: at})}
+    return {"$set": sets, "$setOnInsert": on_insert, "$inc": {FETCH_COUNT_FIELD: 1, CHANGE_COUNT_FIELD: int(changed)}}
+
+
+def merge_updates(first: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """Two upserts of one document as one: later $set wins, the first $setOnInsert, $inc adds up."""
+    sets = {**first["$set"], **later["$set"]}
+    on_insert = {k: v for k, v in {**later["$setOnInsert"], **first["$setOnInsert"]}.items() if k not in sets}
+    counts = dict(first["$inc"])
+    for name, n in later["$inc"].items():
+        counts[name] = counts.get(name, 0) + n
+    return {"$set": sets, "$setOnInsert": on_insert, "$inc": counts}
 
 
 class IndexCheckError(RuntimeError):
@@ -125,7 +171,8 @@ class MongoWriter:
         for name in self.config.collection_names:
             collection = self._collections[name]
             namespace = f"{self.config.database}.{name}"
-            for spec in self.config.indexes_for(name):
+            declared = [*HISTORY_INDEXES, *self.config.indexes_for(name)]
+            for spec in declared:
                 try:
                     collection.create_index(list(spec.keys), **spec.options)
                 except OperationFailure as exc:
@@ -137,10 +184,10 @@ class MongoWriter:
             logger.info("MongoDB indexes on %s: %s", namespace,
                         "; ".join(f"{ix.get('name')} {dict(ix['key'])}" for ix in existing))
             key_fields = [tuple(ix["key"].keys()) for ix in existing]
-            for spec in self.config.indexes_for(name):
+            for spec in declared:
                 if spec.fields not in key_fields:
                     problems.append(f"declared index {spec.describe()} is not listed on {namespace}")
-            for path in self.config.query_paths_for(name):
+            for path in [*HISTORY_QUERY_PATHS, *self.config.query_paths_for(name)]:
                 width = len(path.fields)
                 if not any(set(keys[:width]) == set(path.fields) for keys in key_fields):
                     problems.append(f"query path {path.describe()!r} has no index on {namespace} "
@@ -175,14 +222,12 @@ class MongoWriter:
     def prepare(self, docs: Sequence[Doc]) -> Prepared:
         """Validate every doc (BSON-encodable, under the size limit) and merge the upserts of one
         document (a URL seen twice in a batch) in their order: later fields win, counts add up."""
-        sets: dict[tuple[str, str], dict[str, Any]] = {}
-        first_seen: dict[tuple[str, str], datetime] = {}
+        updates: dict[tuple[str, str], dict[str, Any]] = {}
         members: dict[tuple[str, str], list[int]] = {}
         invalid = []
         limit = self._max_bson_size - DOC_OVERHEAD
         for index, doc in enumerate(docs):
-            update = {"$set": doc.fields, "$setOnInsert": {FIRST_SEEN_FIELD: doc.seen_at},
-                      "$inc": {FETCH_COUNT_FIELD: 1}}
+            update = history_update(doc)
             try:
                 size = len(bson.encode(update))
             except (InvalidDocument, OverflowError, TypeError, ValueError) as exc:
@@ -193,22 +238,21 @@ class MongoWriter:
                                        f"takes documents up to {self._max_bson_size} bytes"))
                 continue
             key = (doc.collection, doc.doc_id)
-            if key not in sets:
-                sets[key], first_seen[key], members[key] = dict(doc.fields), doc.seen_at, [index]
+            if key not in updates:
+                updates[key], members[key] = update, [index]
                 continue
-            combined = {**sets[key], **doc.fields}
-            size = len(bson.encode({"$set": combined}))
+            combined = merge_updates(updates[key], update)
+            size = len(bson.encode(combined))
             if size > limit:
                 invalid.append(Invalid(index, "DocumentTooLarge", f"{size} bytes once merged with an "
                                        f"earlier item of the same URL in this batch"))
                 continue
-            sets[key] = combined
+            updates[key] = combined
             members[key].append(index)
         ops = []
-        for key, fields in sets.items():
+        for key, update in updates.items():
             op_id = str(ObjectId())
-            update = {"$set": {**fields, OP_FIELD: op_id}, "$setOnInsert": {FIRST_SEEN_FIELD: first_seen[key]},
-                      "$inc": {FETCH_COUNT_FIELD: len(members[key])}}
+            update = {**update, "$set": {**update["$set"], OP_FIELD: op_id}}
             ops.append(Op(op_id, key[0], key[1], update, len(members[key]), tuple(members[key])))
         return Prepared(tuple(ops), tuple(invalid))
 

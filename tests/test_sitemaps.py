@@ -3,9 +3,11 @@ the protocol's limits are cut and counted; off by default."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import subprocess
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from scrapy.utils.test import get_crawler
 from crawlproj.meta import CANONICAL, DOWNLOAD_MAXSIZE, SITEMAP_LASTMOD, SITEMAP_NESTING
 from crawlproj.sitemaps import PROTOCOL_MAX_BYTES, PROTOCOL_MAX_URLS, SitemapConfig, sitemap_requests
 from crawlproj.spiders.broad import BroadSpider
+from crawlproj.tools.cluster import Cluster
 from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
 from crawlproj_testing.synthweb.model import WebSpec
 from crawlproj_testing.synthweb.sitemaps import FOREIGN_HOST, KEPT_TOO_MANY, sitemap_only_pages
@@ -150,3 +153,24 @@ def test_bad_setting_names_the_setting(name, value, expected):
     crawler = get_crawler(BroadSpider, _project(**{name: value}))
     with pytest.raises(ValueError, match=f"{name}: expected {expected}"):
         SitemapConfig.from_settings(crawler.settings)
+
+
+def test_sitemaps_through_the_dispatcher(tmp_path, synthweb):
+    """Two nodes: robots.txt and sitemap requests travel as leases, each URL fetched once."""
+    proc = synthweb(dataclasses.replace(SITEMAPS, sitemap_over_limits=False, hosts=6))
+    web = proc.web
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("\n".join(proc.seed_urls()) + "\n")
+    settings = {**SYNTHWEB_SETTINGS, "SITEMAP_ENABLED": True, "DOWNLOAD_TIMEOUT": 10, "LOG_LEVEL": "INFO",
+                "ROBOTS_HOLD_TIME": 2, "ROBOTS_RETRY_DELAY": 1, "DISPATCHER_HEARTBEAT_INTERVAL": 0.5}
+    cluster = Cluster(tmp_path / "cluster", seeds, settings=settings, dispatcher_args=("--partitions", "16"))
+    with cluster:
+        cluster.start_node("n1")
+        cluster.start_node("n2")
+        assert cluster.wait(180), "the crawl did not finish"
+    fetched = Counter((a.host, a.path) for a in proc.accesses() if not a.is_robots and a.status < 500)
+    # the 5xx robots.txt hosts disallow everything, their sitemaps too
+    listed = {(h, p) for h, p in sitemap_only_pages(web)["listed"] if web.robots_allowed(web.by_name[h], p)}
+    assert len(listed) == 4 * SITEMAPS.orphan_pages and listed <= set(fetched)
+    assert web.ground_truth() <= set(fetched)
+    assert max(fetched.values()) == 1, [u for u, n in fetched.items() if n > 1][:5]

@@ -23,7 +23,7 @@ import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from scrapy import Request
 from scrapy.exceptions import NotConfigured
@@ -31,7 +31,7 @@ from scrapy.utils.gz import gunzip, gzip_magic_number
 from scrapy.utils.sitemap import Sitemap, sitemap_urls_from_robots
 
 from crawlproj.linkfilter import RecentSet
-from crawlproj.meta import CANONICAL, DOWNLOAD_MAXSIZE, SITEMAP_LASTMOD, SITEMAP_NESTING
+from crawlproj.meta import CANONICAL, DOWNLOAD_MAXSIZE, REDIRECT_URLS, SITEMAP_LASTMOD, SITEMAP_NESTING
 from crawlproj.setting_checks import bool_setting, check_setting, int_at_least
 from crawlproj.wire.urls import BadURL, canonicalize, host_of, registered_domain
 
@@ -74,8 +74,8 @@ class SitemapConfig:
 
 
 def authority_of(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0]}"
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def sitemap_body(response: Response, max_bytes: int) -> tuple[bytes | None, bool]:
@@ -161,7 +161,8 @@ def sitemap_requests(spider: Spider, response: Response) -> Iterator[Request]:
     """What a robots.txt or sitemap response brings: sitemap and page requests (see the module)."""
     config = SitemapConfig.from_settings(spider.crawler.settings)
     ctx = _Context(spider, response, config)
-    if ctx.nesting == 0 and response.url.endswith(ROBOTS_PATH):
+    requested = (response.meta.get(REDIRECT_URLS) or [response.url])[0]
+    if ctx.nesting == 0 and requested.endswith(ROBOTS_PATH):  # robots.txt, maybe redirected
         yield from _from_robots(ctx)
         return
     if response.status != 200:

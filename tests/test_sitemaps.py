@@ -139,6 +139,10 @@ def test_robots_and_index_nesting():
     deeper = _response(XmlResponse, "http://a.test/child.xml.gz", index, parent=child[0])
     assert list(sitemap_requests(spider, deeper)) == []
     assert spider.crawler.stats.get_value("sitemap/too_deep") == 1
+    # robots.txt reached through redirects: its Sitemap lines still count
+    hop = Request("http://a.test/robots-hop1.txt", meta={SITEMAP_NESTING: 0, "redirect_urls": ["http://a.test/robots.txt"]})
+    moved = list(sitemap_requests(spider, _response(TextResponse, hop.url, robots, parent=hop)))
+    assert [r.url for r in moved] == ["http://a.test/idx.xml"]
     # robots.txt that did not answer 200: the conventional /sitemap.xml
     missing = list(sitemap_requests(spider, _response(TextResponse, "http://a.test/robots.txt", b"", 404)))
     assert [r.url for r in missing] == ["http://a.test/sitemap.xml"]

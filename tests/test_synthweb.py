@@ -192,6 +192,19 @@ def test_change_times_are_a_pure_function_of_the_spec_and_follow_the_rates():
         Changes(Web(dataclasses.replace(CHANGING, change_classes=((0.8, 60.0), (0.5, 60.0)))))
 
 
+def test_freshness_of_a_copy_is_the_share_of_time_it_equals_the_live_page():
+    changes = Changes(Web(dataclasses.replace(CHANGING, change_process="periodic")))
+    web = changes.web
+    page = next(web.page(h.name, i) for h in web.hosts for i in range(h.pages) if changes.period(web.page(h.name, i)) == 3600.0)
+    first, second = changes.change_times(page, 3 * 3600)[:2]
+    # fetched at 0: fresh until the first change; fetched again just after it: fresh until the second
+    assert changes.freshness(page, [0.0], 0.0, second) == pytest.approx(first / second)
+    assert changes.freshness(page, [0.0, first + 60], 0.0, second) == pytest.approx((second - 60) / second)
+    assert changes.freshness(page, [], 0.0, 3600.0) == 0.0
+    never = next(web.page(h.name, i) for h in web.hosts for i in range(h.pages) if not changes.period(web.page(h.name, i)))
+    assert changes.freshness(never, [100.0], 0.0, 1000.0) == pytest.approx(0.9)
+
+
 def test_changing_web_answers_validators_304_and_reports_history(synthweb):
     proc = synthweb(CHANGING)
     web, changes = proc.web, Changes(proc.web)

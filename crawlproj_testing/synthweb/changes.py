@@ -112,6 +112,21 @@ class Changes:
         return [Version(0, 0.0)] + [Version(n + 1, t) for n, t in enumerate(self.change_times(page, now))]
 
 
+    def freshness(self, page: Page, fetches: list[float], start: float, end: float) -> float:
+        """Share of [start, end] during which a copy fetched at ``fetches`` (web times) equals
+        the live page; no copy before the first fetch counts as stale."""
+        if end <= start:
+            raise ValueError(f"freshness: expected start < end, got [{start}, {end}]")
+        changes = self.change_times(page, end)
+        edges = sorted({start, end, *(t for t in changes if start < t < end), *(f for f in fetches if start < f < end)})
+        fresh = 0.0
+        for a, b in zip(edges, edges[1:]):
+            copied = [f for f in fetches if f <= a]
+            if copied and bisect.bisect_right(changes, max(copied)) == bisect.bisect_right(changes, a):
+                fresh += b - a
+        return fresh / (end - start)
+
+
 def etag_of(body: bytes) -> str:
     """A strong entity tag: equal bodies, equal tags (RFC 9110 8.8.3)."""
     return '"' + hashlib.blake2b(body, digest_size=8).hexdigest() + '"'

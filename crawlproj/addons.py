@@ -38,7 +38,7 @@ PARSE_TIMING_ORDER = 1050  # innermost: one perf_counter pair per response
 POLITENESS_GATE_ORDER = 0
 TIMINGS_ORDER = 510
 MONGO_ORDER = 800
-REVISIT_ORDER = 580  # before decompression: its process_response sees the decompressed body
+REVISIT_ORDER = 540  # its process_response sees only final answers: after redirects, retries, decompression
 SITEMAP_DISCOVERY_ORDER = 750  # after DepthMiddleware (900) in the output: robots.txt requests at depth 0
 
 SCRAPY_ROBOTS = "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware"

@@ -112,14 +112,17 @@ def _nx_binary() -> str:
 
 
 @pytest.fixture(scope="session")
-def mongo_uri() -> Iterator[str]:
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import pymongo
 
     uri = os.environ.get("MONGO_URI")
     proc = None
     if not uri:
         port = free_port()
-        proc = subprocess.Popen([_nx_binary(), "--db", "memory", "--host", "127.0.0.1", "-p", str(port)],
+        # its own PID file: the default (/tmp/nx_27017.pid) refuses a second server on the machine
+        pid_file = tmp_path_factory.mktemp("nx") / "nx.pid"
+        proc = subprocess.Popen([_nx_binary(), "--db", "memory", "--host", "127.0.0.1", "-p", str(port),
+                                 "--pid-file", str(pid_file)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         uri = f"mongodb://127.0.0.1:{port}/"
     client: pymongo.MongoClient[Any] = pymongo.MongoClient(uri, serverSelectionTimeoutMS=500)

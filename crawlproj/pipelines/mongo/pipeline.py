@@ -27,6 +27,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from crawlproj.observability.extension import timings_of
+from crawlproj.observability.timings import NullTimings, Timings
 from crawlproj.politeness.timing import LatencySampler
 from crawlproj.wire.urls import BadURL, fingerprint_hex
 
@@ -66,11 +68,13 @@ class MongoPipeline:
         self._stats_loop: LoopingCall | None = None
         self._warned_fields: set[str] = set()
         self._item_wait = LatencySampler("mongo/item_wait_ms")  # process_item until durable
+        self._timings: Timings = NullTimings()  # the crawler's, from open_spider on
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> MongoPipeline:
         if not MongoConfig.enabled(crawler.settings):
-            raise NotConfigured("MONGO_URI is empty: the MongoDB pipeline is off")
+            logger.info("MongoDB pipeline off: MONGO_URI is empty")
+            raise NotConfigured  # no message: Scrapy would warn "Disabled" on every crawl without MongoDB
         return cls(crawler, MongoConfig.from_settings(crawler.settings))
 
     # -- Scrapy hooks -------------------------------------------------------------------------------
@@ -79,11 +83,12 @@ class MongoPipeline:
         from twisted.internet import reactor
 
         config = self.config
+        self._timings = timings_of(self.crawler)
         try:
             config.spill_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RuntimeError(f"MONGO_SPILL_DIR: expected a directory that exists or can be created, "
-                               f"got {str(config.spill_dir)!r}: {exc}") from exc
+                               f"got {str(config.spill_dir)!r}: {exc}") from None
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="crawlproj-mongo")
         self._pool.start()
         # the thread is not a daemon: stop it with the reactor even if close_spider never runs
@@ -175,7 +180,7 @@ class MongoPipeline:
                 logger.warning("Item field %r is owned by the MongoDB pipeline and is not written",
                                name, extra=self._log_extra())
         doc = Doc(self._collection_for(item), doc_id, fields, datetime.now(timezone.utc))
-        return Entry(doc, url, time.monotonic(), Deferred())
+        return Entry(doc, url, time.monotonic(), Deferred(), item)
 
     def _collection_for(self, item: Any) -> str:
         item_type = type(item)
@@ -196,6 +201,15 @@ class MongoPipeline:
         self._item_wait.add((time.monotonic() - entry.enqueued) * 1000)
         if not entry.done.called:  # a cancelled process_item already fired it
             entry.done.callback(status)
+
+    def _batch_waited(self, batch: Batch) -> None:
+        """Tell the timings how long each item waited for its batch to fill (the item_batch_wait
+        operation), so that item_write is the write and not MONGO_FLUSH_INTERVAL."""
+        now = time.monotonic()
+        for entry in batch.entries:
+            if entry.batch_wait is None:
+                entry.batch_wait = now - entry.enqueued
+                self._timings.item_waited(entry.item, entry.batch_wait * 1000)
 
     # -- the worker's jobs --------------------------------------------------------------------------
 
@@ -233,6 +247,7 @@ class MongoPipeline:
         writer = self._writer
         if action.kind == "write":
             batch = action.batches[0]
+            self._batch_waited(batch)
             return writer.write_batch, (batch.docs, batch.prepared), lambda r: self._after_write(batch, r)
         if action.kind == "replay":
             return writer.replay_chunk, (), self._after_replay

@@ -83,8 +83,12 @@ def test_a_crawl_of_public_hosts_without_contact_warns_once(caplog: pytest.LogCa
 # -- refusals are loud --------------------------------------------------------------------------------
 
 
-def test_a_crawl_whose_every_seed_is_refused_exits_1_naming_the_setting(tmp_path: Path) -> None:
+def test_a_crawl_whose_every_seed_is_refused_exits_1_naming_the_setting(tmp_path: Path, synthweb: Any) -> None:
+    proc = synthweb(WebSpec(seed=5, hosts=2, min_pages=3, max_pages=5))
+    disallowing = next(h for h in proc.web.hosts if h.robots == "disallow")  # Disallow: /private/
     cases = {  # name: (settings, spider args, the stats key counted, what the warning names)
+        "robots": (SYNTHWEB_SETTINGS, {"seeds": proc.url(disallowing.name, "/private/1")},
+                   "robots/forbidden/rules", "ROBOTSTXT_OBEY"),
         "ssrf": ({}, {"seeds": "http://127.0.0.1:9/,http://10.0.0.1/"}, "ssrf/refused/loopback",
                  "SSRF_ALLOWED_NETWORKS"),
         "bad_seeds": ({}, {"seeds": "not-a-url,ftp://a.test/"}, "broad/seeds/invalid", "-a seeds"),
@@ -96,7 +100,7 @@ def test_a_crawl_whose_every_seed_is_refused_exits_1_naming_the_setting(tmp_path
         settings, args, _, _ = cases[name]
         return crawl(tmp_path / name, settings, args)
 
-    with ThreadPoolExecutor(3) as pool:
+    with ThreadPoolExecutor(2) as pool:
         results = dict(zip(cases, pool.map(run, cases)))
     for name, (code, log, stats) in results.items():
         _, _, key, setting = cases[name]

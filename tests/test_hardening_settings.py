@@ -200,7 +200,7 @@ def test_the_table_covers_every_crawlproj_setting() -> None:
 # -- what the user sees: real `scrapy crawl` processes ---------------------------------------------
 
 TERMINAL_ROWS = [row for row in ROWS if row[0] in (
-    "ROBOTS_RETRY_DELAY", "CONCURRENT_REQUESTS", "LOG_LEVEL", "MONGO_SPILL_DIR", "DISPATCHER_NODE_NAME",
+    "ROBOTS_RETRY_DELAY", "CONCURRENT_REQUESTS", "LOG_LEVEL", "MONGO_SPILL_DIR", "DISPATCHER_QUEUE_TARGET",
     "BROAD_SCOPE")]
 
 

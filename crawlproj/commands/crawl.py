@@ -47,10 +47,24 @@ def names_a_setting(exc: BaseException) -> bool:
     return bool(_NAMES_A_SETTING.match(str(exc)))
 
 
+def setting_error(exc: BaseException) -> BaseException | None:
+    """``exc``, or the exception it was raised in handling (Scrapy's clean-up after a component
+    failed to start may fail in turn), that names a setting; None if none does."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if names_a_setting(current):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def report_start_failure(exc: BaseException) -> None:
     """One ERROR line for a bad setting (the traceback at DEBUG); a full traceback otherwise."""
-    if names_a_setting(exc):
-        logger.error("%s: %s", NOT_STARTED, exc)
+    bad = setting_error(exc)
+    if bad is not None:
+        logger.error("%s: %s", NOT_STARTED, bad)
         logger.debug("Where it was raised:", exc_info=(type(exc), exc, exc.__traceback__))
     else:
         logger.error("%s: %s: %s", NOT_STARTED, type(exc).__name__, exc,

@@ -35,8 +35,11 @@ logger = logging.getLogger(__name__)
 
 #: Finish reason of a crawl whose every request was refused.
 REFUSED = "refused"
+#: Finish reasons of the MongoDB pipeline when it cannot start or go on (crawlproj.pipelines.mongo).
+MONGO_INDEX_CHECK_FAILED = "mongo_index_check_failed"
+MONGO_START_REFUSED = "mongo_start_refused"
 #: Finish reasons after which ``scrapy crawl`` exits 1.
-FAILED_REASONS = frozenset({REFUSED, "mongo_index_check_failed"})
+FAILED_REASONS = frozenset({REFUSED, MONGO_INDEX_CHECK_FAILED, MONGO_START_REFUSED})
 
 #: Stats key (or key prefix, ending in "/") -> what refused, and what would allow it.
 SOURCES: dict[str, tuple[str, str]] = {

@@ -129,6 +129,10 @@ def file_setting(settings: BaseSettings, name: str, create_dirs: bool = True) ->
     return path
 
 
+#: Scrapy's component dicts: their keys are import paths.
+COMPONENT_DICT_SUFFIXES = ("MIDDLEWARES", "EXTENSIONS", "PIPELINES", "ADDONS")
+_DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")  # a default like "scrapy.core.scheduler.Scheduler"
+_NAME_OR_PATH = frozenset({"REFERRER_POLICY"})  # a path default, but a policy name ("no-referrer") is fine
 #: Scrapy settings with an integer default that Scrapy reads as seconds (``getfloat``).
 SCRAPY_SECONDS_WITH_INT_DEFAULT = frozenset({"DNS_TIMEOUT", "DOWNLOAD_DELAY", "DOWNLOAD_TIMEOUT"})
 
@@ -151,9 +155,28 @@ def check_scrapy_settings(settings: BaseSettings) -> None:
             typed_setting(settings, name, settings.getint, "an integer")
         elif isinstance(default, dict):
             dict_setting(settings, name)
+        if isinstance(default, dict) and name.endswith(COMPONENT_DICT_SUFFIXES):
+            for path in settings.getdict(name):
+                _importable(name, path, "component paths")
+        elif (isinstance(default, str) and settings[name] != default and _DOTTED.match(default)
+              and name not in _NAME_OR_PATH):
+            _importable(name, settings[name], "an importable class or function path")
     level = settings["LOG_LEVEL"]
     check_setting(isinstance(level, int) or level in logging.getLevelNamesMapping(), "LOG_LEVEL", level,
                   "one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    if settings["LOG_FILE"]:
+        file_setting(settings, "LOG_FILE", create_dirs=False)
+
+
+def _importable(name: str, path: Any, expect: str) -> None:
+    from scrapy.utils.misc import load_object
+
+    if not isinstance(path, str):
+        return  # a class or function itself
+    try:
+        load_object(path)
+    except (ImportError, NameError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{name}: expected {expect}, got {path!r} ({exc})") from None
 
 
 class ScrapySettingsCheck:

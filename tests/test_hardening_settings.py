@@ -123,6 +123,8 @@ ROWS: list[Row] = [
     ("DEPTH_LIMIT", "deep", None, {}),
     ("RETRY_ENABLED", "perhaps", None, {}),
     ("LOG_LEVEL", "LOUD", None, {}),
+    ("LOG_FILE", "/dev/null/crawl.log", None, {}),
+    ("DUPEFILTER_CLASS", "scrapy.dupefilters.NoSuchFilter", None, {}),
 ]
 
 
@@ -200,8 +202,12 @@ def test_the_table_covers_every_crawlproj_setting() -> None:
 # -- what the user sees: real `scrapy crawl` processes ---------------------------------------------
 
 TERMINAL_ROWS = [row for row in ROWS if row[0] in (
-    "ROBOTS_RETRY_DELAY", "CONCURRENT_REQUESTS", "LOG_LEVEL", "MONGO_SPILL_DIR", "DISPATCHER_QUEUE_TARGET",
-    "BROAD_SCOPE")]
+    "ROBOTS_RETRY_DELAY", "CONCURRENT_REQUESTS", "LOG_LEVEL", "LOG_FILE", "MONGO_SPILL_DIR", "DISPATCHER_QUEUE_TARGET",
+    "BROAD_SCOPE")] + [
+    # Scrapy loads the paths of a component dict as soon as an add-on adds to it: crawlproj's
+    # command checks it before, in process nothing can
+    ("DOWNLOADER_MIDDLEWARES", '{"no.such.Middleware": 5}', "no.such.Middleware", {}),
+]
 
 
 def run_crawl(settings: dict[str, Any], workdir: Path) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
 from pymongo.errors import ConnectionFailure, PyMongoError
-from scrapy.exceptions import NotConfigured
+from scrapy.exceptions import CloseSpider, NotConfigured
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
@@ -30,6 +30,7 @@ from twisted.python.threadpool import ThreadPool
 from crawlproj.observability.extension import timings_of
 from crawlproj.observability.timings import NullTimings, Timings
 from crawlproj.politeness.timing import LatencySampler
+from crawlproj.refusals import MONGO_INDEX_CHECK_FAILED, MONGO_START_REFUSED
 from crawlproj.wire.urls import BadURL, fingerprint_hex
 
 from .brake import EngineBrake, engine_of
@@ -110,11 +111,15 @@ class MongoPipeline:
                            str(exc)[:MESSAGE_LIMIT], config.spill_dir, extra=self._log_extra())
             self._health.failed(exc, log=False)
         except (IndexCheckError, PyMongoError) as exc:
+            # Scrapy's way for a component that cannot start: the spider closes with a reason
+            # (``scrapy crawl`` exits 1, crawlproj.refusals.FAILED_REASONS), no traceback.
             await self._shutdown_worker()
             if isinstance(exc, IndexCheckError):
-                raise
-            raise RuntimeError(f"MongoDB at {redact(config.uri)} refused to start the pipeline: "
-                               f"{type(exc).__name__}: {exc}") from exc
+                logger.error("%s", exc, extra=self._log_extra())
+                raise CloseSpider(MONGO_INDEX_CHECK_FAILED) from None
+            logger.error("MONGO_URI: MongoDB at %s refused to start the pipeline: %s: %s", redact(config.uri),
+                         type(exc).__name__, str(exc)[:MESSAGE_LIMIT], extra=self._log_extra())
+            raise CloseSpider(MONGO_START_REFUSED) from None
         await self._call(self._writer.claim_backlog)
         if self._schedule.spill.files:
             logger.warning("Replaying %d spill files (%d bytes) found in %s before writing new items",
@@ -399,7 +404,7 @@ class MongoPipeline:
         if self._health.job_failed(failure):
             engine = engine_of(self.crawler)
             if engine is not None and engine.spider is not None:
-                deferred_from_coro(engine.close_spider_async(reason="mongo_index_check_failed"))
+                deferred_from_coro(engine.close_spider_async(reason=MONGO_INDEX_CHECK_FAILED))
 
     # -- stats and shutdown -------------------------------------------------------------------------
 

@@ -186,7 +186,8 @@ def test_every_bad_setting_stops_the_crawl_at_start_with_name_and_value(tmp_path
     assert not failures, f"{len(failures)} of {len(ROWS)} bad settings not refused properly:\n" + "\n".join(failures)
 
 
-def test_the_project_settings_start() -> None:
+def test_the_project_settings_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     assert start_failure({}) is None
 
 

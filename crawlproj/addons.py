@@ -36,6 +36,7 @@ SSRF_PEER_CHECK_ORDER = 950  # first to see a response
 LEASE_TRACKER_ORDER = 10  # outermost spider middleware: it sees the final output
 PARSE_TIMING_ORDER = 1050  # innermost: one perf_counter pair per response
 POLITENESS_GATE_ORDER = 0
+CONTACT_CHECK_ORDER = 10
 TIMINGS_ORDER = 510
 MONGO_ORDER = 800
 REVISIT_ORDER = 540  # its process_response sees only final answers: after redirects, retries, decompression
@@ -52,11 +53,15 @@ def _put(settings: BaseSettings, name: str, components: dict[str, int | None]) -
 
 class Politeness:
     """robots.txt and per-key politeness by crawlproj (``ROBOTS_THROTTLE_ENABLED``, default on);
-    off, Scrapy's robots.txt middleware with its concurrent-waiter bug fixed."""
+    off, Scrapy's robots.txt middleware with its concurrent-waiter bug fixed. The User-Agent says
+    who crawls (crawlproj.identity: ``BOT_CONTACT``)."""
 
     def update_settings(self, settings: BaseSettings) -> None:
+        from crawlproj.identity import bot_contact, user_agent
         from crawlproj.politeness.config import throttle_enabled
 
+        settings.set("USER_AGENT", user_agent(bot_contact(settings)), "addon")  # USER_AGENT set by you wins
+        _put(settings, "EXTENSIONS", {"crawlproj.identity.ContactCheck": CONTACT_CHECK_ORDER})
         _put(settings, "DOWNLOADER_MIDDLEWARES", {SCRAPY_ROBOTS: None})
         if throttle_enabled(settings):
             _put(settings, "EXTENSIONS", {"crawlproj.politeness.gate.PolitenessGate": POLITENESS_GATE_ORDER})

@@ -10,12 +10,16 @@ Configuration classes read their settings here (``XConfig.from_settings(settings
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from scrapy.exceptions import NotConfigured
+
 if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
 
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name: a token (RFC 9110)
@@ -123,3 +127,62 @@ def file_setting(settings: BaseSettings, name: str, create_dirs: bool = True) ->
         ancestor = os.path.dirname(ancestor)
     check_setting(os.path.isdir(ancestor), name, path, "a file in a directory that exists or can be created")
     return path
+
+
+#: Scrapy's component dicts: their keys are import paths.
+COMPONENT_DICT_SUFFIXES = ("MIDDLEWARES", "EXTENSIONS", "PIPELINES", "ADDONS")
+_DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")  # a default like "scrapy.core.scheduler.Scheduler"
+_NAME_OR_PATH = frozenset({"REFERRER_POLICY"})  # a path default, but a policy name ("no-referrer") is fine
+#: Scrapy settings with an integer default that Scrapy reads as seconds (``getfloat``).
+SCRAPY_SECONDS_WITH_INT_DEFAULT = frozenset({"DNS_TIMEOUT", "DOWNLOAD_DELAY", "DOWNLOAD_TIMEOUT"})
+
+
+def check_scrapy_settings(settings: BaseSettings) -> None:
+    """Scrapy's own typed settings read as Scrapy reads them: each whose default is a bool, an
+    int, a float or a dict, and ``LOG_LEVEL``; ValueError naming the first bad one (Scrapy's own
+    error, e.g. ``invalid literal for int()``, would not name it)."""
+    from scrapy.settings import default_settings
+
+    for name in dir(default_settings):
+        if not name.isupper() or settings[name] is None:  # [] does not warn of deprecated names
+            continue
+        default = getattr(default_settings, name)
+        if isinstance(default, bool):
+            bool_setting(settings, name)
+        elif isinstance(default, float) or name in SCRAPY_SECONDS_WITH_INT_DEFAULT:
+            typed_setting(settings, name, settings.getfloat, "a number")
+        elif isinstance(default, int):
+            typed_setting(settings, name, settings.getint, "an integer")
+        elif isinstance(default, dict):
+            dict_setting(settings, name)
+        if isinstance(default, dict) and name.endswith(COMPONENT_DICT_SUFFIXES):
+            for path in settings.getdict(name):
+                _importable(name, path, "component paths")
+        elif (isinstance(default, str) and settings[name] != default and _DOTTED.match(default)
+              and name not in _NAME_OR_PATH):
+            _importable(name, settings[name], "an importable class or function path")
+    level = settings["LOG_LEVEL"]
+    check_setting(isinstance(level, int) or level in logging.getLevelNamesMapping(), "LOG_LEVEL", level,
+                  "one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    if settings["LOG_FILE"]:
+        file_setting(settings, "LOG_FILE", create_dirs=False)
+
+
+def _importable(name: str, path: Any, expect: str) -> None:
+    from scrapy.utils.misc import load_object
+
+    if not isinstance(path, str):
+        return  # a class or function itself
+    try:
+        load_object(path)
+    except (ImportError, NameError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{name}: expected {expect}, got {path!r} ({exc})") from None
+
+
+class ScrapySettingsCheck:
+    """The first extension: :func:`check_scrapy_settings` before any component reads them."""
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> ScrapySettingsCheck:
+        check_scrapy_settings(crawler.settings)
+        raise NotConfigured

@@ -18,6 +18,11 @@ TELNETCONSOLE_ENABLED = False
 LOG_LEVEL = "INFO"
 DOWNLOAD_TIMEOUT = 30
 FEED_EXPORT_ENCODING = "utf-8"
+COMMANDS_MODULE = "crawlproj.commands"  # crawlproj's `scrapy crawl`: a bad setting in one line, exit 1 when all was refused
+
+# -- Who crawls (crawlproj.identity; the add-on crawlproj.addons.Politeness sets USER_AGENT) -------
+BOT_CONTACT = ""  # URL or e-mail where site operators reach you; goes into the User-Agent "crawlproj/<version> (+CONTACT)"
+# USER_AGENT = "..."  # set here or with -s, it replaces crawlproj's User-Agent (BOT_CONTACT is then not sent)
 
 # -- Links seen lately (crawlproj.linkfilter): repeats dropped before they become Requests ------
 RECENT_LINKS_SIZE = 200000  # canonical URLs remembered per process; exact dedup stays downstream
@@ -42,6 +47,7 @@ ADDONS = {
 }
 
 EXTENSIONS = {
+    "crawlproj.setting_checks.ScrapySettingsCheck": -1000,  # Scrapy's typed settings checked first, each bad one named
     "crawlproj.linkfilter.RecentLinks": 0,  # links seen lately, shared by the spider and the scheduler
     "crawlproj.extensions.progress.Progress": 500,
 }
@@ -109,7 +115,7 @@ MONGO_WRITE_CONCERN = {"w": "majority"}  # pymongo WriteConcern arguments; w=0 i
 MONGO_INDEXES: list = []  # extra indexes: "f" or {"keys": [["f", 1]], "collection": c, "unique": True}
 MONGO_QUERY_PATHS: list = []  # fields queried by: "f", ["a", "b"], {"fields": [...], "collection": c}
 MONGO_ALLOW_UNINDEXED = False  # True: a query path without an index is a warning, not a refusal
-MONGO_SPILL_DIR = "state/mongo-spill"  # spill files while MongoDB fails; nodes may share it
+MONGO_SPILL_DIR = ""  # spill files while MongoDB fails; nodes may share it; "" = <CRAWLPROJ_STATE_DIR>/mongo-spill
 MONGO_SPILL_MAX_BYTES = 1024**3  # spill budget; when full (and the buffer too) the engine is paused
 MONGO_SPILL_AFTER = 5.0  # seconds an item waits in memory for a failing MongoDB before it is spilled
 MONGO_BUFFER_MAX_ITEMS = 1000  # items waiting in memory (>= MONGO_BATCH_SIZE); more: spill or pause

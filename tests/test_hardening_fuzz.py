@@ -8,7 +8,6 @@ same for longer.
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections import Counter
 from collections.abc import Iterator

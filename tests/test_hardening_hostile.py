@@ -46,8 +46,8 @@ PARTITIONS = 16
 
 
 def run_node(tmp_path: Path, settings: dict[str, Any], spider_args: dict[str, Any] | None = None,
-             extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """One `scrapy crawl broad` to its end; its final stats."""
+             extra_env: dict[str, str] | None = None, exit_code: int = 0) -> dict[str, Any]:
+    """One `scrapy crawl broad` to its end (with ``exit_code``); its final stats."""
     stats_file = tmp_path / "node.stats.json"
     settings = {"PROGRESS_STATS_FILE": str(stats_file), "LOG_FILE": str(tmp_path / "node.log"),
                 "CRAWLPROJ_STATE_DIR": str(tmp_path / "state"),
@@ -55,7 +55,7 @@ def run_node(tmp_path: Path, settings: dict[str, Any], spider_args: dict[str, An
     proc = subprocess.Popen(crawl_argv("broad", settings, spider_args), env=crawl_env(extra_env), cwd=tmp_path,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert proc.wait(CRAWL_TIMEOUT) == 0, (tmp_path / "node.log").read_text()[-3000:]
+        assert proc.wait(CRAWL_TIMEOUT) == exit_code, (tmp_path / "node.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -139,9 +139,9 @@ def test_node_refuses_loopback_before_connecting_and_a_rebound_name_after(tmp_pa
             "TWISTED_DNS_RESOLVER": "rebinding_resolver.RebindingResolver", "DNSCACHE_ENABLED": False,
             "SSRF_ALLOWED_NETWORKS": ["127.0.0.2/32"], "ROBOTSTXT_OBEY": False, "RETRY_ENABLED": False,
         }, {"seeds": ",".join(seeds)}, extra_env={"PYTHONPATH": os.pathsep.join(
-            [str(TESTS), os.environ.get("PYTHONPATH", "")])})
+            [str(TESTS), os.environ.get("PYTHONPATH", "")])}, exit_code=1)  # every seed refused
         requested = Counter(r["path"] for r in web.requests())
-    assert stats["ssrf/refused/loopback"] == 4
+    assert stats["ssrf/refused/loopback"] == 4 and stats["finish_reason"] == "refused"
     assert requested == {"/rebound": 1}  # sent (the peer check comes after), never used
     assert stats["broad/errors/IgnoreRequest"] == 4
     assert items(tmp_path) == []

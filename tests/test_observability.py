@@ -33,7 +33,7 @@ from crawlproj.observability.diagnose import diagnose
 from crawlproj.observability.extension import (ParseTimingMiddleware, TimingsConfig, TimingsExtension,
                                                timings_of)
 from crawlproj.observability.series import Series
-from crawlproj.observability.timings import NullTimings, Timings, parse_report
+from crawlproj.observability.timings import OPERATIONS, NullTimings, Timings, parse_report
 from crawlproj.politeness.timing import LatencySampler
 from crawlproj.wire.protocol import encode
 from crawlproj.tools.runner import SYNTHWEB_SETTINGS
@@ -281,7 +281,8 @@ class FakeNode:
                 stats = {"response_received_count": pages, "queued": 7, "inflight": 3, "keys": 5,
                          "node/cpu": 0.25, "node/interval": self.interval, "keys/distinct": 5,
                          "keys/fetches": 25, "keys/top/a.test": 6}
-                for op, base in (("download", 20.0), ("parse", 2.0), ("item_write", 5.0)):
+                bases = {"download": 20.0, "parse": 2.0, "item_write": 5.0}
+                for op, base in ((op, bases.get(op, 1.0 + i)) for i, op in enumerate(OPERATIONS)):
                     stats.update({f"timing/{op}/n": 25, f"timing/{op}/p50": base,
                                   f"timing/{op}/p90": base * 2, f"timing/{op}/p99": base * 3 + pages / 100,
                                   f"timing/{op}/max": base * 4 + pages / 100, f"timing/{op}/sum": base * 25})
@@ -349,7 +350,7 @@ class DevTools:
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tempfile.mkdtemp(dir=workdir)}", "--remote-debugging-port=0",
-             "--window-size=1280,1100", url],
+             "--window-size=1280,900", url],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.port = self._port()
 
@@ -395,11 +396,18 @@ async def _watch_page(ws_url: str, shot: Path) -> dict[str, Any]:
                     "updates: +document.getElementById('updates').textContent, "
                     "status: document.getElementById('status').textContent, "
                     "rows: document.querySelectorAll('#nodes tbody tr').length, "
-                    "rate: document.getElementById('k-rate').textContent})")
+                    "rate: document.getElementById('k-rate').textContent, "
+                    "ready: document.readyState, "
+                    "overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth, "
+                    "width: window.innerWidth, "
+                    "initial_rows: Object.keys(((window.INITIAL || {}).state || {}).nodes || {}).length, "
+                    "initial_points: (((window.INITIAL || {}).series || {}).points || []).length, "
+                    "legends: [...document.querySelectorAll('.legend')].map(l => "
+                    "[...l.querySelectorAll('i')].map(i => i.style.background))})")
             result = await call("Runtime.evaluate", expression=expr, returnByValue=True)
             value = (result or {}).get("result", {}).get("value")
             if value is None:  # the page is not there yet (the expression threw)
-                return {"points": 0, "updates": 0, "status": "", "rows": 0, "rate": ""}
+                return {"points": 0, "updates": 0, "status": "", "rows": 0, "rate": "", "ready": ""}
             return dict(json.loads(value))
 
         async def until(cond: Any, timeout: float, what: str) -> dict[str, Any]:
@@ -412,13 +420,16 @@ async def _watch_page(ws_url: str, shot: Path) -> dict[str, Any]:
                 await asyncio.sleep(0.2)  # the poll interval of a deadline-bound wait
             raise TimeoutError(f"page: {what}; last {last}")
 
+        painted = await until(lambda s: s["ready"] == "complete", 30, "the page loaded")
+        # a viewport of exactly 1280x900 (--window-size counts the window, not the viewport)
+        await call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
         first = await until(lambda s: s["points"] > 0 and s["updates"] >= 1 and s["rows"] >= 1,
                             30, "points drawn and a node row")
         later = await until(lambda s: s["updates"] >= first["updates"] + 2 and s["points"] > first["points"],
                             30, "two more updates with more points")
         png = await call("Page.captureScreenshot", format="png")
         shot.write_bytes(base64.b64decode(png["data"]))
-        return {"first": first, "later": later}
+        return {"painted": painted, "first": first, "later": later}
 
 
 def test_status_page_draws_and_updates_in_headless_chromium(live_dispatcher: DispatcherProcess,
@@ -426,6 +437,9 @@ def test_status_page_draws_and_updates_in_headless_chromium(live_dispatcher: Dis
     if _chromium() is None:
         pytest.skip("chromium is not installed (./dev test installs the Debian package)")
     with FakeNode(live_dispatcher.endpoint):
+        # the page is served once the dispatcher has the node's timings: its first paint has them
+        wait_until(lambda: any((p.get("nodes") or {}).get("fake1", {}).get("report") for p in
+                               _json(live_dispatcher.http_url + "/api/series")["points"]), 30, "a node report")
         browser = DevTools(live_dispatcher.http_url + "/", tmp_path)
         try:
             wait_until(lambda: browser.page_ws(), 30, "the page target")
@@ -435,11 +449,18 @@ def test_status_page_draws_and_updates_in_headless_chromium(live_dispatcher: Dis
             browser.close()
     assert seen["later"]["status"] == "live" and seen["later"]["rows"] == 1
     assert float(seen["later"]["rate"]) > 0
+    painted = seen["painted"]  # data on first paint: embedded in the page, drawn before any fetch
+    assert painted["initial_rows"] == 1 and painted["initial_points"] > 0 and painted["status"] == "live", painted
+    later = seen["later"]
+    assert later["width"] == 1280 and later["overflow"] <= 0, f"scrolls sideways at 1280 px: {later}"
+    for legend in later["legends"]:
+        assert len(set(legend)) == len(legend), f"a chart reuses a colour: {legend}"
+    assert max(len(legend) for legend in later["legends"]) >= len(OPERATIONS)  # every node operation drawn
     from PIL import Image
 
     image = Image.open(shot).convert("RGB")
     colors = image.getcolors(maxcolors=1 << 20) or []
-    assert image.size[0] >= 1000 and len(colors) > 50, "the screenshot is (nearly) blank"
+    assert image.size == (1280, 900) and len(colors) > 50, "the screenshot is (nearly) blank"
     print(f"status page: {seen}, screenshot {shot}")
 
 

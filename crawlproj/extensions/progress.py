@@ -53,7 +53,7 @@ class Progress:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Progress:
         if not ProgressConfig.enabled(crawler.settings):
-            raise NotConfigured("PROGRESS_INTERVAL is 0 and PROGRESS_STATS_FILE is empty")
+            raise NotConfigured  # off by default: no "Disabled" warning on every crawl
         ext = cls(crawler, ProgressConfig.from_settings(crawler.settings))
         crawler.signals.connect(ext.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(ext.spider_closed, signal=signals.spider_closed)

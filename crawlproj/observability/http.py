@@ -1,6 +1,7 @@
 """The dispatcher's HTTP server: a JSON API, Prometheus metrics and a live page.
 
-    GET /                 the status page (charts of the series, a table of the nodes)
+    GET /                 the status page (charts of the series, a table of the nodes), with the
+                          state and series of the moment embedded: data on first paint
     GET /api/state        the dispatcher's "state" (as the "status" message answers), last tick
     GET /api/series       the time series; ?since=<epoch seconds> for newer points only, ?limit=N
     GET /metrics          Prometheus text format (prometheus-client, a registry of its own)
@@ -37,8 +38,20 @@ ASSETS = {"/": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8")}
 
 
+INITIAL_MARK = b"<!--initial-state-->"  # where the page gets the data of its first paint
+
+
 def _asset(name: str) -> bytes:
     return resources.files("crawlproj.observability").joinpath("assets", name).read_bytes()
+
+
+def page_with_data(page: bytes, observer: Source) -> bytes:
+    """The status page with the observer's state and series embedded as ``window.INITIAL``."""
+    series = observer.series
+    data = {"state": observer.snapshot(),
+            "series": {"stride": series.stride, "interval": observer.interval, "points": series.since(0)}}
+    text = json.dumps(data, default=str).replace("</", "<\\/")  # never ends the <script> early
+    return page.replace(INITIAL_MARK, f"<script>window.INITIAL = {text};</script>".encode())
 
 
 class Source(Protocol):
@@ -141,7 +154,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if url.path in ASSETS:
                 name, ctype = ASSETS[url.path]
-                self._send(200, _asset(name), ctype)
+                body = _asset(name)
+                self._send(200, page_with_data(body, observer) if name == "index.html" else body, ctype)
             elif url.path == "/api/state":
                 self._json(observer.snapshot())
             elif url.path == "/api/series":

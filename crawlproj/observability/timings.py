@@ -43,7 +43,10 @@ STATS_PREFIX = "timing"
 OPERATIONS = {
     "download": "Scrapy's download_latency of a response (request sent to response received)",
     "parse": "a spider callback, from its first output to its last (link handling included)",
-    "item_write": "an item, from the callback yielding it to the end of the item pipelines",
+    "item_write": "an item, from the callback yielding it to the end of the item pipelines, its item_batch_wait "
+                  "left out",
+    "item_batch_wait": "an item's wait in the MongoDB pipeline for its batch to fill (MONGO_BATCH_SIZE, "
+                       "MONGO_FLUSH_INTERVAL): by configuration, never logged as slow",
     "robots_lookup": "a read of the politeness store (robots.txt cache, last-fetch state)",
     "robots_store_write": "one batched write of the politeness store",
     "robots_fetch": "a robots.txt fetch (politeness wait included)",
@@ -62,6 +65,8 @@ DISPATCHER_OPERATIONS = {
 _REPORT_TIMING = STATS_PREFIX + "/"
 _REPORT_TOP_KEY = "keys/top/"
 _ITEM_STARTS_MAX = 100_000  # items in flight whose start is remembered (a leak bound)
+#: Waits by configuration: sampled like any operation, never a "slow" TIMING line.
+NEVER_SLOW = frozenset({"item_batch_wait"})
 
 
 class TimingLog:
@@ -82,9 +87,11 @@ class TimingLog:
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def sink(self, op: str) -> Any:
+        slow_ms = float("inf") if op in NEVER_SLOW else self.slow_ms
+
         def record(ms: float) -> None:
             self._seen[op] += 1
-            if (self.every and self._seen[op] % self.every == 0) or ms >= self.slow_ms:
+            if (self.every and self._seen[op] % self.every == 0) or ms >= slow_ms:
                 self.sample(op, ms)
 
         return record
@@ -123,6 +130,7 @@ class Timings:
         self.samplers: dict[str, LatencySampler] = {}
         self.log: TimingLog | None = None
         self._item_starts: dict[int, float] = {}
+        self._item_waits: dict[int, float] = {}  # ms an item in flight waited for its batch
         # per reader ("log": the TIMINGS lines, "report": the dispatcher's stats), opened by the
         # component that reads it, so a standalone crawl keeps no "report" window or key counts
         self._keys: dict[str, Counter[str]] = {}
@@ -171,12 +179,20 @@ class Timings:
         starts = self._item_starts
         if len(starts) >= _ITEM_STARTS_MAX:
             starts.clear()  # items that never settled (dropped by an outer middleware)
+            self._item_waits.clear()
         starts[id(item)] = t
+
+    def item_waited(self, item: Any, ms: float) -> None:
+        """``item`` waited ``ms`` for its batch (item_batch_wait): not part of its item_write."""
+        self.record("item_batch_wait", ms)
+        if id(item) in self._item_starts:
+            self._item_waits[id(item)] = self._item_waits.get(id(item), 0.0) + ms
 
     def item_finished(self, item: Any, t: float) -> None:
         started = self._item_starts.pop(id(item), None)
+        waited = self._item_waits.pop(id(item), 0.0)
         if started is not None:
-            self.record("item_write", (t - started) * 1000.0)
+            self.record("item_write", max((t - started) * 1000.0 - waited, 0.0))
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -249,6 +265,9 @@ class NullTimings(Timings):
         pass
 
     def item_started(self, item: Any, t: float) -> None:
+        pass
+
+    def item_waited(self, item: Any, ms: float) -> None:
         pass
 
     def item_finished(self, item: Any, t: float) -> None:

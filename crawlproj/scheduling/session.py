@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("crawlproj.scheduling.scheduler")
 
+NO_ANSWER_WARN_INTERVAL = 30.0  # seconds between warnings while the dispatcher does not answer
+
 
 class DispatcherSession(NodeState):
     spider: Spider | None
@@ -48,6 +50,7 @@ class DispatcherSession(NodeState):
     _welcomed: asyncio.Event
     _ping_sent: float
     _warned_heartbeat: bool
+    _unanswered: tuple[float, float] | None = None  # (since, last warning) while not registered
 
     if TYPE_CHECKING:  # the other parts of DispatcherScheduler
         def _discover(self, request: Request) -> bool: ...
@@ -115,12 +118,24 @@ class DispatcherSession(NodeState):
             logger.warning("No word from the dispatcher for %.0f s: registering again", self.config.timeout)
             self.registered = False
         if not self.registered:
+            self._warn_unanswered(loop.time())
             self._register()
             return
+        self._unanswered = None
         self.link.send("heartbeat", node=self.node)
         self._ping_sent = time.perf_counter()
         self._force_late_handoffs()
         self._pull()
+
+    def _warn_unanswered(self, now: float) -> None:
+        """Every NO_ANSWER_WARN_INTERVAL while the dispatcher does not answer: what is tried, how long."""
+        since, warned = self._unanswered or (now, now)
+        if now - warned >= NO_ANSWER_WARN_INTERVAL:
+            warned = now
+            logger.warning("No answer from the dispatcher at %s for %.0f s (DISPATCHER_ENDPOINT; registering "
+                           "every %.1f s); still trying", self.config.endpoint, now - since,
+                           self.config.heartbeat_interval)
+        self._unanswered = (since, warned)
 
     def _send_stats(self) -> None:
         if self.link is None or not self.registered:

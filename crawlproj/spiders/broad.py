@@ -27,7 +27,8 @@ from crawlproj.items import PageItem
 from crawlproj.linkfilter import RecentSet, recent_links
 from crawlproj.meta import CANONICAL, DEPTH, REDIRECT_URLS, REVISIT_OUTCOME
 from crawlproj.middlewares.revisit import CURRENT, content_hash, history_item
-from crawlproj.setting_checks import HEADER_NAME, list_setting, parse_list
+from crawlproj.refusals import RefusalCheck
+from crawlproj.setting_checks import HEADER_NAME, int_at_least, list_setting, parse_list
 from crawlproj.sitemaps import sitemap_requests
 from crawlproj.wire.urls import BadURL, canonicalize, host_of, registered_domain
 
@@ -107,7 +108,7 @@ class BroadConfig:
         except (KeyError, ValueError, TypeError):
             raise ValueError(f"BROAD_REDIS_START_URLS_KEY: expected a key where %(name)s may stand for the "
                              f"spider's name, got {key!r}") from None
-        depth: int | None = settings.getint("DEPTH_LIMIT") or None  # Scrapy: 0 = no limit
+        depth: int | None = int_at_least(settings, "DEPTH_LIMIT", 0) or None  # Scrapy: 0 = no limit
         if max_depth is not None:
             try:
                 depth = int(max_depth)
@@ -125,6 +126,7 @@ class BroadSpider(scrapy.Spider):
     # Error pages become items too; redirects stay with RedirectMiddleware; 304 answers a revisit.
     handle_httpstatus_list = [304, *range(400, 600)]
     config: BroadConfig
+    refusal_check: RefusalCheck
     _recent: RecentSet | None = None
 
     def __init__(self, seeds: str | None = None, scope: str | None = None,
@@ -139,6 +141,7 @@ class BroadSpider(scrapy.Spider):
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> BroadSpider:
         spider = super().from_crawler(crawler, *args, **kwargs)
         spider.config = BroadConfig.from_settings(crawler.settings, spider.name, **spider.overrides)
+        spider.refusal_check = RefusalCheck.from_crawler(crawler)
         return spider
 
     @property
@@ -159,6 +162,10 @@ class BroadSpider(scrapy.Spider):
             except (BadURL, ValueError) as exc:
                 self.crawler.stats.inc_value("broad/seeds/invalid")
                 logger.error("Ignoring bad seed %r: %s", raw[:200], exc, extra={"spider": self})
+                continue
+            if self.config.scope == "allowed" and not self.in_scope(url, ""):  # as Scrapy's offsite filter
+                self.crawler.stats.inc_value("broad/seeds/out_of_scope")
+                logger.info("Ignoring seed %s: not in BROAD_ALLOWED_DOMAINS", url[:300], extra={"spider": self})
                 continue
             count += 1
             yield scrapy.Request(url, callback=self.parse, errback=self.on_error)
@@ -289,6 +296,7 @@ class BroadSpider(scrapy.Spider):
         return item
 
     def on_error(self, failure: Any) -> None:
+        self.refusal_check.failed(failure)
         self.crawler.stats.inc_value(f"broad/errors/{failure.type.__name__}")
         logger.info("Failed %s: %s", failure.request.url if hasattr(failure, "request") else "?",
                     failure.getErrorMessage(), extra={"spider": self})

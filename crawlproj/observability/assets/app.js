@@ -1,9 +1,15 @@
-// crawlproj status page: polls /api/series and /api/state, draws the charts on canvases.
+// crawlproj status page: draws the state embedded in the page (window.INITIAL) at once, then
+// polls /api/series and /api/state; charts on canvases.
 "use strict";
 const REFRESH_MS = 2000;
 const MAX_POINTS = 5000;
-const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-                "#17becf", "#7f7f7f", "#bcbd22"];
+// Tableau 10: distinct for up to 10 series; past that, hues spread evenly over the circle.
+const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
+                 "#ff9da7", "#9c755f", "#bab0ac"];
+function colorOf(i, n) {
+  if (n <= PALETTE.length) return PALETTE[i];
+  return `hsl(${Math.round(i * 360 / n)}, 70%, ${i % 2 ? 35 : 50}%)`;
+}
 let points = [];
 let updates = 0;
 
@@ -56,12 +62,13 @@ function drawChart(canvasId, legendId, lines, opts) {
   for (let i = 0; i <= 4; i++) {
     const t = tmin + span * i / 4;
     const label = new Date(t * 1000).toLocaleTimeString();
-    ctx.fillText(label, Math.min(x(t) - 20, w - pad.r - 50), h - 6);
+    const tw = ctx.measureText(label).width;
+    ctx.fillText(label, Math.max(pad.l, Math.min(x(t) - tw / 2, w - pad.r - tw)), h - 6);
   }
   let drawn = 0;
   const legend = [];
   lines.forEach((line, i) => {
-    const color = COLORS[i % COLORS.length];
+    const color = colorOf(i, lines.length);
     ctx.strokeStyle = color; ctx.lineWidth = line.width || 1.5;
     ctx.beginPath();
     let pen = false;
@@ -84,19 +91,22 @@ function nodeNames() {
   return [...names].sort();
 }
 
-function opLines(field) {
-  // latency of each operation: the worst node's figure at each point, dispatcher ops too
+function opLines(field, source) {
+  // latency of each operation: the worst node's figure at each point, or the dispatcher's
   const ops = new Map();
   for (const p of points) {
     const here = {};
-    for (const node of Object.values(p.nodes || {})) {
-      const rep = node.report;
-      if (!rep || !rep.ops) continue;
-      for (const [op, s] of Object.entries(rep.ops))
-        if (s[field] !== undefined) here[op] = Math.max(here[op] || 0, s[field]);
+    if (source === "nodes") {
+      for (const node of Object.values(p.nodes || {})) {
+        const rep = node.report;
+        if (!rep || !rep.ops) continue;
+        for (const [op, s] of Object.entries(rep.ops))
+          if (s[field] !== undefined) here[op] = Math.max(here[op] || 0, s[field]);
+      }
+    } else {
+      for (const [op, s] of Object.entries(p.ops || {}))
+        if (s[field] !== undefined) here[op] = s[field];
     }
-    for (const [op, s] of Object.entries(p.ops || {}))
-      if (s[field] !== undefined) here[op] = s[field];
     for (const [op, v] of Object.entries(here)) {
       if (!ops.has(op)) ops.set(op, []);
       ops.get(op).push([p.t, v]);
@@ -126,8 +136,10 @@ function draw() {
     {name: "all", values: points.map(p => [p.t, p.leases]), width: 2.5},
     ...names.map(n => ({name: n, values: points.map(p => [p.t, p.nodes && p.nodes[n] ? p.nodes[n].leases : null])})),
   ]);
-  drawn += drawChart("c-p50", "l-p50", opLines("p50"), {log: true});
-  drawn += drawChart("c-p99", "l-p99", opLines("p99"), {log: true});
+  drawn += drawChart("c-p50", "l-p50", opLines("p50", "nodes"), {log: true});
+  drawn += drawChart("c-p99", "l-p99", opLines("p99", "nodes"), {log: true});
+  drawn += drawChart("c-d50", "l-d50", opLines("p50", "dispatcher"), {log: true});
+  drawn += drawChart("c-d99", "l-d99", opLines("p99", "dispatcher"), {log: true});
   document.getElementById("points").textContent = String(drawn);
   const last = points[points.length - 1];
   if (last) {
@@ -154,23 +166,29 @@ function drawNodes(state) {
   document.querySelector("#nodes tbody").innerHTML = rows.join("");
 }
 
-async function refresh() {
+function show(series, state) {
+  points = points.concat(series.points).slice(-MAX_POINTS);
+  draw();
+  drawNodes(state);
+  updates++;
+  document.getElementById("updates").textContent = String(updates);
   const status = document.getElementById("status");
+  status.textContent = "live"; status.className = "";
+}
+
+async function refresh() {
   try {
     const since = points.length ? points[points.length - 1].t : 0;
     const series = await (await fetch(`api/series?since=${since}`, {cache: "no-store"})).json();
-    points = points.concat(series.points).slice(-MAX_POINTS);
     const state = await (await fetch("api/state", {cache: "no-store"})).json();
-    draw();
-    drawNodes(state);
-    updates++;
-    document.getElementById("updates").textContent = String(updates);
-    status.textContent = "live"; status.className = "";
+    show(series, state);
   } catch (err) {
+    const status = document.getElementById("status");
     status.textContent = "no answer: " + err; status.className = "error";
   }
 }
 
-refresh();
+if (window.INITIAL) show(window.INITIAL.series, window.INITIAL.state);  // the first paint has data
+else refresh();
 setInterval(refresh, REFRESH_MS);
 window.addEventListener("resize", draw);

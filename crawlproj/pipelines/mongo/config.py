@@ -19,6 +19,7 @@ from scrapy.utils.misc import load_object
 
 from crawlproj.setting_checks import (
     bool_setting,
+    check_setting,
     dict_setting,
     float_at_least,
     int_at_least,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 INDEX_OPTIONS = frozenset({"name", "unique", "sparse", "expireAfterSeconds", "partialFilterExpression"})
 INDEX_DIRECTIONS = (1, -1, "hashed", "text", "2d", "2dsphere")
+SPILL_SUBDIR = "mongo-spill"  # under CRAWLPROJ_STATE_DIR while MONGO_SPILL_DIR is empty
 WRITE_CONCERN_KEYS = frozenset({"w", "j", "wtimeout", "fsync"})
 
 
@@ -240,9 +242,7 @@ class MongoConfig:
         batch_size = int_at_least(settings, "MONGO_BATCH_SIZE", 1)
         buffer_max_items = int_at_least(settings, "MONGO_BUFFER_MAX_ITEMS", batch_size,
                                         f"an integer >= MONGO_BATCH_SIZE ({batch_size})")
-        spill_dir = settings.get("MONGO_SPILL_DIR")
-        if not isinstance(spill_dir, str) or not spill_dir.strip():
-            raise ValueError(f"MONGO_SPILL_DIR: expected a directory path, got {spill_dir!r}")
+        spill_dir = spill_dir_of(settings)
         return cls(
             uri=uri,
             database=database,
@@ -254,7 +254,7 @@ class MongoConfig:
             indexes=indexes,
             query_paths=query_paths,
             allow_unindexed=bool_setting(settings, "MONGO_ALLOW_UNINDEXED", "True or False"),
-            spill_dir=Path(spill_dir),
+            spill_dir=spill_dir,
             spill_max_bytes=int_at_least(settings, "MONGO_SPILL_MAX_BYTES", 0, "bytes >= 0 (0: never spill)"),
             spill_after=float_at_least(settings, "MONGO_SPILL_AFTER", 0.0, "seconds >= 0"),
             buffer_max_items=buffer_max_items,
@@ -264,3 +264,21 @@ class MongoConfig:
             socket_timeout=positive_float(settings, "MONGO_SOCKET_TIMEOUT", "seconds > 0"),
             stats_interval=positive_float(settings, "MONGO_STATS_INTERVAL", "seconds > 0"),
         )
+
+
+def spill_dir_of(settings: BaseSettings) -> Path:
+    """``MONGO_SPILL_DIR``, or ``<CRAWLPROJ_STATE_DIR>/mongo-spill`` when it is empty; a directory
+    that exists or can be created (nothing is created here)."""
+    value = settings.get("MONGO_SPILL_DIR")
+    value = "" if value is None else value
+    check_setting(isinstance(value, str), "MONGO_SPILL_DIR", value, "a directory path or ''")
+    if value.strip():
+        name, path = "MONGO_SPILL_DIR", Path(value)
+    else:
+        name, path = "CRAWLPROJ_STATE_DIR", Path(str(settings.get("CRAWLPROJ_STATE_DIR") or "state"), SPILL_SUBDIR)
+    ancestor = path.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    check_setting(ancestor.is_dir(), name, settings.get(name), f"a place where the spill directory {str(path)!r} "
+                  "can be created")
+    return path

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from itemadapter import ItemAdapter
 from pymongo.errors import ConnectionFailure, PyMongoError
-from scrapy.exceptions import NotConfigured
+from scrapy.exceptions import CloseSpider, NotConfigured
 from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
@@ -27,7 +27,10 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from crawlproj.observability.extension import timings_of
+from crawlproj.observability.timings import NullTimings, Timings
 from crawlproj.politeness.timing import LatencySampler
+from crawlproj.refusals import MONGO_INDEX_CHECK_FAILED, MONGO_START_REFUSED
 from crawlproj.wire.urls import BadURL, fingerprint_hex
 
 from .brake import EngineBrake, engine_of
@@ -66,11 +69,13 @@ class MongoPipeline:
         self._stats_loop: LoopingCall | None = None
         self._warned_fields: set[str] = set()
         self._item_wait = LatencySampler("mongo/item_wait_ms")  # process_item until durable
+        self._timings: Timings = NullTimings()  # the crawler's, from open_spider on
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> MongoPipeline:
         if not MongoConfig.enabled(crawler.settings):
-            raise NotConfigured("MONGO_URI is empty: the MongoDB pipeline is off")
+            logger.info("MongoDB pipeline off: MONGO_URI is empty")
+            raise NotConfigured  # no message: Scrapy would warn "Disabled" on every crawl without MongoDB
         return cls(crawler, MongoConfig.from_settings(crawler.settings))
 
     # -- Scrapy hooks -------------------------------------------------------------------------------
@@ -79,11 +84,12 @@ class MongoPipeline:
         from twisted.internet import reactor
 
         config = self.config
+        self._timings = timings_of(self.crawler)
         try:
             config.spill_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RuntimeError(f"MONGO_SPILL_DIR: expected a directory that exists or can be created, "
-                               f"got {str(config.spill_dir)!r}: {exc}") from exc
+                               f"got {str(config.spill_dir)!r}: {exc}") from None
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="crawlproj-mongo")
         self._pool.start()
         # the thread is not a daemon: stop it with the reactor even if close_spider never runs
@@ -105,11 +111,15 @@ class MongoPipeline:
                            str(exc)[:MESSAGE_LIMIT], config.spill_dir, extra=self._log_extra())
             self._health.failed(exc, log=False)
         except (IndexCheckError, PyMongoError) as exc:
+            # Scrapy's way for a component that cannot start: the spider closes with a reason
+            # (``scrapy crawl`` exits 1, crawlproj.refusals.FAILED_REASONS), no traceback.
             await self._shutdown_worker()
             if isinstance(exc, IndexCheckError):
-                raise
-            raise RuntimeError(f"MongoDB at {redact(config.uri)} refused to start the pipeline: "
-                               f"{type(exc).__name__}: {exc}") from exc
+                logger.error("%s", exc, extra=self._log_extra())
+                raise CloseSpider(MONGO_INDEX_CHECK_FAILED) from None
+            logger.error("MONGO_URI: MongoDB at %s refused to start the pipeline: %s: %s", redact(config.uri),
+                         type(exc).__name__, str(exc)[:MESSAGE_LIMIT], extra=self._log_extra())
+            raise CloseSpider(MONGO_START_REFUSED) from None
         await self._call(self._writer.claim_backlog)
         if self._schedule.spill.files:
             logger.warning("Replaying %d spill files (%d bytes) found in %s before writing new items",
@@ -175,7 +185,7 @@ class MongoPipeline:
                 logger.warning("Item field %r is owned by the MongoDB pipeline and is not written",
                                name, extra=self._log_extra())
         doc = Doc(self._collection_for(item), doc_id, fields, datetime.now(timezone.utc))
-        return Entry(doc, url, time.monotonic(), Deferred())
+        return Entry(doc, url, time.monotonic(), Deferred(), item)
 
     def _collection_for(self, item: Any) -> str:
         item_type = type(item)
@@ -196,6 +206,15 @@ class MongoPipeline:
         self._item_wait.add((time.monotonic() - entry.enqueued) * 1000)
         if not entry.done.called:  # a cancelled process_item already fired it
             entry.done.callback(status)
+
+    def _batch_waited(self, batch: Batch) -> None:
+        """Tell the timings how long each item waited for its batch to fill (the item_batch_wait
+        operation), so that item_write is the write and not MONGO_FLUSH_INTERVAL."""
+        now = time.monotonic()
+        for entry in batch.entries:
+            if entry.batch_wait is None:
+                entry.batch_wait = now - entry.enqueued
+                self._timings.item_waited(entry.item, entry.batch_wait * 1000)
 
     # -- the worker's jobs --------------------------------------------------------------------------
 
@@ -233,6 +252,7 @@ class MongoPipeline:
         writer = self._writer
         if action.kind == "write":
             batch = action.batches[0]
+            self._batch_waited(batch)
             return writer.write_batch, (batch.docs, batch.prepared), lambda r: self._after_write(batch, r)
         if action.kind == "replay":
             return writer.replay_chunk, (), self._after_replay
@@ -384,7 +404,7 @@ class MongoPipeline:
         if self._health.job_failed(failure):
             engine = engine_of(self.crawler)
             if engine is not None and engine.spider is not None:
-                deferred_from_coro(engine.close_spider_async(reason="mongo_index_check_failed"))
+                deferred_from_coro(engine.close_spider_async(reason=MONGO_INDEX_CHECK_FAILED))
 
     # -- stats and shutdown -------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .messages import Doc, Prepared, SpillState
 
@@ -28,6 +28,8 @@ class Entry:
     url: str
     enqueued: float  # time.monotonic()
     done: Deferred[str]
+    item: Any = None  # the Scrapy item (its timings)
+    batch_wait: float | None = None  # seconds from enqueued until its batch was first sent
 
     @property
     def doc_id(self) -> str:

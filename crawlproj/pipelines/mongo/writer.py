@@ -192,7 +192,7 @@ class MongoWriter:
                     problems.append(f"query path {path.describe()!r} has no index on {namespace} "
                                     f"(indexes: {[list(k) for k in key_fields]})")
         if problems:
-            message = ("MongoDB index check failed (MONGO_INDEXES / MONGO_QUERY_PATHS): " + "; ".join(problems)
+            message = ("MONGO_QUERY_PATHS / MONGO_INDEXES: MongoDB index check failed: " + "; ".join(problems)
                        + ". Declare the index in MONGO_INDEXES, or set MONGO_ALLOW_UNINDEXED = True to run "
                        "with collection scans")
             if not self.config.allow_unindexed:

@@ -1,0 +1,103 @@
+"""`./dev demo`, the main job, as a user runs it: the whole mission into MongoDB, and Ctrl-C.
+
+Each test runs the real command (dispatcher, nodes, synthetic web, the embedded nx-27017 or
+MONGO_URI) and reads what the user reads: its output, its exit code, the nodes' logs, the
+MongoDB collection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, wait_until
+
+from crawlproj.tools.mongo_server import MongoServer
+
+DEMO_TIMEOUT = 300
+SUMMARY_LINES = ("wall time", "pages fetched", "items scraped", "dispatcher", "MongoDB",
+                 "query it", "HTTP statuses", "ground truth", "logs")
+
+
+def figure(output: str, pattern: str) -> re.Match[str]:
+    match = re.search(pattern, output, re.M)
+    assert match, f"no line matching {pattern!r} in:\n{output}"
+    return match
+
+
+def node_stats(workdir: Path) -> dict[str, dict[str, object]]:
+    return {p.name.split(".")[0]: json.loads(p.read_text()) for p in sorted(workdir.glob("node*.stats.json"))}
+
+
+def documents(workdir: Path, output: str) -> int:
+    """The documents in the demo's collection, counted here (the embedded server served again)."""
+    database, collection = figure(output, r"^MongoDB +\d+ documents in (\w+)\.(\w+)").groups()
+    with MongoServer(workdir / "mongo.db") as mongo:  # MONGO_URI instead when set
+        return mongo.count(database, collection)
+
+
+def assert_summary(output: str) -> None:
+    summary = output.split("=== summary ===", 1)[1]
+    for name in SUMMARY_LINES:
+        assert re.search(rf"^{name}\b", summary, re.M), f"summary without {name!r}:\n{summary}"
+    wall = float(figure(summary, r"^wall time +([\d.]+) s").group(1))
+    pages, rate = figure(summary, r"^pages fetched +(\d+) \(([\d.]+) pages/s overall\)").groups()
+    assert wall >= 1.0 and int(pages) > 0
+    assert abs(float(rate) - int(pages) / wall) <= 0.1 * float(rate) + 0.1  # pages / wall, no absurd rate
+
+
+def test_demo_writes_every_item_to_mongodb_and_says_so(tmp_path):
+    workdir = tmp_path / "demo"
+    proc = subprocess.run([str(ROOT / "dev"), "demo", "--hosts", "10", "--workdir", str(workdir)],
+                          capture_output=True, text=True, timeout=DEMO_TIMEOUT, stdin=subprocess.DEVNULL)
+    output = proc.stdout
+    assert proc.returncode == 0, output + proc.stderr
+    assert_summary(output)
+    stats = node_stats(workdir)
+    items = sum(int(s["item_scraped_count"]) for s in stats.values())
+    pages = sum(int(s["response_received_count"]) for s in stats.values())
+    assert items > 100
+    line = figure(output, r"^MongoDB +(\d+) documents in \w+\.\w+ = (\d+) items scraped \((\d+) pages fetched\)")
+    assert [int(g) for g in line.groups()] == [items, items, pages]
+    assert documents(workdir, output) == items
+    assert re.search(r"^finished last +\S+ \(node\d\): \d+ pages, one each [\d.]+ s, set by ", output, re.M)
+    assert figure(output, r"^ground truth +(\d+)/(\d+) ").group(1) == figure(output, r"^ground truth +(\d+)/(\d+) ").group(2)
+
+
+def test_ctrl_c_in_a_terminal_stops_the_nodes_once_and_prints_the_whole_summary(tmp_path):
+    """SIGINT to the demo's whole process group, as a terminal sends it: the nodes finish
+    gracefully (no forced shutdown), the dispatcher answers the summary, the figures are true."""
+    workdir = tmp_path / "demo"
+    out = tmp_path / "out.txt"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with out.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "crawlproj.tools.cli", "demo", "--hosts", "60",
+                                 "--workdir", str(workdir)], stdout=sink, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        try:
+            wait_until(lambda: re.search(r"pages +([1-9]\d{2,})", out.read_text()), 120,
+                       "the demo to fetch 100 pages")
+            os.killpg(proc.pid, signal.SIGINT)
+            assert proc.wait(DEMO_TIMEOUT) == 130
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    output = out.read_text()
+    assert "Ctrl-C: stopping the nodes gracefully" in output and "forcing" not in output
+    assert_summary(output)
+    stats = node_stats(workdir)
+    assert set(stats) == {"node1", "node2"}
+    assert {s["finish_reason"] for s in stats.values()} == {"shutdown"}
+    for name in stats:
+        log = (workdir / f"{name}.log").read_text()
+        assert "shutting down gracefully" in log and "forcing unclean shutdown" not in log, name
+    items = sum(int(s["item_scraped_count"]) for s in stats.values())
+    assert figure(output, r"^items scraped +(\d+)").group(1) == str(items)
+    assert documents(workdir, output) == items  # the items of a graceful stop are all written
+    assert "Crawl finished" not in (workdir / "dispatcher.log").read_text()  # stopped, not finished

@@ -69,9 +69,10 @@ def test_demo_writes_every_item_to_mongodb_and_says_so(tmp_path):
     assert figure(output, r"^ground truth +(\d+)/(\d+) ").group(1) == figure(output, r"^ground truth +(\d+)/(\d+) ").group(2)
 
 
-def test_ctrl_c_in_a_terminal_stops_the_nodes_once_and_prints_the_whole_summary(tmp_path):
-    """SIGINT to the demo's whole process group, as a terminal sends it: the nodes finish
-    gracefully (no forced shutdown), the dispatcher answers the summary, the figures are true."""
+def interrupted_demo(tmp_path: Path, times: int) -> tuple[Path, str]:
+    """Run the demo in a session of its own (as a terminal does), send SIGINT to its process
+    group ``times`` times once it fetched 100 pages (each after the previous one was taken in),
+    and return its work directory and output once it exited with 130."""
     workdir = tmp_path / "demo"
     out = tmp_path / "out.txt"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -83,12 +84,30 @@ def test_ctrl_c_in_a_terminal_stops_the_nodes_once_and_prints_the_whole_summary(
             wait_until(lambda: re.search(r"pages +([1-9]\d{2,})", out.read_text()), 120,
                        "the demo to fetch 100 pages")
             os.killpg(proc.pid, signal.SIGINT)
+            if times > 1:
+                wait_until(lambda: "Ctrl-C: stopping the nodes" in out.read_text(), 30, "the first Ctrl-C")
+                os.killpg(proc.pid, signal.SIGINT)
             assert proc.wait(DEMO_TIMEOUT) == 130
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    output = out.read_text()
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and str(workdir) in _cmdline(pid)], \
+        "a child of the demo outlived it"
+    return workdir, out.read_text()
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def test_ctrl_c_in_a_terminal_stops_the_nodes_once_and_prints_the_whole_summary(tmp_path):
+    """SIGINT to the demo's whole process group, as a terminal sends it: the nodes finish
+    gracefully (no forced shutdown), the dispatcher answers the summary, the figures are true."""
+    workdir, output = interrupted_demo(tmp_path, 1)
     assert "Ctrl-C: stopping the nodes gracefully" in output and "forcing" not in output
     assert_summary(output)
     stats = node_stats(workdir)
@@ -101,3 +120,13 @@ def test_ctrl_c_in_a_terminal_stops_the_nodes_once_and_prints_the_whole_summary(
     assert figure(output, r"^items scraped +(\d+)").group(1) == str(items)
     assert documents(workdir, output) == items  # the items of a graceful stop are all written
     assert "Crawl finished" not in (workdir / "dispatcher.log").read_text()  # stopped, not finished
+
+
+def test_a_second_ctrl_c_forces_and_the_summary_still_comes(tmp_path):
+    """The second SIGINT forces the nodes down if they are still stopping; if they have already
+    stopped, it is only acknowledged. Either way: exit 130, the whole summary, no traceback."""
+    workdir, output = interrupted_demo(tmp_path, 2)
+    assert "Traceback" not in output
+    assert ("second Ctrl-C: forcing the nodes down" in output
+            or "stopping already: the dispatcher, then the summary" in output), output
+    assert_summary(output)

@@ -22,7 +22,10 @@ class SubcommandParser(argparse.ArgumentParser):
     """A subcommand's parser: its --help shows every option's default."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        given = kwargs.get("formatter_class", argparse.HelpFormatter)
+        if not issubclass(given, argparse.ArgumentDefaultsHelpFormatter):  # e.g. a raw description
+            given = type(f"Defaults{given.__name__}", (argparse.ArgumentDefaultsHelpFormatter, given), {})
+        kwargs["formatter_class"] = given
         super().__init__(*args, **kwargs)
 
 

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -159,32 +160,52 @@ class Cluster:
 
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+class StopSignals:
+    """While installed, SIGINT and SIGTERM raise KeyboardInterrupt (run_nodes stops the nodes on
+    the first, forces them on the second); after wind_down() they only say that the stop is under
+    way, so the dispatcher, the servers and the summary still get their turn."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.winding = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.winding:
+            raise KeyboardInterrupt
+        print("[cluster] stopping already: the dispatcher, then the summary", flush=True)
+
+    def wind_down(self) -> None:
+        self.winding = True
 
 
-def run_nodes(cluster: Cluster, nodes: int, watch: Watch) -> int:
+def run_nodes(cluster: Cluster, nodes: int, watch: Watch, signals: StopSignals) -> int:
     """Start ``nodes`` nodes and print progress until they finish; on Ctrl-C (or SIGTERM) stop
     them gracefully, on a second one force them. 0, or 130 when interrupted."""
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         for i in range(nodes):
             cluster.start_node(f"node{i + 1}")
-        try:
-            follow(cluster, watch)
-            return 0
-        except KeyboardInterrupt:
-            print(f"\n[cluster] {watch.elapsed():6.1f}s  Ctrl-C: stopping the nodes gracefully "
-                  "(Ctrl-C again to force)", flush=True)
-        try:
-            cluster.stop_nodes()
-        except KeyboardInterrupt:
-            print(f"[cluster] {watch.elapsed():6.1f}s  second Ctrl-C: forcing the nodes down",
-                  flush=True)
-            cluster.force_nodes()
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        follow(cluster, watch)
+        return 0
+    except KeyboardInterrupt:
+        print(f"\n[cluster] {watch.elapsed():6.1f}s  Ctrl-C: stopping the nodes gracefully "
+              "(Ctrl-C again to force)", flush=True)
+    try:
+        cluster.stop_nodes()
+    except KeyboardInterrupt:
+        signals.wind_down()
+        print(f"[cluster] {watch.elapsed():6.1f}s  second Ctrl-C: forcing the nodes down", flush=True)
+        cluster.force_nodes()
+    return 130
 
 
 def follow(cluster: Cluster, watch: Watch) -> None:
@@ -217,7 +238,7 @@ def summarize(cluster: Cluster, rc: int, watch: Watch, wall: float,
         per_node[name] = stats
     where = (f"through MongoPipeline to {mongo.uri}" if mongo is not None
              else f"one JSON-lines file per node in {cluster.workdir}")
-    refused = print_summary(per_node, state, wall, watch, where)
+    refused = print_summary(per_node, state, wall, watch, where, interrupted=rc == 130)
     pages, items = node_figures(per_node)
     result = {"pages": pages, "items": items, "wall": wall, "state": state,
               "refused": dict(refused), "documents": None}
@@ -239,16 +260,20 @@ def summarize(cluster: Cluster, rc: int, watch: Watch, wall: float,
     return rc, result
 
 
-def run(cluster: Cluster, nodes: int, mongo: MongoServer | None = None) -> tuple[int, dict[str, Any]]:
+def run(cluster: Cluster, nodes: int, mongo: MongoServer | None = None,
+        signals: StopSignals | None = None) -> tuple[int, dict[str, Any]]:
     """Start ``nodes`` nodes, show progress until they finish (or Ctrl-C stops them), print the
-    summary; (exit code, summary figures)."""
+    summary; (exit code, summary figures). ``signals``: the caller's StopSignals, wound down
+    here (its own else)."""
     print(f"dispatcher at {cluster.dispatcher.endpoint}", flush=True)
     if cluster.dispatcher.http_url:
         print(f"status page at {cluster.dispatcher.http_url}/", flush=True)
     watch = Watch()
-    rc = run_nodes(cluster, nodes, watch)
-    wall = watch.elapsed()
-    return summarize(cluster, rc, watch, wall, mongo)
+    with StopSignals() if signals is None else nullcontext(signals) as stops:
+        rc = run_nodes(cluster, nodes, watch, stops)
+        wall = watch.elapsed()
+        stops.wind_down()
+        return summarize(cluster, rc, watch, wall, mongo)
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -265,7 +290,17 @@ def demo(args: argparse.Namespace) -> int:
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="crawlproj-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    spec = WebSpec(seed=args.seed, hosts=args.hosts, min_pages=DEMO_MIN_PAGES, max_pages=DEMO_MAX_PAGES)
+    with StopSignals() as signals:
+        try:
+            return _demo(args, workdir, signals, RFC9309_OUTCOME, WebSpec, SynthWebProcess)
+        except KeyboardInterrupt:  # before the nodes ran: everything started is stopped again
+            print("crawlproj demo: interrupted", file=sys.stderr)
+            return 130
+
+
+def _demo(args: argparse.Namespace, workdir: Path, signals: StopSignals, outcome: Any,
+          web_spec: Any, synthweb: Any) -> int:
+    spec = web_spec(seed=args.seed, hosts=args.hosts, min_pages=DEMO_MIN_PAGES, max_pages=DEMO_MAX_PAGES)
     print(f"crawlproj demo: {args.nodes} nodes, synthetic web of {spec.hosts} hosts "
           f"(seed {spec.seed}); work dir {workdir}", flush=True)
     try:
@@ -273,8 +308,8 @@ def demo(args: argparse.Namespace) -> int:
     except MongoServerError as exc:
         print(f"crawlproj demo: {exc}", file=sys.stderr)
         return 2
-    with mongo, SynthWebProcess(spec, access_log=workdir / "access.log", hold_seconds=5,
-                                new_session=True) as web:
+    with mongo, synthweb(spec, access_log=workdir / "access.log", hold_seconds=5,
+                         new_session=True) as web:
         print(f"MongoDB at {mongo.uri} ({'nx-27017, data in ' + mongo.db if mongo.embedded else 'MONGO_URI'})",
               flush=True)
         seeds = workdir / "seeds.txt"
@@ -287,11 +322,11 @@ def demo(args: argparse.Namespace) -> int:
                     "MONGO_URI": mongo.uri, **demo_collection(mongo)}
         with Cluster(workdir, seeds, settings=settings,
                      dispatcher_args=dispatcher_options(args)) as cluster:
-            rc, result = run(cluster, args.nodes, mongo)
+            rc, result = run(cluster, args.nodes, mongo, signals)
         accesses = web.accesses()
         server_cpu = web.stats()["cpu_seconds"]
         # the nodes obey robots.txt per RFC 9309 (RobotsThrottleMiddleware, on by default)
-        truth = web.web.ground_truth(outcome=RFC9309_OUTCOME)
+        truth = web.web.ground_truth(outcome=outcome)
     pages = [(a.host, a.path) for a in accesses if not a.is_robots]
     fetched = set(pages)
     twice = sum(1 for n in Counter(pages).values() if n > 1)
@@ -338,10 +373,10 @@ def cluster_command(args: argparse.Namespace) -> int:
         print(f"crawlproj cluster: {exc}", file=sys.stderr)
         return 2
     mongo = MongoServer(uri=settings["MONGO_URI"]) if settings.get("MONGO_URI") else None
-    with cluster:
+    with StopSignals() as signals, cluster:
         print(f"work dir {workdir}", flush=True)
         try:
-            rc, _ = run(cluster, args.nodes, mongo)
+            rc, _ = run(cluster, args.nodes, mongo, signals)
         finally:
             if mongo is not None:
                 mongo.close()

@@ -105,7 +105,7 @@ def node_figures(per_node: dict[str, dict[str, Any]]) -> tuple[int, int]:
 
 
 def print_summary(per_node: dict[str, dict[str, Any]], state: dict[str, Any] | None, wall: float,
-                  watch: Watch, items_where: str) -> Counter[str]:
+                  watch: Watch, items_where: str, interrupted: bool = False) -> Counter[str]:
     """The summary's common part; returns the refusals counted."""
     pages, items = node_figures(per_node)
     print("\n=== summary ===")
@@ -122,7 +122,8 @@ def print_summary(per_node: dict[str, dict[str, Any]], state: dict[str, Any] | N
     else:
         print("dispatcher          not answering: its figures are missing")
     if watch.last_key is not None:
-        print(f"finished last       {describe_last(watch.last_key)} "
+        label = "slowest key left   " if interrupted else "finished last      "
+        print(f"{label} {describe_last(watch.last_key)} "
               f"(reported {watch.last_key_at:.0f} s in, {wall - watch.last_key_at:.0f} s before the end)")
     refused = refusals(per_node, (state or {}).get("counters", {}))
     if refused:

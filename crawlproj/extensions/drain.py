@@ -26,7 +26,7 @@ DELAY_REASONS = {"crawl-delay": "its robots.txt Crawl-delay",
                  "adaptive": "the adaptive delay (ROBOTS_THROTTLE_ADAPTIVE)",
                  "key-delay": "its ROBOTS_THROTTLE_KEY_DELAYS entry",
                  "download-delay": "DOWNLOAD_DELAY",
-                 "slow-answers": "its slow answers (one fetch at a time per key)"}
+                 "answer-time": "its answer time (one fetch at a time per key)"}
 
 
 def key_period(gate: PolitenessGate, key: str) -> tuple[float, str]:
@@ -37,7 +37,7 @@ def key_period(gate: PolitenessGate, key: str) -> tuple[float, str]:
     row = state.row
     answer = max(0.0, row.last_done - row.last_start) if row.last_start else 0.0
     if answer > delay:
-        return delay + answer, "slow-answers"
+        return delay + answer, "answer-time"
     crawl_delay = min(max(row.crawl_delays.values(), default=0.0), gate.config.crawl_delay_max)
     if crawl_delay >= delay > 0:
         return delay + answer, "crawl-delay"

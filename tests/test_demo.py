@@ -130,3 +130,42 @@ def test_a_second_ctrl_c_forces_and_the_summary_still_comes(tmp_path):
     assert ("second Ctrl-C: forcing the nodes down" in output
             or "stopping already: the dispatcher, then the summary" in output), output
     assert_summary(output)
+
+
+FAKE_APT = """#!/bin/sh
+# apt-get held by another process for the first $BUSY calls, then fine
+n=$(cat "$CALLS" 2>/dev/null || echo 0); echo $((n + 1)) > "$CALLS"
+if [ "$n" -lt "$BUSY" ]; then
+    echo "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 4242 (apt-get)" >&2
+    exit 100
+fi
+echo "apt-get $*" >> "$CALLS.done"
+"""
+
+
+def apt_get_of_dev(tmp_path: Path, busy: int, wait: int) -> subprocess.CompletedProcess[str]:
+    """``apt_get install -y redis-server`` of ./dev with an apt-get whose lock is held ``busy`` times."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "apt-get").write_text(FAKE_APT)
+    (bin_dir / "apt-get").chmod(0o755)
+    (bin_dir / "id").write_text("#!/bin/sh\necho 0\n")  # as root: no sudo
+    (bin_dir / "id").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
+           "BUSY": str(busy), "APT_LOCK_WAIT": str(wait), "APT_LOCK_RETRY": "0.1"}
+    return subprocess.run(["bash", "-c", f"source {ROOT / 'dev'} && apt_get install -y redis-server"],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_dev_waits_for_the_dpkg_lock_with_a_message_and_a_bound(tmp_path):
+    proc = apt_get_of_dev(tmp_path, busy=3, wait=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout == ("== waiting for the dpkg lock: another apt-get or dpkg is running "
+                           "(up to 30 s, APT_LOCK_WAIT)\n")
+    assert (tmp_path / "calls").read_text().strip() == "4"
+    assert (tmp_path / "calls.done").read_text() == "apt-get -qq install -y redis-server\n"
+    held = tmp_path / "held"
+    held.mkdir()
+    proc = apt_get_of_dev(held, busy=10**6, wait=1)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == "== gave up after 1 s waiting for the dpkg lock (APT_LOCK_WAIT)"

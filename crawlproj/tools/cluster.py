@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,9 +28,9 @@ from typing import Any
 from crawlproj.addons import combine, node_settings
 from crawlproj.dispatcher.errors import DispatcherError, StartError
 from crawlproj.tools.dispatcher_process import DISPATCHER_MODULE, DispatcherProcess
-from crawlproj.tools.mongo_server import MongoServer, MongoServerError, mongo_names, mongo_query
-from crawlproj.tools.report import NOTHING_CRAWLED, Watch, node_figures, print_summary
-from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env, stop_process
+from crawlproj.tools.mongo_server import MongoServer, MongoServerError
+from crawlproj.tools.report import Watch, summarize
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS, StopSignals, crawl_argv, crawl_env, stop_process
 
 NODE_HEADER = "X-Crawlproj-Node"
 STOP_GRACE_SECONDS = 30.0  # a node given SIGTERM gets this long to finish before SIGKILL
@@ -160,34 +159,6 @@ class Cluster:
 
 
 
-class StopSignals:
-    """While installed, SIGINT and SIGTERM raise KeyboardInterrupt (run_nodes stops the nodes on
-    the first, forces them on the second); after wind_down() they only say that the stop is under
-    way, so the dispatcher, the servers and the summary still get their turn."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.winding = False
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if not self.winding:
-            raise KeyboardInterrupt
-        print("[cluster] stopping already: the dispatcher, then the summary", flush=True)
-
-    def wind_down(self) -> None:
-        self.winding = True
-
-
 def run_nodes(cluster: Cluster, nodes: int, watch: Watch, signals: StopSignals) -> int:
     """Start ``nodes`` nodes and print progress until they finish; on Ctrl-C (or SIGTERM) stop
     them gracefully, on a second one force them. 0, or 130 when interrupted."""
@@ -221,10 +192,9 @@ def follow(cluster: Cluster, watch: Watch) -> None:
         print(watch.line(state), flush=True)
 
 
-def summarize(cluster: Cluster, rc: int, watch: Watch, wall: float,
-              mongo: MongoServer | None = None) -> tuple[int, dict[str, Any]]:
-    """Print the summary; the exit code (``rc``, else NOTHING_CRAWLED when no item was scraped,
-    else 1 when MongoDB holds another number of documents than items were scraped)."""
+def final_figures(cluster: Cluster) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """Each node's final stats (a killed one: its last report) and the dispatcher's state (None
+    if it does not answer)."""
     try:
         state: dict[str, Any] | None = cluster.status()
     except DispatcherError:
@@ -232,32 +202,11 @@ def summarize(cluster: Cluster, rc: int, watch: Watch, wall: float,
     per_node = {}
     for name in cluster.nodes:
         stats = cluster.node_stats(name)
-        if not stats and state is not None:  # killed: its last report to the dispatcher
+        if not stats and state is not None:
             stats = {**(state["nodes"].get(name, {}).get("stats") or {}),
                      "finish_reason": "killed (figures of its last report)"}
         per_node[name] = stats
-    where = (f"through MongoPipeline to {mongo.uri}" if mongo is not None
-             else f"one JSON-lines file per node in {cluster.workdir}")
-    refused = print_summary(per_node, state, wall, watch, where, interrupted=rc == 130)
-    pages, items = node_figures(per_node)
-    result = {"pages": pages, "items": items, "wall": wall, "state": state,
-              "refused": dict(refused), "documents": None}
-    if mongo is not None:
-        database, collection = mongo_names(cluster.settings)
-        docs = result["documents"] = mongo.count(database, collection)
-        same = "=" if docs == items else "!="
-        print(f"MongoDB             {docs} documents in {database}.{collection} {same} {items} items "
-              f"scraped ({pages} pages fetched)")
-        for line in mongo_query(mongo, database, collection):
-            print(f"query it            {line}")
-        if docs != items and rc == 0:
-            rc = 1
-    if rc == 0 and items == 0:
-        why = ("every seed was refused (the nodes' WARNING lines name the setting that allows it)"
-               if refused else "no seed reached a node")
-        print(f"nothing crawled     {why}; exit code {NOTHING_CRAWLED}")
-        rc = NOTHING_CRAWLED
-    return rc, result
+    return per_node, state
 
 
 def run(cluster: Cluster, nodes: int, mongo: MongoServer | None = None,
@@ -273,7 +222,10 @@ def run(cluster: Cluster, nodes: int, mongo: MongoServer | None = None,
         rc = run_nodes(cluster, nodes, watch, stops)
         wall = watch.elapsed()
         stops.wind_down()
-        return summarize(cluster, rc, watch, wall, mongo)
+        per_node, state = final_figures(cluster)
+        where = (f"through MongoPipeline to {mongo.uri}" if mongo is not None
+                 else f"one JSON-lines file per node in {cluster.workdir}")
+        return summarize(per_node, state, rc, watch, wall, where, mongo, cluster.settings)
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -366,13 +318,19 @@ def cluster_command(args: argparse.Namespace) -> int:
         settings["MONGO_URI"] = os.environ["MONGO_URI"]
     spider_args = dict(a.split("=", 1) for a in args.arg)
     try:
+        mongo = MongoServer(uri=settings["MONGO_URI"]) if settings.get("MONGO_URI") else None
+    except MongoServerError as exc:
+        print(f"crawlproj cluster: MONGO_URI: {exc}", file=sys.stderr)
+        return 2
+    try:
         cluster = Cluster(workdir, Path(args.seeds_file) if args.seeds_file else None,
                           spider=args.spider, settings=settings, spider_args=spider_args,
                           dispatcher_args=dispatcher_options(args))
     except StartError as exc:
+        if mongo is not None:
+            mongo.close()
         print(f"crawlproj cluster: {exc}", file=sys.stderr)
         return 2
-    mongo = MongoServer(uri=settings["MONGO_URI"]) if settings.get("MONGO_URI") else None
     with StopSignals() as signals, cluster:
         print(f"work dir {workdir}", flush=True)
         try:

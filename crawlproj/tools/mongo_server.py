@@ -28,7 +28,8 @@ from crawlproj.tools.runner import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (.venv-mongo/ lives there)
 BINARY_ENV = "NX27017_BIN"
-START_TIMEOUT = 30.0  # seconds for the server to answer ping
+START_TIMEOUT = 30.0  # seconds for nx-27017 to answer ping
+URI_TIMEOUT = 10.0  # seconds for a MONGO_URI to answer
 STOP_TIMEOUT = 10.0
 
 
@@ -58,7 +59,7 @@ class MongoServer:
     (a SQLite file; None: in memory). A context manager; ``close()`` stops what it started."""
 
     def __init__(self, db: str | os.PathLike[str] | None = None, uri: str | None = None,
-                 log_path: str | os.PathLike[str] | None = None, timeout: float = START_TIMEOUT):
+                 log_path: str | os.PathLike[str] | None = None, timeout: float | None = None):
         import pymongo
 
         self.proc: subprocess.Popen[bytes] | None = None
@@ -82,7 +83,7 @@ class MongoServer:
             self.uri = f"mongodb://127.0.0.1:{self.port}/"
         self.client: Any = pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=500)
         try:
-            self._wait(timeout)
+            self._wait(timeout or (START_TIMEOUT if self.proc is not None else URI_TIMEOUT))
         except BaseException:
             self.close()
             raise
@@ -106,7 +107,8 @@ class MongoServer:
             except pymongo.errors.PyMongoError as exc:  # not listening yet
                 last = exc
             time.sleep(0.05)  # the poll interval of a deadline-bound wait
-        raise MongoServerError(f"no MongoDB answered at {self.uri} in {timeout:g} s: {last}")
+        reason = str(last).split(" (configured timeouts", 1)[0].split(", Timeout:", 1)[0]
+        raise MongoServerError(f"no MongoDB answered at {self.uri} in {timeout:g} s: {reason}")
 
     def count(self, database: str, collection: str) -> int:
         return int(self.client[database][collection].count_documents({}))

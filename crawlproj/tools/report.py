@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crawlproj.extensions.drain import DELAY_REASONS
+from crawlproj.tools.mongo_server import MongoServer, mongo_names, mongo_query
 
 #: Stats of a node (and counters of the dispatcher) that count refused requests or seeds:
 #: (prefix, what refused it). A prefix ending in "/" is followed by the reason.
@@ -129,3 +130,30 @@ def print_summary(per_node: dict[str, dict[str, Any]], state: dict[str, Any] | N
     if refused:
         print("refused             " + ", ".join(f"{why} {n}" for why, n in refused.most_common()))
     return refused
+
+
+def summarize(per_node: dict[str, dict[str, Any]], state: dict[str, Any] | None, rc: int,
+              watch: Watch, wall: float, items_where: str, mongo: MongoServer | None,
+              settings: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Print the summary; the exit code (``rc``, else NOTHING_CRAWLED when no item was scraped,
+    else 1 when MongoDB holds another number of documents than items were scraped)."""
+    refused = print_summary(per_node, state, wall, watch, items_where, interrupted=rc == 130)
+    pages, items = node_figures(per_node)
+    result = {"pages": pages, "items": items, "wall": wall, "state": state,
+              "refused": dict(refused), "documents": None}
+    if mongo is not None:
+        database, collection = mongo_names(settings)
+        docs = result["documents"] = mongo.count(database, collection)
+        same = "=" if docs == items else "!="
+        print(f"MongoDB             {docs} documents in {database}.{collection} {same} {items} items "
+              f"scraped ({pages} pages fetched)")
+        for line in mongo_query(mongo, database, collection):
+            print(f"query it            {line}")
+        if docs != items and rc == 0:
+            rc = 1
+    if rc == 0 and items == 0:
+        why = ("every seed was refused (the nodes' WARNING lines name the setting that allows it)"
+               if refused else "no seed reached a node")
+        print(f"nothing crawled     {why}; exit code {NOTHING_CRAWLED}")
+        rc = NOTHING_CRAWLED
+    return rc, result

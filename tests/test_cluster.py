@@ -12,12 +12,14 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import wait_until
+from scrapy.settings import Settings
 from politeness_checks import assert_polite
 
 from crawlproj.dispatcher.cli import build_parser as dispatcher_parser
@@ -27,6 +29,10 @@ from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj.tools.report import NOTHING_CRAWLED, Watch
 from crawlproj_testing.simnode import SimNode, drive, web_links
 from crawlproj.dispatcher.partitions import rendezvous_owner
+from crawlproj.extensions.drain import drain_stats
+from crawlproj.politeness.config import PolitenessConfig
+from crawlproj.politeness.core import Politeness
+from crawlproj.politeness.gate import PolitenessGate
 from crawlproj.tools.runner import SYNTHWEB_ADDON, SYNTHWEB_SETTINGS, crawl_argv
 from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, Web, WebSpec
 from crawlproj_testing.synthweb.process import SynthWebProcess
@@ -336,9 +342,13 @@ def test_progress_lines_say_what_is_left_while_the_crawl_drains():
     watch = Watch()
     line = watch.line(state, now=watch.started + 10)
     assert line.splitlines()[1].split(None, 1)[1] == (
-        "draining: 2 keys with 12 pages left allow 1.5 pages/s; >= 20 s left, longest slow.test (n1): "
+        "draining: 2 keys with 12 pages left allow 1.5 pages/s; about 20 s left; longest slow.test (n1): "
         "10 pages, one each 2.00 s, set by its robots.txt Crawl-delay")
     assert watch.last_key is not None and watch.last_key["key"] == "slow.test"
+    # slower than the delays allow: the rate seen since the last line says how long
+    state["nodes"]["n1"]["stats"]["response_received_count"] = 381
+    state["drain"] = {**state["drain"], "pages": 10, "last": {**state["drain"]["last"], "eta": 5.0}}
+    assert "; about 20 s left; " in watch.line(state, now=watch.started + 12)
 
 
 def test_the_dispatcher_sums_up_the_nodes_drain_reports(tmp_path, zmq_context):
@@ -361,3 +371,26 @@ def test_the_dispatcher_sums_up_the_nodes_drain_reports(tmp_path, zmq_context):
     assert drain == {"keys": 3, "pages": 8, "rate": 1.5,
                      "last": {"node": "b", "eta": 6.0, "pages": 3, "period": 2.0, "key": "b.test",
                               "why": "crawl-delay"}}
+
+
+def test_a_node_reports_its_keys_their_periods_and_the_one_that_needs_longest(tmp_path):
+    settings = Settings()
+    settings.setmodule("crawlproj.settings", priority="project")
+    settings.update({"ROBOTS_STATE_FILE": str(tmp_path / "s.sqlite3"), "ROBOTS_THROTTLE_DELAY": 0.5,
+                     "ROBOTS_THROTTLE_KEY_DELAYS": {"b.test": 2.0}}, priority="cmdline")
+    wall = [1_000_000.0]
+    gate = PolitenessGate(Politeness(PolitenessConfig.from_settings(settings), clock=lambda: wall[0]))
+    try:
+        now = time.monotonic()
+        gate.started("a.test", now)
+        gate.ended("a.test", now + 1.5)  # answers in 1.5 s: longer than its 0.5 s delay
+        report = drain_stats(["a.test"] * 3 + ["b.test"] * 2 + ["c.test"], gate)
+    finally:
+        gate.state.close()
+    assert report.pop("drain/rate") == pytest.approx(1 / 2.0 + 1 / 2.0 + 1 / 0.5, abs=0.01)
+    assert report.pop("drain/eta") == pytest.approx(3 * 2.0, abs=0.01)
+    assert report.pop("drain/last/period") == pytest.approx(2.0, abs=0.01)
+    assert report == {"drain/keys": 3, "drain/pages": 6, "drain/last/pages": 3,
+                      "drain/last/key/a.test": 1, "drain/last/why/answer-time": 1}
+    assert drain_stats([], gate) == {"drain/keys": 0, "drain/pages": 0}
+    assert drain_stats(["a.test"], None) == {"drain/keys": 1, "drain/pages": 1}

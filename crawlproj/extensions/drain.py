@@ -30,12 +30,17 @@ DELAY_REASONS = {"crawl-delay": "its robots.txt Crawl-delay",
 
 
 def key_period(gate: PolitenessGate, key: str) -> tuple[float, str]:
-    """Seconds between two fetches on ``key`` (its delay plus its last answer time) and what
-    sets it, a DELAY_REASONS name."""
+    """Seconds between two fetches on ``key`` (its delay plus its last answer time, or the time
+    its fetch in flight has taken so far) and what sets it, a DELAY_REASONS name."""
     delay = gate.delay_for(key)
     state = gate.state.key_state(key)
     row = state.row
-    answer = max(0.0, row.last_done - row.last_start) if row.last_start else 0.0
+    if not row.last_start:
+        answer = 0.0
+    elif row.last_done >= row.last_start:
+        answer = row.last_done - row.last_start  # its last answer
+    else:
+        answer = max(0.0, gate.state.clock() - row.last_start)  # the fetch in flight, so far
     if answer > delay:
         return delay + answer, "answer-time"
     crawl_delay = min(max(row.crawl_delays.values(), default=0.0), gate.config.crawl_delay_max)

@@ -88,10 +88,11 @@ class Watch:
         if state.get("available", state["frontier"]) == 0 and drain.get("pages"):
             # the dispatcher has nothing left to lease: what the nodes hold is the rest
             allowed = f"{drain['rate']:.1f} pages/s" if drain.get("rate") else "no limit"
+            left = max(last["eta"] if last else 0.0, drain["pages"] / rate if rate > 0 else 0.0)
             text += (f"\n[cluster]          draining: {drain['keys']} keys with {drain['pages']} "
-                     f"pages left allow {allowed}")
+                     f"pages left allow {allowed}; about {left:.0f} s left")
             if last:
-                text += f"; >= {last['eta']:.0f} s left, longest {describe_last(last)}"
+                text += f"; longest {describe_last(last)}"
         return text
 
     def elapsed(self) -> float:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from crawlproj.tools.mongo_server import MongoServer, MongoServerError
 from crawlproj.tools.runner import stop_process
 from crawlproj_testing.synthweb.model import WebSpec
 from crawlproj_testing.synthweb.process import SynthWebProcess
@@ -103,36 +104,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_process(proc, 10)
 
 
-def _nx_binary() -> str:
-    for candidate in (os.environ.get("NX27017_BIN"), str(ROOT / ".venv-mongo" / "bin" / "nx-27017"),
-                      shutil.which("nx-27017")):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    pytest.fail("nx-27017 not found: set MONGO_URI or NX27017_BIN (the README test command installs it)")
-
-
 @pytest.fixture(scope="session")
-def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import pymongo
-
-    uri = os.environ.get("MONGO_URI")
-    proc = None
-    if not uri:
-        port = free_port()
-        # its own PID file: the default (/tmp/nx_27017.pid) refuses a second server on the machine
-        pid_file = tmp_path_factory.mktemp("nx") / "nx.pid"
-        proc = subprocess.Popen([_nx_binary(), "--db", "memory", "--host", "127.0.0.1", "-p", str(port),
-                                 "--pid-file", str(pid_file)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        uri = f"mongodb://127.0.0.1:{port}/"
-    client: pymongo.MongoClient[Any] = pymongo.MongoClient(uri, serverSelectionTimeoutMS=500)
+def mongo_uri() -> Iterator[str]:
     try:
-        wait_until(lambda: client.admin.command("ping"), 30, f"a MongoDB-protocol server at {uri}")
-        yield uri
-    finally:
-        client.close()
-        if proc is not None:
-            stop_process(proc, 10)
+        server = MongoServer()
+    except MongoServerError as exc:
+        pytest.fail(str(exc))
+    with server:
+        yield server.uri
 
 
 @pytest.fixture

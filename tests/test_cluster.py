@@ -6,23 +6,35 @@ nothing extra, no URL fetched twice without a fault, never two fetches on one ke
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import os
-
 import pytest
 from conftest import wait_until
+from scrapy.settings import Settings
 from politeness_checks import assert_polite
 
+from crawlproj.dispatcher.cli import build_parser as dispatcher_parser
+from crawlproj.tools.cli import SERVICES, build_parser
 from crawlproj.tools.cluster import Cluster
+from crawlproj.tools.dispatcher_process import DispatcherProcess
+from crawlproj.tools.report import NOTHING_CRAWLED, Watch
+from crawlproj_testing.simnode import SimNode, drive, web_links
 from crawlproj.dispatcher.partitions import rendezvous_owner
+from crawlproj.extensions.drain import drain_stats
+from crawlproj.politeness.config import PolitenessConfig
+from crawlproj.politeness.core import Politeness
+from crawlproj.politeness.gate import PolitenessGate
 from crawlproj.tools.runner import SYNTHWEB_ADDON, SYNTHWEB_SETTINGS, crawl_argv
-from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, WebSpec
+from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, Web, WebSpec
 from crawlproj_testing.synthweb.process import SynthWebProcess
 from crawlproj.wire.urls import partition_of, politeness_key
 
@@ -229,8 +241,156 @@ def test_cluster_command_on_a_real_site_leaves_the_synthetic_web_off(tmp_path, s
     proc = subprocess.run([sys.executable, "-m", "crawlproj.tools.cli", "cluster", "--nodes", "1",
                            "--seeds-file", str(seeds), "--workdir", str(workdir), "--partitions", "16"],
                           capture_output=True, text=True, timeout=CRAWL_TIMEOUT, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # every seed refused: a non-zero exit, the refusals counted by reason
+    assert proc.returncode == NOTHING_CRAWLED, proc.stdout + proc.stderr
+    assert re.search(r"^refused +SSRF guard: loopback 1$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^nothing crawled +every seed was refused .*; exit code 3$", proc.stdout, re.M)
     stats = json.loads((workdir / "node1.stats.json").read_text())
     assert stats["finish_reason"] == "finished" and stats["ssrf/refused/loopback"] == 1
     assert "response_received_count" not in stats and web.accesses() == []
     assert "SyntheticWeb" not in (workdir / "node1.log").read_text()
+
+
+def crawlproj(*args: str, timeout: float = CRAWL_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "crawlproj.tools.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_cluster_command_passes_spider_arguments_dispatcher_options_and_serves_the_status_page(
+        tmp_path, synthweb):
+    """`-a max_depth=0` reaches the spider (only seeds are fetched), options after `--` reach
+    the dispatcher (a seed given with --seeds), --http-port serves the page and prints its URL."""
+    web = synthweb(WebSpec(seed=2, hosts=3, min_pages=5, max_pages=5, robots_variants=False))
+    first, second = web.seed_urls()[:2]
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text(first + "\n")
+    workdir = tmp_path / "cluster"
+    proc = crawlproj("cluster", "--nodes", "1", "--seeds-file", str(seeds), "--workdir", str(workdir),
+                     "--partitions", "16", "--http-port", "0",
+                     "-s", "ADDONS=" + json.dumps({SYNTHWEB_ADDON: 900}), "-s", "BROAD_SCOPE=any",
+                     "-a", "max_depth=0", "--", "--seeds", second)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"^status page at http://127\.0\.0\.1:\d+/$", proc.stdout, re.M), proc.stdout
+    fetched = {(a.host, a.path) for a in web.accesses() if not a.is_robots}
+    assert fetched == {(u.split("/")[2].split(":")[0], "/" + u.split("/", 3)[3]) for u in (first, second)}
+    assert re.search(r"^items scraped +2 ", proc.stdout, re.M), proc.stdout
+
+
+def test_a_missing_seeds_file_is_file_not_found_and_a_path_is_no_seed_url(tmp_path):
+    missing = tmp_path / "seeds.txt"
+    proc = crawlproj("cluster", "--seeds-file", str(missing), "--workdir", str(tmp_path / "c"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"crawlproj cluster: dispatcher did not start (exit code 2): "
+                                   f"--seeds-file: file not found: {missing}")
+    proc = crawlproj("dispatcher", "--store", str(tmp_path / "store"), "--seeds", "seeds.txt")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("crawlproj dispatcher: --seeds: 'seeds.txt' is not a URL (no ://); "
+                                   "a file of seeds goes to --seeds-file")
+
+
+def test_seeds_file_lines_that_are_not_utf8_are_skipped_and_counted(tmp_path):
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_bytes(b"http://a.example/\n\xff\xfe latin-1?\nhttp://b.example/\n\xc3\x28\n# done\n")
+    with DispatcherProcess(tmp_path / "store", "--partitions", "16", "--seeds-file", str(seeds)) as d:
+        assert d.status()["counters"]["seeds"] == 2
+        warnings = [line for line in d.log_tail().splitlines() if "WARNING" in line]
+    assert len(warnings) == 1
+    assert warnings[0].endswith(f"Seeds file {seeds}: skipped 2 lines that are not UTF-8 (lines 2, 4)")
+
+
+def test_standalone_dispatcher_exits_after_the_crawl_and_says_so(tmp_path, zmq_context):
+    web = Web(WebSpec(seed=3, hosts=3, min_pages=2, max_pages=3))
+    seeds = [f"http://{h}{p}" for h, p in web.seeds()]
+    d = DispatcherProcess(tmp_path / "store", "--partitions", "16", "--seeds", ",".join(seeds),
+                          "--heartbeat-interval", "0.2", "--heartbeat-timeout", "2", stay=False)
+    node = SimNode(zmq_context, d.endpoint, "n1")
+    try:
+        node.register()
+        drive([node], lambda: node.finished, 30, links_of=web_links(web), heartbeat_interval=0.2)
+        assert d.running()  # finished, but a node is still there
+        node.bye()
+        assert d.wait(30) == 0
+    finally:
+        node.close()
+        d.close()
+    log = d.log_tail()
+    assert "Exits when the crawl has finished and every node has left" in log
+    assert "Crawl finished and every node left: exiting" in log
+
+
+def test_every_option_of_every_subcommand_has_help_and_shows_its_default():
+    parsers = {"dispatcher": dispatcher_parser()}
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            parsers.update((name, p) for name, p in action.choices.items() if name not in SERVICES)
+    assert {"demo", "cluster", "dispatcher", "top", "deploy", "keys"} <= set(parsers)
+    for name, parser in parsers.items():
+        assert issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter), name
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"crawlproj {name} {'/'.join(action.option_strings) or action.dest}: no help"
+        assert "(default: " in parser.format_help(), name
+
+
+def test_progress_lines_say_what_is_left_while_the_crawl_drains():
+    state = {"frontier": 12, "available": 0, "leases": 12, "seen": 400,
+             "nodes": {"n1": {"alive": True, "stats": {"response_received_count": 380}}},
+             "drain": {"keys": 2, "pages": 12, "rate": 1.5,
+                       "last": {"node": "n1", "key": "slow.test", "pages": 10, "period": 2.0,
+                                "why": "crawl-delay", "eta": 20.0}}}
+    watch = Watch()
+    line = watch.line(state, now=watch.started + 10)
+    assert line.splitlines()[1].split(None, 1)[1] == (
+        "draining: 2 keys with 12 pages left allow 1.5 pages/s; about 20 s left; longest slow.test (n1): "
+        "10 pages, one each 2.00 s, set by its robots.txt Crawl-delay")
+    assert watch.last_key is not None and watch.last_key["key"] == "slow.test"
+    # slower than the delays allow: the rate seen since the last line says how long
+    state["nodes"]["n1"]["stats"]["response_received_count"] = 381
+    state["drain"] = {**state["drain"], "pages": 10, "last": {**state["drain"]["last"], "eta": 5.0}}
+    assert "; about 20 s left; " in watch.line(state, now=watch.started + 12)
+
+
+def test_the_dispatcher_sums_up_the_nodes_drain_reports(tmp_path, zmq_context):
+    with DispatcherProcess(tmp_path / "store", "--partitions", "16") as d:
+        a, b = SimNode(zmq_context, d.endpoint, "a"), SimNode(zmq_context, d.endpoint, "b")
+        try:
+            for node in (a, b):
+                node.register()
+            drive([a, b], lambda: a.registered and b.registered, 10, crawl=False)
+            a.send_stats(**{"drain/keys": 2, "drain/pages": 5, "drain/rate": 1.0, "drain/eta": 4.0,
+                            "drain/last/pages": 4, "drain/last/period": 1.0,
+                            "drain/last/key/a.test": 1, "drain/last/why/download-delay": 1})
+            b.send_stats(**{"drain/keys": 1, "drain/pages": 3, "drain/rate": 0.5, "drain/eta": 6.0,
+                            "drain/last/pages": 3, "drain/last/period": 2.0,
+                            "drain/last/key/b.test": 1, "drain/last/why/crawl-delay": 1})
+            drain = wait_until(lambda: (s := d.status()["drain"])["keys"] == 3 and s, 10, "both reports")
+        finally:
+            a.close()
+            b.close()
+    assert drain == {"keys": 3, "pages": 8, "rate": 1.5,
+                     "last": {"node": "b", "eta": 6.0, "pages": 3, "period": 2.0, "key": "b.test",
+                              "why": "crawl-delay"}}
+
+
+def test_a_node_reports_its_keys_their_periods_and_the_one_that_needs_longest(tmp_path):
+    settings = Settings()
+    settings.setmodule("crawlproj.settings", priority="project")
+    settings.update({"ROBOTS_STATE_FILE": str(tmp_path / "s.sqlite3"), "ROBOTS_THROTTLE_DELAY": 0.5,
+                     "ROBOTS_THROTTLE_KEY_DELAYS": {"b.test": 2.0}}, priority="cmdline")
+    wall = [1_000_000.0]
+    gate = PolitenessGate(Politeness(PolitenessConfig.from_settings(settings), clock=lambda: wall[0]))
+    try:
+        now = time.monotonic()
+        gate.started("a.test", now)
+        gate.ended("a.test", now + 1.5)  # answers in 1.5 s: longer than its 0.5 s delay
+        report = drain_stats(["a.test"] * 3 + ["b.test"] * 2 + ["c.test"], gate)
+    finally:
+        gate.state.close()
+    assert report.pop("drain/rate") == pytest.approx(1 / 2.0 + 1 / 2.0 + 1 / 0.5, abs=0.01)
+    assert report.pop("drain/eta") == pytest.approx(3 * 2.0, abs=0.01)
+    assert report.pop("drain/last/period") == pytest.approx(2.0, abs=0.01)
+    assert report == {"drain/keys": 3, "drain/pages": 6, "drain/last/pages": 3,
+                      "drain/last/key/a.test": 1, "drain/last/why/answer-time": 1}
+    assert drain_stats([], gate) == {"drain/keys": 0, "drain/pages": 0}
+    assert drain_stats(["a.test"], None) == {"drain/keys": 1, "drain/pages": 1}

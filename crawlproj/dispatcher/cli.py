@@ -4,6 +4,10 @@ When ready it prints exactly one line, ``DISPATCHER LISTENING tcp://HOST:PORT``,
 (then ``DISPATCHER HTTP http://HOST:PORT`` with ``--http-port``); process runners wait for it
 (crawlproj.tools.dispatcher_process). Every option can also be set by an environment variable
 ``CRAWLPROJ_DISPATCHER_<OPTION>``; the command line wins.
+
+It exits (0) once the crawl has finished and every node that registered has left, unless
+``--keep-alive`` (never finish: wait for new seeds) or ``--stay`` (finish, then keep answering
+"status" until SIGTERM, as the local cluster does to read the final figures).
 """
 
 from __future__ import annotations
@@ -38,12 +42,14 @@ from .config import (
 )
 from .errors import ConfigError, DispatcherError
 from .frontier import DEFAULT_COMMIT_INTERVAL, DEFAULT_HOT_SEEN, DEFAULT_READAHEAD
+from .seeds import check_seeds_file, seed_urls
 from .service import Dispatcher
 
 logger = logging.getLogger("crawlproj.dispatcher")
 
 LISTENING_PREFIX = "DISPATCHER LISTENING "
 HTTP_PREFIX = "DISPATCHER HTTP "
+REFUSAL_PREFIX = "crawlproj dispatcher: "  # the one line on stderr when it refuses to start
 
 Service = Callable[..., Dispatcher]
 
@@ -69,32 +75,46 @@ def _env_bool(name: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     """The option parser, its defaults taken from the environment (ConfigError if one is bad)."""
     p = argparse.ArgumentParser(
-        prog="crawlproj dispatcher",
-        description="The ZeroMQ dispatcher of a crawlproj crawl. Every option can also be set "
-                    f"by an environment variable {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}BIND); "
-                    "the command line wins.")
+        prog="crawlproj dispatcher", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="The ZeroMQ dispatcher of a crawlproj crawl. It exits once the crawl has "
+                    "finished and every node has left, unless --keep-alive or --stay. Every "
+                    "option can also be set by an environment variable "
+                    f"{ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}BIND); the command line wins.")
     p.add_argument("--bind", default=_env("bind", DEFAULT_BIND),
-                   help="ROUTER endpoint; port 0 or '*' picks a free port (default %(default)s)")
+                   help="ROUTER endpoint; port 0 or '*' picks a free port")
     p.add_argument("--store", default=_env("store", DEFAULT_STORE),
-                   help="directory of the SQLite frontier store (default %(default)s)")
+                   help="directory of the SQLite frontier store")
     p.add_argument("--partitions", type=int, default=_env("partitions", DEFAULT_PARTITIONS, int),
-                   help="virtual partitions P, fixed for the life of a crawl (default %(default)s)")
+                   help="virtual partitions P, fixed for the life of a crawl")
     p.add_argument("--heartbeat-interval", type=float,
-                   default=_env("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL, float))
+                   default=_env("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL, float),
+                   help="seconds between the heartbeats it expects of a node (told in its welcome)")
     p.add_argument("--heartbeat-timeout", type=float,
-                   default=_env("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT, float))
+                   default=_env("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT, float),
+                   help="seconds without a word from a node before it is dead (its leases go back)")
     p.add_argument("--lease-timeout", type=float,
-                   default=_env("lease_timeout", DEFAULT_LEASE_TIMEOUT, float))
+                   default=_env("lease_timeout", DEFAULT_LEASE_TIMEOUT, float),
+                   help="seconds a lease stays unacked before its request goes back to the frontier")
     p.add_argument("--keep-alive", action="store_true", default=_env_bool("keep_alive"),
-                   help="never send 'finished'; wait for new seeds when the frontier is empty")
-    p.add_argument("--seeds", default=_env("seeds", ""), help="comma-separated seed URLs")
-    p.add_argument("--seeds-file", default=_env("seeds_file", None),
-                   help="file of seed URLs, one a line ('#' comments)")
+                   help="never send 'finished' and never exit: wait for new seeds when the "
+                        "frontier is empty (a continuous crawl fed through --seeds-redis)")
+    p.add_argument("--stay", action="store_true", default=_env_bool("stay"),
+                   help="after the crawl finished, keep answering status until SIGTERM instead "
+                        "of exiting once every node has left")
+    p.add_argument("--seeds", default=_env("seeds", ""),
+                   help="comma-separated seed URLs; an entry without '://' is not a URL and is "
+                        "refused (a file of seeds goes to --seeds-file)")
+    p.add_argument("--seeds-file", default=_env("seeds_file", None), metavar="PATH",
+                   help="path of a file of seed URLs, one a line ('#' comments); a missing file "
+                        "stops the start ('file not found'), lines that are not UTF-8 are skipped "
+                        "and counted")
     p.add_argument("--seeds-redis", default=_env("seeds_redis", None),
                    help="Redis URL to pop seeds from (a list or set, scrapy-redis convention)")
-    p.add_argument("--seeds-key", default=_env("seeds_key", DEFAULT_SEEDS_KEY))
+    p.add_argument("--seeds-key", default=_env("seeds_key", DEFAULT_SEEDS_KEY),
+                   help="the Redis key of --seeds-redis")
     p.add_argument("--seeds-poll-interval", type=float,
-                   default=_env("seeds_poll_interval", DEFAULT_SEEDS_POLL, float))
+                   default=_env("seeds_poll_interval", DEFAULT_SEEDS_POLL, float),
+                   help="seconds between polls of --seeds-redis")
     p.add_argument("--key-by", choices=KEY_BY, default=_env("key_by", "domain"),
                    help="politeness key of seeds; must match the nodes' setting")
     p.add_argument("--readahead", type=int, default=_env("readahead", DEFAULT_READAHEAD, int),
@@ -103,35 +123,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recent fingerprints kept in memory before asking SQLite")
     p.add_argument("--commit-interval", type=float,
                    default=_env("commit_interval", DEFAULT_COMMIT_INTERVAL, float),
-                   help="longest time writes stay uncommitted (default %(default)s s); a crash "
+                   help="longest time (s) writes stay uncommitted; a crash "
                         "loses nothing either way (at-least-once), only re-crawls more")
     p.add_argument("--restart-hold", type=float, default=_env("restart_hold", None, float),
                    help="seconds to wait for nodes to re-register before assigning partitions "
-                        "when resuming a store (default: the heartbeat time-out)")
+                        "when resuming a store (None: the heartbeat time-out)")
     p.add_argument("--http-port", type=int, default=_env("http_port", None, int),
                    help="serve the HTTP API (/api/state, /api/series), Prometheus /metrics and a "
-                        "live status page on this port (0: a free one; default: off)")
-    p.add_argument("--http-host", default=_env("http_host", "127.0.0.1"))
+                        "live status page on this port (0: a free one; None: off)")
+    p.add_argument("--http-host", default=_env("http_host", "127.0.0.1"),
+                   help="address the HTTP API listens on")
     p.add_argument("--series-interval", type=float,
                    default=_env("series_interval", DEFAULT_SERIES_INTERVAL, float),
-                   help="seconds between points of the cluster's time series (default %(default)s)")
+                   help="seconds between points of the cluster's time series")
     p.add_argument("--series-points", type=int,
                    default=_env("series_points", DEFAULT_SERIES_POINTS, int),
-                   help="points kept; past that the series is thinned out (default %(default)s)")
+                   help="points kept; past that the series is thinned out")
     p.add_argument("--timings-interval", type=float,
                    default=_env("timings_interval", DEFAULT_TIMINGS_INTERVAL, float),
-                   help="seconds between TIMINGS lines in the log (default %(default)s)")
+                   help="seconds between TIMINGS lines in the log")
     p.add_argument("--curve-secret-key", default=_env("curve_secret_key", None), metavar="FILE",
                    help="CURVE: this dispatcher's key pair (crawlproj keys: dispatcher.key_secret); "
                         "with --curve-authorized-dir, only those clients can talk to it")
     p.add_argument("--curve-authorized-dir", default=_env("curve_authorized_dir", None), metavar="DIR",
                    help="CURVE: directory of the allowed clients' public *.key files (SIGHUP re-reads it)")
-    p.add_argument("--log-level", default=_env("log_level", "INFO"))
+    p.add_argument("--log-level", default=_env("log_level", "INFO"),
+                   help="DEBUG, INFO, WARNING or ERROR")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    seeds = [s.strip() for s in (args.seeds or "").split(",") if s.strip()]
+    """The service's Config; ConfigError for seeds that are not URLs or a missing seeds file."""
+    seeds = seed_urls(args.seeds)
+    if args.seeds_file:
+        check_seeds_file(args.seeds_file)
     return Config(
         bind=args.bind, store=args.store, partitions=args.partitions,
         heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
@@ -146,9 +171,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+def done(dispatcher: Dispatcher) -> bool:
+    """The crawl finished and every node that registered has left (or died)."""
+    nodes = dispatcher.nodes.values()
+    return dispatcher.finished and bool(nodes) and not any(n.alive for n in nodes)
+
+
 def _refuse(exc: Exception) -> int:
-    logger.error("%s", exc)
-    print(f"crawlproj dispatcher: {exc}", file=sys.stderr)
+    print(f"{REFUSAL_PREFIX}{exc}", file=sys.stderr, flush=True)
     return 2
 
 
@@ -160,8 +190,7 @@ def main(argv: list[str] | None = None, service: Service = Dispatcher) -> int:
     try:
         args = build_parser().parse_args(argv)
     except ConfigError as exc:
-        print(f"crawlproj dispatcher: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(exc)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s [%(name)s] %(levelname)s: %(message)s")
     try:
@@ -193,7 +222,16 @@ def main(argv: list[str] | None = None, service: Service = Dispatcher) -> int:
         print(f"{LISTENING_PREFIX}{endpoint}", flush=True)
         if http_url:
             print(f"{HTTP_PREFIX}{http_url}", flush=True)
-        dispatcher.run()
+        if config.keep_alive:
+            logger.info("--keep-alive: serving until SIGTERM, the crawl never finishes")
+        elif args.stay:
+            logger.info("--stay: after the crawl finished, serving status until SIGTERM")
+        else:
+            logger.info("Exits when the crawl has finished and every node has left "
+                        "(--stay or --keep-alive to keep it running)")
+        dispatcher.run(until=None if args.stay or config.keep_alive else lambda: done(dispatcher))
+        if done(dispatcher):
+            logger.info("Crawl finished and every node left: exiting")
     except (DispatcherError, sqlite3.Error) as exc:
         return _refuse(exc)
     finally:

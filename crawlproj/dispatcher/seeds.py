@@ -1,6 +1,11 @@
 """Seed sources: command line, a file, a Redis key (scrapy-redis convention).
 
-Each yields plain URL strings; the dispatcher routes them with
+A URL and a path are told apart by ``://``: a seed given as a URL has it (``http://...``), a
+path never does. ``--seeds`` takes URLs only (an entry without ``://`` is refused, pointing at
+``--seeds-file``); ``--seeds-file`` takes a path (a missing one is "file not found: PATH").
+Lines of a seeds file that are not UTF-8 are skipped, counted and named in one WARNING.
+
+Each source yields plain URL strings; the dispatcher routes them with
 :func:`crawlproj.wire.protocol.routed_request` (canonical URL, fingerprint, key, partition),
 exactly as the nodes do.
 """
@@ -43,18 +48,58 @@ def parse_seed_item(item: bytes | str) -> str | None:
     return text or None
 
 
-def read_seeds_file(path: str) -> Iterator[str]:
-    """One URL (or JSON object) a line; blank lines and '#' comments skipped."""
+URL_MARK = "://"  # in every seed URL, in no path of a seeds file
+LINES_NAMED = 10  # undecodable line numbers named in the warning
+
+
+def seed_urls(value: str, option: str = "--seeds") -> list[str]:
+    """The comma-separated URLs of ``value``; ConfigError for an entry that is not a URL."""
+    urls = [s.strip() for s in (value or "").split(",") if s.strip()]
+    for url in urls:
+        if URL_MARK not in url:
+            raise ConfigError(f"{option}: {url!r} is not a URL (no {URL_MARK}); "
+                              "a file of seeds goes to --seeds-file")
+    return urls
+
+
+def check_seeds_file(path: str) -> None:
+    """ConfigError "file not found: PATH" (or why it cannot be read) before the crawl starts."""
+    if not Path(path).is_file():
+        raise ConfigError(f"--seeds-file: file not found: {path}" if not Path(path).exists()
+                          else f"--seeds-file: not a file: {path}")
     try:
-        with Path(path).open(encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
+        with Path(path).open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--seeds-file: cannot read {path}: {exc.strerror}") from exc
+
+
+def read_seeds_file(path: str) -> Iterator[str]:
+    """One URL (or JSON object) a line; blank lines and '#' comments skipped, lines that are
+    not UTF-8 skipped and counted (one WARNING naming the file and the lines)."""
+    undecodable: list[int] = []
+    try:
+        with Path(path).open("rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    undecodable.append(number)
+                    continue
                 if line and not line.startswith("#"):
                     url = parse_seed_item(line)
                     if url:
                         yield url
+    except FileNotFoundError:
+        raise ConfigError(f"--seeds-file: file not found: {path}") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read the seeds file {path}: {exc}") from exc
+        raise ConfigError(f"--seeds-file: cannot read {path}: {exc.strerror}") from exc
+    if undecodable:
+        named = ", ".join(map(str, undecodable[:LINES_NAMED]))
+        more = f" and {len(undecodable) - LINES_NAMED} more" if len(undecodable) > LINES_NAMED else ""
+        lines = "line" if len(undecodable) == 1 else "lines"
+        logger.warning("Seeds file %s: skipped %d %s that are not UTF-8 (%s %s%s)",
+                       path, len(undecodable), lines, lines, named, more)
 
 
 class RedisSeeds:
@@ -99,4 +144,5 @@ class RedisSeeds:
         self.client.close()
 
 
-__all__ = ["BadURL", "RedisSeeds", "parse_seed_item", "read_seeds_file", "wire_seed"]
+__all__ = ["BadURL", "RedisSeeds", "check_seeds_file", "parse_seed_item", "read_seeds_file",
+           "seed_urls", "wire_seed"]

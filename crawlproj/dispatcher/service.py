@@ -162,14 +162,15 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
             if self._own_context:
                 self.ctx.term()
 
-    def run(self) -> None:
+    def run(self, until: Callable[[], bool] | None = None) -> None:
+        """Serve until stop() (a signal) or, when given, until ``until()`` is true."""
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         busy = self.instrument.busy
         logger.info("Dispatcher epoch %d serving %s (store %s, %d partitions, frontier %d, "
                     "seen %d)", self.epoch, self.endpoint, self.frontier.path, self.P,
                     self.frontier.size, self.frontier.seen_count)
-        while not self._stop:
+        while not self._stop and not (until is not None and until()):
             now = time.monotonic()
             timeout = self._poll_timeout(now)
             if poller.poll(math.ceil(timeout * 1000)):

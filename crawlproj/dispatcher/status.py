@@ -11,6 +11,8 @@ import resource
 import time
 from typing import Any
 
+from crawlproj.extensions.drain import DRAIN_LAST_KEY, DRAIN_LAST_WHY
+
 from .core import Core
 from .membership import FIELD_MAX_CHARS
 
@@ -60,7 +62,7 @@ class StatusReport(Core):
             "memory_rows": fr["memory_rows"], "seen": fr["seen"], "hot_seen": fr["hot_seen"],
             "leases": len(self.leases), "pending_handoffs": len(self.pending),
             "unowned_partitions": sum(1 for o in self.owner if o is None),
-            "counters": dict(self.counters), "bad_frames": dict(self.bad_frames),
+            "drain": drain(nodes), "counters": dict(self.counters), "bad_frames": dict(self.bad_frames),
             "messages": dict(self.messages), "nodes": nodes,
             "store": fr["store"],
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
@@ -68,6 +70,32 @@ class StatusReport(Core):
             "observability": self.instrument.summary(),
             **memory_kib(),
         }
+
+
+def drain(nodes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The live nodes' ``drain/*`` reports (crawlproj.extensions.drain.drain_stats) summed up:
+    keys with work, pages, the rate their delays allow, and the key that needs longest
+    (``last``: key, node, pages, period, why, eta; None when no node holds work)."""
+    keys = pages = 0
+    rate = 0.0
+    last: dict[str, Any] | None = None
+    for name, node in nodes.items():
+        stats = node["stats"]
+        if not node["alive"] or "drain/keys" not in stats:
+            continue
+        keys += int(stats["drain/keys"])
+        pages += int(stats.get("drain/pages", 0))
+        rate += float(stats.get("drain/rate", 0.0))
+        eta = float(stats.get("drain/eta", -1.0))
+        if eta >= 0 and (last is None or eta > last["eta"]):
+            last = {"node": name, "eta": eta, "pages": int(stats.get("drain/last/pages", 0)),
+                    "period": float(stats.get("drain/last/period", 0.0)),
+                    "key": _named(stats, DRAIN_LAST_KEY), "why": _named(stats, DRAIN_LAST_WHY)}
+    return {"keys": keys, "pages": pages, "rate": round(rate, 3), "last": last}
+
+
+def _named(stats: dict[str, Any], prefix: str) -> str:
+    return next((k[len(prefix):] for k in stats if k.startswith(prefix)), "")
 
 
 def memory_kib() -> dict[str, int]:

@@ -110,5 +110,5 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (--watch)")
     p.add_argument("--count", type=int, default=0, help="stop after this many refreshes (0: never)")
-    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the dispatcher's answer")
     p.set_defaults(func=command)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from scrapy import Request
 
+from crawlproj.extensions.drain import drain_stats
 from crawlproj.wire.protocol import UNKNOWN_NODE
 from crawlproj.wire.request import WireCodec
 from crawlproj.scheduling.state import NodeState
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from scrapy.spiders import Spider
 
     from crawlproj.linkfilter import RecentSet
+    from crawlproj.politeness.gate import PolitenessGate
     from crawlproj.observability.timings import Timings
 
 logger = logging.getLogger("crawlproj.scheduling.scheduler")
@@ -51,6 +53,7 @@ class DispatcherSession(NodeState):
     _ping_sent: float
     _warned_heartbeat: bool
     _unanswered: tuple[float, float] | None = None  # (since, last warning) while not registered
+    gate: PolitenessGate | None
 
     if TYPE_CHECKING:  # the other parts of DispatcherScheduler
         def _discover(self, request: Request) -> bool: ...
@@ -146,6 +149,8 @@ class DispatcherSession(NodeState):
         stats.update(queued=len(self.queues), inflight=len(self.inflight), keys=self.queues.keys,
                      owned=len(self.owned))
         stats.update(self.timings.report())  # timing/<op>/* of the last interval, node/cpu, keys/*
+        work = [key for key, _ in self.queues.items()] + [key for key, _ in self.inflight.values()]
+        stats.update(drain_stats(work, self.gate))  # drain/*: the keys with work left, their delays
         self.link.send("stats", node=self.node, stats=stats)
 
     def _on_message(self, msg: dict[str, Any]) -> None:

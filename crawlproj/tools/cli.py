@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
 from crawlproj.tools import cluster, deploy
 from crawlproj.observability import cli as observability
@@ -17,15 +18,32 @@ SERVICES = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+class SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: its --help shows every option's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        given = kwargs.get("formatter_class", argparse.HelpFormatter)
+        if not issubclass(given, argparse.ArgumentDefaultsHelpFormatter):  # e.g. a raw description
+            given = type(f"Defaults{given.__name__}", (argparse.ArgumentDefaultsHelpFormatter, given), {})
+        kwargs["formatter_class"] = given
+        super().__init__(*args, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``crawlproj`` parser; SERVICES have their own (their --help is theirs)."""
     parser = argparse.ArgumentParser(prog="crawlproj", description="Distributed broad crawling for Scrapy")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=SubcommandParser)
     cluster.add_arguments(sub)
     deploy.add_arguments(sub)
     observability.add_arguments(sub)  # top, logs, diagnose, profile
     curve.add_arguments(sub)  # keys
     for name, (_module, help_text) in SERVICES.items():
         sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command in SERVICES:
         module = importlib.import_module(SERVICES[args.command][0])

@@ -229,8 +229,8 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--dispatcher", required=True, metavar="ENDPOINT", help="e.g. tcp://dispatcher-host:5570")
     p.add_argument("--state-dir", default=None,
                    help="CRAWLPROJ_STATE_DIR on the hosts (default: the project's, relative to scrapyd's directory)")
-    p.add_argument("--project", default=DEFAULT_PROJECT)
-    p.add_argument("--spider", default=DEFAULT_SPIDER)
+    p.add_argument("--project", default=DEFAULT_PROJECT, help="scrapyd project")
+    p.add_argument("--spider", default=DEFAULT_SPIDER, help="the spider the node jobs run")
     p.add_argument("--version", default=None, help="egg version to run (default: scrapyd's latest)")
     p.add_argument("-s", "--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a Scrapy setting for every node")

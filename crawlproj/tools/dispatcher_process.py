@@ -8,6 +8,10 @@
     with DispatcherProcess(store, "--http-port", "0") as d:
         d.http_url            # "http://127.0.0.1:PORT" (the line after LISTENING), else ""
 
+It runs with ``--stay`` (status answers after the crawl finished, for the caller to read)
+unless ``stay=False``, and in a process group of its own: a Ctrl-C in the terminal reaches the
+caller only, which stops the nodes first and the dispatcher last.
+
     request_state("tcp://host:5570")  # the same status round trip with any running dispatcher
 """
 
@@ -30,7 +34,7 @@ from crawlproj.tools.runner import stop_process
 from crawlproj.security.curve import ClientKeys
 
 from crawlproj.dispatcher.errors import DispatcherError, StartError
-from crawlproj.dispatcher.cli import HTTP_PREFIX, LISTENING_PREFIX
+from crawlproj.dispatcher.cli import HTTP_PREFIX, LISTENING_PREFIX, REFUSAL_PREFIX
 
 DISPATCHER_MODULE = "crawlproj.dispatcher"
 STARTUP_TIMEOUT = 30.0  # seconds for the LISTENING line
@@ -90,9 +94,10 @@ class DispatcherProcess:
                  host: str = "127.0.0.1", env: dict[str, str] | None = None,
                  log_path: str | os.PathLike[str] | None = None,
                  startup_timeout: float = STARTUP_TIMEOUT, curve: ClientKeys | None = None,
-                 module: str = DISPATCHER_MODULE) -> None:
+                 module: str = DISPATCHER_MODULE, stay: bool = True) -> None:
         self.store = Path(store)
         self.module = module
+        self.stay = stay
         self.curve = curve  # a CURVE dispatcher's monitor keys (None: CRAWLPROJ_CURVE_* or none)
         self.args = list(args)
         self.host = host
@@ -114,12 +119,12 @@ class DispatcherProcess:
     def _start(self, port: int, extra: list[str] | None = None) -> None:
         bind = f"tcp://{self.host}:{port if port else '*'}"
         cmd = [sys.executable, "-m", self.module, "--bind", bind, "--store",
-               str(self.store), *self.args, *(extra or [])]
+               str(self.store), *(["--stay"] if self.stay else []), *self.args, *(extra or [])]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         env = {**os.environ, **(self.env or {})}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True,
-                                     env=env)
+                                     env=env, stdin=subprocess.DEVNULL, process_group=0)
         self.starts += 1
         self._stdout = b""
         self.endpoint = self._read_endpoint()
@@ -156,7 +161,12 @@ class DispatcherProcess:
             self.proc.kill()
             rc = self.proc.wait()
         self._close_pipes()
-        raise StartError(f"dispatcher did not start (exit code {rc}); log tail:\n{self.log_tail()}")
+        tail = self.log_tail()
+        refusal = [line for line in tail.splitlines() if line.startswith(REFUSAL_PREFIX)]
+        if refusal:  # a bad option: the one line the dispatcher printed says it all
+            raise StartError(f"dispatcher did not start (exit code {rc}): "
+                             f"{refusal[-1][len(REFUSAL_PREFIX):]}")
+        raise StartError(f"dispatcher did not start (exit code {rc}); log tail:\n{tail}")
 
     def log_tail(self, size: int = LOG_TAIL_BYTES) -> str:
         try:
@@ -172,6 +182,14 @@ class DispatcherProcess:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def wait(self, timeout: float) -> int | None:
+        """Its exit code once it has exited within ``timeout`` seconds, else None."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM (clean shutdown: commit, close); SIGKILL if it does not exit in time."""

@@ -1,9 +1,11 @@
-"""Start ``scrapy crawl`` processes: one way for the demo, the cluster, the benchmarks and tests."""
+"""Start ``scrapy crawl`` processes: one way for the demo, the cluster, the benchmarks and tests;
+and stop them: :func:`stop_process`, :class:`StopSignals` (Ctrl-C of a runner)."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -61,3 +63,31 @@ def crawl_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 def start_crawl(spider: str = "broad", settings: Mapping[str, Any] | None = None,
                 spider_args: Mapping[str, Any] | None = None, **popen: Any) -> subprocess.Popen[Any]:
     return subprocess.Popen(crawl_argv(spider, settings, spider_args), env=crawl_env(), **popen)
+
+
+class StopSignals:
+    """While installed, SIGINT and SIGTERM raise KeyboardInterrupt (run_nodes stops the nodes on
+    the first, forces them on the second); after wind_down() they only say that the stop is under
+    way, so the dispatcher, the servers and the summary still get their turn."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.winding = False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.winding:
+            raise KeyboardInterrupt
+        print("[cluster] stopping already: the dispatcher, then the summary", flush=True)
+
+    def wind_down(self) -> None:
+        self.winding = True

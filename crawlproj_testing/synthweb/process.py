@@ -52,7 +52,7 @@ class SynthWebProcess:
 
     def __init__(self, spec: WebSpec, access_log: str | os.PathLike[str] | None = None,
                  hold_seconds: float = 30.0, port: int = 0, startup_timeout: float = 30.0,
-                 time_scale: float = 0.0):
+                 time_scale: float = 0.0, new_session: bool = False):
         self.spec = spec
         self.web = Web(spec)
         self.access_log = Path(access_log) if access_log else None
@@ -61,7 +61,8 @@ class SynthWebProcess:
         if self.access_log is not None:
             args += ["--access-log", str(self.access_log)]
         args += ["--spec", json.dumps(asdict(spec))]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        # new_session: a terminal's Ctrl-C reaches the caller only, which stops it last
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, start_new_session=new_session)
         self.port = self._read_port(startup_timeout)
 
     def _read_port(self, timeout: float) -> int:

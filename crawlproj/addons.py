@@ -36,6 +36,7 @@ LEASE_TRACKER_ORDER = 10  # outermost spider middleware: it sees the final outpu
 PARSE_TIMING_ORDER = 1050  # innermost: one perf_counter pair per response
 POLITENESS_GATE_ORDER = 0
 TIMINGS_ORDER = 510
+DOWNLOAD_TIMING_ORDER = 1  # outermost downloader middleware: a request's time in the others
 MONGO_ORDER = 800
 
 SCRAPY_ROBOTS = "scrapy.downloadermiddlewares.robotstxt.RobotsTxtMiddleware"
@@ -91,6 +92,8 @@ class Timings:
         _put(settings, "EXTENSIONS", {"crawlproj.observability.extension.TimingsExtension": TIMINGS_ORDER})
         _put(settings, "SPIDER_MIDDLEWARES", {
             "crawlproj.observability.extension.ParseTimingMiddleware": PARSE_TIMING_ORDER})
+        _put(settings, "DOWNLOADER_MIDDLEWARES", {
+            "crawlproj.observability.extension.DownloadTimingMiddleware": DOWNLOAD_TIMING_ORDER})
 
 
 class DispatcherNode:

@@ -1,0 +1,226 @@
+"""Causes from the time account (:mod:`crawlproj.observability.account`): which resource's
+share of the time grew when the crawl rate fell, and whether the item store falls behind.
+
+Each resource has one figure, a share of some wall clock, read early and late in the crawl
+(window means weighted by the windows' length, each node's figure averaged over the nodes):
+
+=============  ==================================================================
+remote sites   the download slots' share busy transferring (and download latency)
+machine CPU    the reactor thread's share runnable but waiting for a CPU
+dispatcher     its loop's share busy or stalled (wall gaps in its loop)
+robots.txt     the download slots' share held in the middlewares for robots.txt
+politeness     the slots' share empty while every queued key waits out its delay
+held           the slots' share empty while requests are ready (the engine backs out)
+lack of work   the slots' share empty with nothing queued
+=============  ==================================================================
+
+A figure has grown when it rose by at least its absolute threshold *and* by
+:data:`GROWTH_RATIO` (absolute and relative, so neither noise on a tiny figure nor a small
+relative change of a large one counts). Of the grown figures the one that rose most is the
+cause; a crawl whose keys run out (few keys left, the frontier empty) is draining, which is
+not a fault of the crawler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .analysis import Window
+
+GROWTH_RATIO = 1.5
+DRAIN_KEYS_RATIO = 0.5  # keys fetched per window late / early at or below this: draining
+DRAIN_FRONTIER = 1000  # ... and at most this many requests left to lease in the frontier
+BACKLOG_OLDEST_S = 10.0  # an item waiting this long in the store's buffer is falling behind
+BACKLOG_GROWTH = 2.0  # ... when the buffer (or spill) also grew this many times
+
+
+def span_mean(bins: list[Window], value: Callable[[Window], float | None]) -> float | None:
+    """Mean of ``value`` over the windows that have it, weighted by window length."""
+    pairs = [(b.end - b.start, v) for b in bins if (v := value(b)) is not None]
+    total = sum(w for w, _ in pairs)
+    return sum(w * v for w, v in pairs) / total if total else None
+
+
+def node_mean(b: Window, part: str, name: str) -> float | None:
+    values = [a[part][name] for a in b.account.values() if name in a.get(part, {})]
+    return sum(values) / len(values) if values else None
+
+
+def op_mean(bins: list[Window], op: str, q: str) -> float | None:
+    """Mean of an operation's quantile over windows, weighted by its count in each."""
+    pairs = [(b.ops[op].get("n", 1), b.ops[op][q]) for b in bins if q in b.ops.get(op, {})]
+    total = sum(n for n, _ in pairs)
+    return sum(n * v for n, v in pairs) / total if total else None
+
+
+@dataclass
+class Share:
+    """One resource's figure, early and late."""
+
+    resource: str
+    early: float
+    late: float
+    minimum: float  # the absolute rise that counts
+
+    @property
+    def rise(self) -> float:
+        return self.late - self.early
+
+    @property
+    def grown(self) -> bool:
+        return self.rise >= self.minimum and self.late >= GROWTH_RATIO * self.early
+
+    def describe(self, what: str) -> str:
+        return f"{what} {100 * self.early:.0f}% -> {100 * self.late:.0f}%"
+
+
+def _pct(early: float | None, late: float | None) -> str:
+    if early is None or late is None:
+        return "-"
+    return f"{100 * early:.0f}% -> {100 * late:.0f}%"
+
+
+def _ms(early: float | None, late: float | None) -> str:
+    if early is None or late is None:
+        return "-"
+    return f"{early:.1f} -> {late:.1f} ms"
+
+
+#: resource -> (account part, figure, absolute rise that counts, what the share is)
+SLOT_SHARES = {
+    "remote_sites": ("download", 0.03, "download slots busy transferring"),
+    "robots": ("robots", 0.03, "download slots held for robots.txt"),
+    "politeness": ("delay", 0.10, "download slots empty while every queued key waits out its delay"),
+    "held": ("held", 0.10, "download slots empty while requests were ready (the engine backed out)"),
+    "lack_of_work": ("nowork", 0.10, "download slots empty with nothing queued"),
+}
+
+
+def shares(early: list[Window], late: list[Window]) -> dict[str, Share]:
+    """Every resource's figure early and late (those with figures in both)."""
+    result: dict[str, Share] = {}
+
+    def add(resource: str, value: Callable[[Window], float | None], minimum: float) -> None:
+        e, l_ = span_mean(early, value), span_mean(late, value)
+        if e is not None and l_ is not None:
+            result[resource] = Share(resource, e, l_, minimum)
+
+    for resource, (name, minimum, _) in SLOT_SHARES.items():
+        add(resource, lambda b, n=name: node_mean(b, "slots", n), minimum)
+    add("machine_cpu", lambda b: node_mean(b, "reactor", "starved"), 0.08)
+    add("dispatcher", lambda b: None if b.busy is None else b.busy + (b.stalled or 0.0), 0.10)
+    return result
+
+
+def evidence(resource: str, early: list[Window], late: list[Window], found: dict[str, Share]) -> list[str]:
+    """The before/after figures that show ``resource``'s part."""
+    lines = []
+    share = found.get(resource)
+    if resource in SLOT_SHARES and share is not None:
+        lines.append(share.describe(SLOT_SHARES[resource][2]))
+    if resource == "remote_sites":
+        lines.append(f"download time to first byte p50 {_ms(op_mean(early, 'download', 'p50'), op_mean(late, 'download', 'p50'))}"
+                     f", p90 {_ms(op_mean(early, 'download', 'p90'), op_mean(late, 'download', 'p90'))}")
+        if op_mean(late, "download_total", "p50") is not None:
+            lines.append(f"download to the last byte p50 {_ms(op_mean(early, 'download_total', 'p50'), op_mean(late, 'download_total', 'p50'))}")
+    elif resource == "machine_cpu":
+        starved = found.get("machine_cpu")
+        if starved is not None:
+            lines.append(f"reactor thread waiting for a CPU {_pct(starved.early, starved.late)} of the time")
+        lines.append("reactor thread on a CPU "
+                     + _pct(span_mean(early, lambda b: node_mean(b, "reactor", "cpu")),
+                            span_mean(late, lambda b: node_mean(b, "reactor", "cpu"))))
+        per_page = [span_mean(phase, _cpu_ms_per_page) for phase in (early, late)]
+        if per_page[0] is not None and per_page[1] is not None:
+            lines.append(f"process CPU per page {per_page[0]:.1f} -> {per_page[1]:.1f} ms "
+                         "(the node got less CPU; it did not need more)")
+        pressure = [span_mean(phase, lambda b: node_mean(b, "machine", "pressure")) for phase in (early, late)]
+        if pressure[0] is not None:
+            lines.append(f"machine CPU pressure (some task waiting for a CPU) {_pct(*pressure)}")
+        load = [span_mean(phase, lambda b: node_mean(b, "machine", "load")) for phase in (early, late)]
+        cores = span_mean(late, lambda b: node_mean(b, "machine", "cores"))
+        if load[0] is not None and load[1] is not None:
+            lines.append(f"load average {load[0]:.1f} -> {load[1]:.1f}" + (f" on {cores:.0f} cores" if cores else ""))
+    elif resource == "dispatcher":
+        stalled = [span_mean(phase, lambda b: b.stalled) for phase in (early, late)]
+        busy = [span_mean(phase, lambda b: b.busy) for phase in (early, late)]
+        if stalled[0] is not None:
+            lines.append(f"dispatcher loop stalled (wall gaps in its loop) {_pct(*stalled)} of the time")
+        lines.append(f"dispatcher loop busy {_pct(*busy)}")
+        lines.append("node round trip to the dispatcher p90 "
+                     + _ms(op_mean(early, "dispatcher_rtt", "p90"), op_mean(late, "dispatcher_rtt", "p90")))
+        nowork = found.get("lack_of_work")
+        if nowork is not None:
+            lines.append(nowork.describe("download slots empty with nothing queued"))
+    elif resource == "robots":
+        lines.append("a request's wait for robots.txt p90 "
+                     + _ms(op_mean(early, "robots_wait", "p90"), op_mean(late, "robots_wait", "p90")))
+        lines.append("robots.txt fetch p50 "
+                     + _ms(op_mean(early, "robots_fetch", "p50"), op_mean(late, "robots_fetch", "p50")))
+    elif resource in ("politeness", "lack_of_work"):
+        keys = [span_mean(phase, lambda b: float(b.distinct_keys) if b.fetches else None) for phase in (early, late)]
+        if keys[0] is not None and keys[1] is not None:
+            lines.append(f"politeness keys fetched per window {keys[0]:.0f} -> {keys[1]:.0f}")
+        available = late[-1].available if late else None
+        if available is not None:
+            lines.append(f"frontier: {available:.0f} requests left to lease")
+    elif resource == "held":
+        lines.append("item_write p50 " + _ms(op_mean(early, "item_write", "p50"), op_mean(late, "item_write", "p50")))
+    return lines
+
+
+def _cpu_ms_per_page(b: Window) -> float | None:
+    if b.cpu is None or not b.rate or not b.node_rates:
+        return None
+    return 1000.0 * b.cpu / (b.rate / len(b.node_rates))
+
+
+def draining(early: list[Window], late: list[Window]) -> str | None:
+    """Why the crawl is draining (its keys running out, the frontier empty), or None."""
+    keys = [span_mean(phase, lambda b: float(b.distinct_keys) if b.fetches else None) for phase in (early, late)]
+    if keys[0] is None or keys[1] is None or keys[1] > DRAIN_KEYS_RATIO * keys[0]:
+        return None
+    available = late[-1].available if late else None
+    if available is not None and available > DRAIN_FRONTIER:
+        return None
+    left = "" if available is None else f", {available:.0f} requests left in the frontier"
+    return f"politeness keys fetched per window {keys[0]:.0f} -> {keys[1]:.0f}{left}"
+
+
+def backlog(bins: list[Window], early: list[Window], late: list[Window]) -> list[str] | None:
+    """The item store falling behind (its buffer or spill growing, its oldest item aging), with
+    the time left before the spill budget is full at this pace; None when it keeps up."""
+    def figure(phase: list[Window], name: str) -> float | None:
+        return span_mean(phase, lambda b: node_mean(b, "backlog", name))
+
+    oldest = figure(late, "oldest_s")
+    items = (figure(early, "items"), figure(late, "items"))
+    spill = (figure(early, "spill_bytes"), figure(late, "spill_bytes"))
+    grew = any(e is not None and l_ is not None and l_ > 0 and l_ >= BACKLOG_GROWTH * max(e, 1.0)
+               for e, l_ in (items, spill))
+    if oldest is None or oldest < BACKLOG_OLDEST_S or not grew:
+        return None
+    lines = [f"items waiting in the store's buffer {items[0] or 0:.0f} -> {items[1] or 0:.0f}, "
+             f"the oldest {figure(early, 'oldest_s') or 0:.1f} -> {oldest:.1f} s",
+             "item_write p50 " + _ms(op_mean(early, "item_write", "p50"), op_mean(late, "item_write", "p50"))]
+    points = [(b.middle, v) for b in bins if (v := node_mean(b, "backlog", "spill_bytes")) is not None]
+    budget = span_mean(late, lambda b: node_mean(b, "backlog", "spill_max"))
+    if spill[1]:
+        lines.append(f"spilled {spill[0] or 0:.0f} -> {spill[1]:.0f} bytes"
+                     + (f" of a {budget:.0f}-byte budget" if budget else ""))
+    half = points[len(points) // 2:]
+    if budget and len(half) >= 2 and half[-1][0] > half[0][0]:
+        pace = (half[-1][1] - half[0][1]) / (half[-1][0] - half[0][0])
+        if pace > 0:
+            left = max(0.0, budget - half[-1][1]) / pace
+            lines.append(f"at this pace ({pace / 1024:.0f} KiB/s) the spill budget is full in {_duration(left)}")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"

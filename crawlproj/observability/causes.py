@@ -6,7 +6,8 @@ Each resource has one figure, a share of some wall clock, read early and late in
 
 =============  ==================================================================
 remote sites   the download slots' share busy transferring (and download latency)
-machine CPU    the reactor thread's share runnable but waiting for a CPU
+machine CPU    of the reactor thread's time runnable, the share it waited for a CPU
+               (the CPU it wanted and did not get: comparable on a loaded machine)
 dispatcher     its loop's share busy or stalled (wall gaps in its loop)
 robots.txt     the download slots' share held in the middlewares for robots.txt
 politeness     the slots' share empty while every queued key waits out its delay
@@ -15,8 +16,9 @@ lack of work   the slots' share empty with nothing queued
 =============  ==================================================================
 
 A figure has grown when it rose by at least its absolute threshold *and* by
-:data:`GROWTH_RATIO` (absolute and relative, so neither noise on a tiny figure nor a small
-relative change of a large one counts). Of the grown figures the one that rose most is the
+:data:`GROWTH_RATIO`, of itself or of what is left of the wall clock (0.6 -> 0.9 leaves a
+quarter of the rest: grown), so neither noise on a tiny figure nor a small relative change of a
+large one counts. Of the grown figures the one that rose most is the
 cause; a crawl whose keys run out (few keys left, the frontier empty) is draining, which is
 not a fault of the crawler.
 """
@@ -69,7 +71,8 @@ class Share:
 
     @property
     def grown(self) -> bool:
-        return self.rise >= self.minimum and self.late >= GROWTH_RATIO * self.early
+        relative = self.late >= GROWTH_RATIO * self.early or (1.0 - self.early) >= GROWTH_RATIO * (1.0 - self.late)
+        return self.rise >= self.minimum and relative
 
     def describe(self, what: str) -> str:
         return f"{what} {100 * self.early:.0f}% -> {100 * self.late:.0f}%"
@@ -108,7 +111,7 @@ def shares(early: list[Window], late: list[Window]) -> dict[str, Share]:
 
     for resource, (name, minimum, _) in SLOT_SHARES.items():
         add(resource, lambda b, n=name: node_mean(b, "slots", n), minimum)
-    add("machine_cpu", lambda b: node_mean(b, "reactor", "starved"), 0.08)
+    add("machine_cpu", _denied, 0.10)
     add("dispatcher", lambda b: None if b.busy is None else b.busy + (b.stalled or 0.0), 0.10)
     return result
 
@@ -125,9 +128,12 @@ def evidence(resource: str, early: list[Window], late: list[Window], found: dict
         if op_mean(late, "download_total", "p50") is not None:
             lines.append(f"download to the last byte p50 {_ms(op_mean(early, 'download_total', 'p50'), op_mean(late, 'download_total', 'p50'))}")
     elif resource == "machine_cpu":
-        starved = found.get("machine_cpu")
-        if starved is not None:
-            lines.append(f"reactor thread waiting for a CPU {_pct(starved.early, starved.late)} of the time")
+        denied = found.get("machine_cpu")
+        if denied is not None:
+            lines.append(f"of the CPU time the reactor wanted, it waited for {_pct(denied.early, denied.late)}")
+        lines.append("reactor thread waiting for a CPU "
+                     + _pct(span_mean(early, lambda b: node_mean(b, "reactor", "starved")),
+                            span_mean(late, lambda b: node_mean(b, "reactor", "starved"))) + " of the time")
         lines.append("reactor thread on a CPU "
                      + _pct(span_mean(early, lambda b: node_mean(b, "reactor", "cpu")),
                             span_mean(late, lambda b: node_mean(b, "reactor", "cpu"))))
@@ -150,9 +156,6 @@ def evidence(resource: str, early: list[Window], late: list[Window], found: dict
         lines.append(f"dispatcher loop busy {_pct(*busy)}")
         lines.append("node round trip to the dispatcher p90 "
                      + _ms(op_mean(early, "dispatcher_rtt", "p90"), op_mean(late, "dispatcher_rtt", "p90")))
-        nowork = found.get("lack_of_work")
-        if nowork is not None:
-            lines.append(nowork.describe("download slots empty with nothing queued"))
     elif resource == "robots":
         lines.append("a request's wait for robots.txt p90 "
                      + _ms(op_mean(early, "robots_wait", "p90"), op_mean(late, "robots_wait", "p90")))
@@ -168,6 +171,14 @@ def evidence(resource: str, early: list[Window], late: list[Window], found: dict
     elif resource == "held":
         lines.append("item_write p50 " + _ms(op_mean(early, "item_write", "p50"), op_mean(late, "item_write", "p50")))
     return lines
+
+
+def _denied(b: Window) -> float | None:
+    """Of the time the nodes' reactors were runnable, the share they waited for a CPU."""
+    cpu, starved = node_mean(b, "reactor", "cpu"), node_mean(b, "reactor", "starved")
+    if cpu is None or starved is None or cpu + starved <= 0:
+        return None
+    return starved / (cpu + starved)
 
 
 def _cpu_ms_per_page(b: Window) -> float | None:

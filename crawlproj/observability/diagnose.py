@@ -42,11 +42,13 @@ from . import causes
 from .analysis import Observations, Window, from_series, read_logs, windows
 
 RATE_FALL = 0.25  # a rate this much lower late than early is an alarm
+ACCOUNT_FALL = 0.2  # a rate this much lower: the account names the resource whose share grew
 GROWTH = 3.0  # an operation this many times slower late than early has grown ...
 MIN_GROWTH_MS = 5.0  # ... by at least this much (sub-millisecond noise is no growth)
 BIG_GROWTH_MS = 500.0  # or by this much and causes.GROWTH_RATIO (a slow-by-design one grew)
 FLOOR_MS = 1.0  # early latencies below this count as this (ratios of tiny numbers mean nothing)
 BUSY = 0.7  # dispatcher loop busy share that means saturated
+STALLED = 0.2  # dispatcher loop stalled this share of the time: a fault even while the rate holds
 SLOW_RTT_MS = 250.0  # node -> dispatcher round trip that means the dispatcher lags
 NODE_IDLE_CPU = 0.8
 SLOW_LOOKUP_MS = 50.0  # a primary-key read of the politeness store should take well under 1 ms
@@ -131,12 +133,15 @@ def _rate(bins: list[Window]) -> float | None:
 
 
 def _phases(bins: list[Window]) -> tuple[list[Window], list[Window]]:
-    """The first and last third of the windows; a first window that is a ramp-up (less than
-    half the rate of the next: the crawl was starting) is left out of the early ones."""
+    """The first and last third of the windows; the ramp-up (leading windows below half the
+    highest rate: the crawl was starting, its frontier growing from the seeds; at most a third
+    of the windows) is left out of the early ones."""
     k = max(1, len(bins) // 3)
     skip = 0
-    if len(bins) >= 4 and bins[0].rate is not None and bins[1].rate and bins[0].rate < bins[1].rate / 2:
-        skip = 1
+    top = max((b.rate for b in bins if b.rate is not None), default=0.0)
+    if len(bins) >= 4:
+        while skip < k and (bins[skip].rate or 0.0) < top / 2:
+            skip += 1
     return bins[skip:skip + k], bins[-k:]
 
 
@@ -205,7 +210,7 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
             "others grew less: " + ", ".join(f"{g.op} {g.ratio:.1f}x" for g in rest)
         return text
 
-    fell = change is not None and change <= -RATE_FALL
+    fell = change is not None and change <= -ACCOUNT_FALL
     found = causes.shares(early, late)
     account_grown = sorted((s for s in found.values() if s.grown), key=lambda s: -s.rise)
     named: set[str] = set()
@@ -214,11 +219,12 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
         named.add(cause)
         diag.findings.append(Finding(cause, summary, evidence, fault))
 
-    starved = found.get("machine_cpu")
-    if fell and starved is not None and starved.grown:
-        add("machine_cpu", "this machine's CPU: the node waited for a CPU far more than before "
-            "(another process takes it, or too many processes per core): look at top, move the "
-            "other load or run fewer nodes per machine", causes.evidence("machine_cpu", early, late, found))
+    # this machine's CPU or the dispatcher's stalls, whichever grew more, come first: either
+    # slows every timing of the nodes (the knock-ons the rules below would see)
+    environment = [s_ for s_ in account_grown if s_.resource in ("machine_cpu", "dispatcher")]
+    if fell and environment:
+        top = environment[0].resource
+        add(top, ACCOUNT_SUMMARIES[top], causes.evidence(top, early, late, found))
     # dispatcher saturated
     busy = _mean([b.busy for b in late if b.busy is not None])
     rtt = growths.get("dispatcher_rtt")
@@ -226,7 +232,7 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
     store_grew = any(g.op in STORE_OPS for g in grown)
     rtt_lags = rtt is not None and rtt.late >= SLOW_RTT_MS and rtt.grown and (cpu or 0) < NODE_IDLE_CPU \
         and not store_grew
-    if (busy is not None and busy >= BUSY) or (busy is None and rtt_lags):
+    if ((busy is not None and busy >= BUSY) or (busy is None and rtt_lags)) and "dispatcher" not in named:
         evidence = []
         if busy is not None:
             evidence.append(f"dispatcher loop busy {100 * busy:.0f}% of the time (late windows)")
@@ -238,6 +244,11 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
         add("dispatcher", "the dispatcher is saturated: nodes wait for leases and acks; check its "
             "store (frontier_commit), its CPU and disk, send fewer messages (larger "
             "DISPATCHER_PUSH_BATCH / DISPATCHER_FLUSH_INTERVAL) or split the crawl", evidence)
+    stalled = causes.span_mean(late, lambda b: b.stalled)
+    if stalled is not None and stalled >= STALLED and "dispatcher" not in named:
+        add("dispatcher", ACCOUNT_SUMMARIES["dispatcher"] + (
+            "" if fell else " (the crawl rate holds so far: the nodes' queues bridge the stalls)"),
+            causes.evidence("dispatcher", early, late, found))
     # node CPU-bound
     share = _mean([b.parse_share for b in late if b.parse_share is not None])
     if share is not None and share >= PARSE_SHARE and "machine_cpu" not in named:
@@ -297,16 +308,22 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
         named.add("robots_store")
     # the account: the resource whose share grew most (the empty slots' reasons last)
     if fell:
-        direct = [s for s in account_grown if s.resource in ("remote_sites", "dispatcher", "robots", "held")]
+        direct = [s for s in account_grown if s.resource in ("remote_sites", "machine_cpu", "dispatcher", "robots", "held")]
         empty = [s for s in account_grown if s.resource in ("politeness", "lack_of_work")]
+        knock_on = []
         for s_ in direct + empty:
             if s_.resource in named or (s_.resource == "held" and "item_store" in named):
+                continue
+            if environment:  # slowed by the starved machine or the stalled dispatcher
+                knock_on.append(f"{s_.resource} {100 * s_.early:.0f}% -> {100 * s_.late:.0f}%")
                 continue
             if s_.resource in ("politeness", "lack_of_work") and (
                     named & {"dispatcher", "machine_cpu", "cpu"} or causes.draining(early, late)):
                 continue  # the empty slots are a knock-on, or the crawl drains (below)
             add(s_.resource, ACCOUNT_SUMMARIES[s_.resource],
                 causes.evidence(s_.resource, early, late, found))
+        if knock_on:
+            diag.findings[0].evidence.append("grown with it, likely knock-on: " + ", ".join(knock_on))
     # politeness-bound
     keyed = [b for b in late if b.fetches >= MIN_FETCHES]
     hot = _mean([b.top_share for b in keyed if b.top_share is not None])
@@ -327,7 +344,7 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
     elif fell and (drain := causes.draining(early, late)) is not None and not diag.faults:
         add("drain", "the crawl is draining: its politeness keys and frontier run out, so fewer "
             "keys are fetched at their delays", [drain], fault=False)
-    if fell and not diag.findings:
+    if change is not None and change <= -RATE_FALL and not diag.findings:
         available = late[-1].available if late else None
         frontier = ("the frontier is nearly empty" if available is not None and available <= causes.DRAIN_FRONTIER
                     else f"the frontier holds {available:.0f} requests" if available is not None
@@ -340,6 +357,9 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
 
 
 ACCOUNT_SUMMARIES = {
+    "machine_cpu": "this machine's CPU: the node waited for a CPU far more than before (another "
+                   "process takes it, or too many processes per core): look at top, move the "
+                   "other load or run fewer nodes per machine",
     "remote_sites": "the remote sites answer slower: the download slots spend more of their time "
                     "transferring, at the same politeness (one fetch per key), so fewer pages per "
                     "second; nothing to fix here but more keys in parallel (seeds) or a larger "

@@ -33,7 +33,7 @@ from scrapy.core.downloader import Downloader
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.asyncio import create_looping_call
 
-from crawlproj.meta import DOWNLOAD_LATENCY
+from crawlproj.meta import DOWNLOAD_LATENCY, ROBOTS_FETCH
 from crawlproj.meta import KEY as POLITENESS_KEY_META
 from crawlproj.nodeid import node_name
 from crawlproj.politeness.gate import PolitenessGate
@@ -159,7 +159,7 @@ class TimingsExtension:
 
     def _response_downloaded(self, request: Request, **kwargs: Any) -> None:
         stamp = self.stamps.get(id(request))
-        if stamp is not None and stamp[2]:
+        if stamp is not None and stamp[2] and not request.meta.get(ROBOTS_FETCH):
             self.timings.record("download_total", (time.monotonic() - stamp[2]) * 1000.0)
 
     def _left_downloader(self, request: Request, **kwargs: Any) -> None:
@@ -176,12 +176,19 @@ class TimingsExtension:
             return
         slots = downloader.slots.values()
         in_slots = sum(len(slot.active) for slot in slots)
-        transferring = sum(len(slot.transferring) for slot in slots)
+        transferring = robots = 0
+        for slot in slots:
+            for request in slot.transferring:
+                if request.meta.get(ROBOTS_FETCH):
+                    robots += 1  # a robots.txt fetch: the wait of the requests held for it
+                else:
+                    transferring += 1
         scheduler = engine.scheduler
         waiting = scheduler is not None and _queued(scheduler)
         self.timings.slots.probe(downloader.total_concurrency or len(downloader.active) or 1,
-                                 transferring, len(downloader.active) - in_slots,
-                                 in_slots - transferring, waiting, waiting and _ready(scheduler, now), lag)
+                                 transferring, robots + len(downloader.active) - in_slots,
+                                 in_slots - transferring - robots, waiting,
+                                 waiting and _ready(scheduler, now), lag)
         self._probes += 1
         if self._probes % _BACKLOG_EVERY == 0:
             settings = self.crawler.settings
@@ -191,7 +198,7 @@ class TimingsExtension:
     def _response_received(self, response: Response, request: Request) -> None:
         meta = request.meta
         latency = meta.get(DOWNLOAD_LATENCY)
-        if latency is not None:
+        if latency is not None and not meta.get(ROBOTS_FETCH):  # robots.txt: timed as robots_fetch
             self.timings.record("download", latency * 1000.0)
         key = meta.get(POLITENESS_KEY_META) or meta.get(Downloader.DOWNLOAD_SLOT)
         if key is not None:

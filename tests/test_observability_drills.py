@@ -35,7 +35,7 @@ FAULT_AT = (0.35, 0.45)  # the fault starts at this share of the crawl
 MANY = WebSpec(seed=33, hosts=3000, min_pages=1, max_pages=3, base_latency_ms=5, slow_host_share=0.0,
                page_bytes=3000, robots_variants=False, cross_host_share=0.5, subdomain_share=0.0)
 # Hosts that run out during the crawl: it drains to a few keys.
-DRAIN = WebSpec(seed=8, hosts=30, min_pages=10, max_pages=70, pareto_alpha=1.0, base_latency_ms=5,
+DRAIN = WebSpec(seed=8, hosts=30, min_pages=5, max_pages=60, pareto_alpha=1.0, base_latency_ms=5,
                 slow_host_share=0.0, page_bytes=3000, robots_variants=False, cross_host_share=0.0,
                 subdomain_share=0.0)
 # One key holds the whole crawl.
@@ -150,13 +150,13 @@ def test_drill_slow_robots_on_new_hosts(tmp_path: Path, drill_env: None) -> None
 
 def test_drill_item_store_slows_down(tmp_path: Path, drill_env: None, mongo_uri: str) -> None:
     rng = _rng()
-    params = {"answer_ms": rng.randint(400, 900), "ramp_s": round(rng.uniform(2.0, 5.0), 1),
+    params = {"answer_ms": rng.randint(1500, 2500), "ramp_s": round(rng.uniform(1.0, 2.0), 1),
               "at": round(rng.uniform(*FAULT_AT), 2)}
     host, port = mongo_uri.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
     proxy = DelayProxy(host, int(port))
     settings = {"MONGO_URI": f"mongodb://127.0.0.1:{proxy.port}/", "MONGO_DATABASE": f"drill{os.getpid()}",
                 "MONGO_BATCH_SIZE": 10, "MONGO_FLUSH_INTERVAL": 0.2, "MONGO_STATS_INTERVAL": 1.0,
-                "MONGO_SPILL_AFTER": 3.0, "MONGO_SPILL_MAX_BYTES": 50_000_000,
+                "MONGO_SPILL_AFTER": 1.0, "MONGO_SPILL_MAX_BYTES": 50_000_000, "MONGO_CONNECT_TIMEOUT": 5.0,
                 "MONGO_SPILL_DIR": str(tmp_path / "spill"), "MONGO_WRITE_CONCERN": {"w": 1}}
     try:
         with _fault_web(tmp_path, WIDE) as web, _cluster(tmp_path, web, settings) as cluster:

@@ -14,7 +14,8 @@ A window's account (a TIMINGS record's ``"account"``, a node report's ``acct/*``
 - ``machine``: ``pressure`` (share of time some task waited for a CPU, ``/proc/pressure/cpu``),
   ``load`` (1-minute load average) and ``cores``.
 - ``backlog``: the item store's backlog when one reports it (``mongo/*`` stats): ``items``
-  buffered, ``spill_bytes`` and ``spill_max`` (the budget), ``oldest_s`` (age of the oldest).
+  buffered and ``items_max`` (the buffer's size), ``spill_bytes`` and ``spill_max`` (the
+  budget), ``oldest_s`` (age of the oldest).
 """
 
 from __future__ import annotations
@@ -137,15 +138,16 @@ class SlotAccount:
         return shares, round(1000.0 * counts["lag"] / counts["probes"], 2)
 
 
-def backlog_of(stats: Any, spill_max: int | None) -> dict[str, float]:
-    """The item store's backlog from the crawl stats (empty without such a store)."""
+def backlog_of(stats: Any, budgets: dict[str, int]) -> dict[str, float]:
+    """The item store's backlog from the crawl stats (empty without such a store), with its
+    ``budgets`` (``items_max``, ``spill_max``)."""
     backlog: dict[str, float] = {}
     for stat, name in BACKLOG_STATS.items():
         value = stats.get_value(stat)
         if isinstance(value, (int, float)):
             backlog[name] = round(float(value), 3)
-    if backlog and spill_max:
-        backlog["spill_max"] = float(spill_max)
+    if backlog:
+        backlog.update({name: float(value) for name, value in budgets.items() if value})
     return backlog
 
 

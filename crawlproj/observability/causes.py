@@ -32,9 +32,10 @@ from .analysis import Window
 
 GROWTH_RATIO = 1.5
 DRAIN_KEYS_RATIO = 0.5  # keys fetched per window late / early at or below this: draining
+DRAIN_KEYS_FELL = 0.8  # ... or at or below this while the frontier is nearly empty
 DRAIN_FRONTIER = 1000  # ... and at most this many requests left to lease in the frontier
-BACKLOG_OLDEST_S = 10.0  # an item waiting this long in the store's buffer is falling behind
-BACKLOG_GROWTH = 2.0  # ... when the buffer (or spill) also grew this many times
+BACKLOG_OLDEST_S = 5.0  # an item waiting this long in the store's buffer is falling behind ...
+BACKLOG_GROWTH = 2.0  # ... when the buffer also grew this many times (or when the spill grows)
 
 
 def span_mean(bins: list[Window], value: Callable[[Window], float | None]) -> float | None:
@@ -188,12 +189,15 @@ def _cpu_ms_per_page(b: Window) -> float | None:
 
 
 def draining(early: list[Window], late: list[Window]) -> str | None:
-    """Why the crawl is draining (its keys running out, the frontier empty), or None."""
+    """Why the crawl is draining (its keys running out, the frontier nearly empty), or None."""
     keys = [span_mean(phase, lambda b: float(b.distinct_keys) if b.fetches else None) for phase in (early, late)]
-    if keys[0] is None or keys[1] is None or keys[1] > DRAIN_KEYS_RATIO * keys[0]:
+    if keys[0] is None or keys[1] is None or not keys[0]:
         return None
+    ratio = keys[1] / keys[0]
     available = late[-1].available if late else None
-    if available is not None and available > DRAIN_FRONTIER:
+    emptying = available is not None and available <= DRAIN_FRONTIER
+    if not (ratio <= DRAIN_KEYS_RATIO and (available is None or emptying)
+            or ratio <= DRAIN_KEYS_FELL and emptying):
         return None
     left = "" if available is None else f", {available:.0f} requests left in the frontier"
     return f"politeness keys fetched per window {keys[0]:.0f} -> {keys[1]:.0f}{left}"
@@ -201,32 +205,43 @@ def draining(early: list[Window], late: list[Window]) -> str | None:
 
 def backlog(bins: list[Window], early: list[Window], late: list[Window]) -> list[str] | None:
     """The item store falling behind (its buffer or spill growing, its oldest item aging), with
-    the time left before the spill budget is full at this pace; None when it keeps up."""
-    def figure(phase: list[Window], name: str) -> float | None:
-        return span_mean(phase, lambda b: node_mean(b, "backlog", name))
+    the time left before its buffer and then its spill budget are full at this pace; None when
+    it keeps up. Late figures are the late windows' highest (a closing crawl empties the buffer)."""
+    def early_mean(name: str) -> float:
+        return span_mean(early, lambda b: node_mean(b, "backlog", name)) or 0.0
 
-    oldest = figure(late, "oldest_s")
-    items = (figure(early, "items"), figure(late, "items"))
-    spill = (figure(early, "spill_bytes"), figure(late, "spill_bytes"))
-    grew = any(e is not None and l_ is not None and l_ > 0 and l_ >= BACKLOG_GROWTH * max(e, 1.0)
-               for e, l_ in (items, spill))
-    if oldest is None or oldest < BACKLOG_OLDEST_S or not grew:
+    def late_max(name: str) -> float | None:
+        values = [v for b in late if (v := node_mean(b, "backlog", name)) is not None]
+        return max(values) if values else None
+
+    oldest, items, spill = late_max("oldest_s"), late_max("items"), late_max("spill_bytes")
+    spilling = spill is not None and spill > early_mean("spill_bytes")
+    waiting = (oldest is not None and oldest >= BACKLOG_OLDEST_S and items is not None
+               and items >= BACKLOG_GROWTH * max(early_mean("items"), 1.0))
+    if not (spilling or waiting):
         return None
-    lines = [f"items waiting in the store's buffer {items[0] or 0:.0f} -> {items[1] or 0:.0f}, "
-             f"the oldest {figure(early, 'oldest_s') or 0:.1f} -> {oldest:.1f} s",
-             "item_write p50 " + _ms(op_mean(early, "item_write", "p50"), op_mean(late, "item_write", "p50"))]
-    points = [(b.middle, v) for b in bins if (v := node_mean(b, "backlog", "spill_bytes")) is not None]
-    budget = span_mean(late, lambda b: node_mean(b, "backlog", "spill_max"))
-    if spill[1]:
-        lines.append(f"spilled {spill[0] or 0:.0f} -> {spill[1]:.0f} bytes"
-                     + (f" of a {budget:.0f}-byte budget" if budget else ""))
-    half = points[len(points) // 2:]
-    if budget and len(half) >= 2 and half[-1][0] > half[0][0]:
-        pace = (half[-1][1] - half[0][1]) / (half[-1][0] - half[0][0])
-        if pace > 0:
-            left = max(0.0, budget - half[-1][1]) / pace
-            lines.append(f"at this pace ({pace / 1024:.0f} KiB/s) the spill budget is full in {_duration(left)}")
+    lines = [f"items waiting in the store's buffer {early_mean('items'):.0f} -> {items or 0:.0f}, "
+             f"the oldest {early_mean('oldest_s'):.1f} -> {oldest or 0:.1f} s"]
+    for name, budget_name, what in (("items", "items_max", "buffer"), ("spill_bytes", "spill_max", "spill budget")):
+        budget = late_max(budget_name)
+        points = [(b.middle, v) for b in bins if (v := node_mean(b, "backlog", name)) is not None]
+        pace = _pace(points[: len(points) - len(late) // 2 or None])  # without the closing tail
+        if budget and pace is not None and pace > 0 and points:
+            left = max(0.0, budget - max(v for _, v in points)) / pace
+            unit = "items" if name == "items" else "bytes"
+            lines.append(f"at this pace ({pace:.1f} {unit}/s) the {what} ({budget:.0f} {unit}) "
+                         f"is full in {_duration(left)}")
     return lines
+
+
+def _pace(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope (per second) of (time, value) points."""
+    if len(points) < 2:
+        return None
+    mt = sum(t for t, _ in points) / len(points)
+    mv = sum(v for _, v in points) / len(points)
+    var = sum((t - mt) ** 2 for t, _ in points)
+    return sum((t - mt) * (v - mv) for t, v in points) / var if var else None
 
 
 def _duration(seconds: float) -> str:

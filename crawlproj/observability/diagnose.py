@@ -314,7 +314,9 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
         for s_ in direct + empty:
             if s_.resource in named or (s_.resource == "held" and "item_store" in named):
                 continue
-            if environment:  # slowed by the starved machine or the stalled dispatcher
+            if environment or (diag.faults and s_.resource in ("politeness", "lack_of_work", "held")):
+                # slowed by the cause named first: the starved machine, the stalled dispatcher,
+                # or (empty slots) a store that holds the leases and the engine back
                 knock_on.append(f"{s_.resource} {100 * s_.early:.0f}% -> {100 * s_.late:.0f}%")
                 continue
             if s_.resource in ("politeness", "lack_of_work") and (
@@ -341,7 +343,8 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
             "each key is fetched once per its delay, so the crawl waits on it: add other domains "
             "(seeds), or allow that key a shorter delay (ROBOTS_THROTTLE_KEY_DELAYS)", evidence,
             fault=False)
-    elif fell and (drain := causes.draining(early, late)) is not None and not diag.faults:
+    elif (change is not None and change <= -ACCOUNT_FALL and not diag.faults
+          and (drain := causes.draining(early, late)) is not None):
         add("drain", "the crawl is draining: its politeness keys and frontier run out, so fewer "
             "keys are fetched at their delays", [drain], fault=False)
     if change is not None and change <= -RATE_FALL and not diag.findings:

@@ -192,8 +192,9 @@ class TimingsExtension:
         self._probes += 1
         if self._probes % _BACKLOG_EVERY == 0:
             settings = self.crawler.settings
-            self.timings.backlog = backlog_of(self.crawler.stats, settings.getint("MONGO_SPILL_MAX_BYTES")
-                                              if settings.get("MONGO_URI") else None)
+            budgets = {"items_max": settings.getint("MONGO_BUFFER_MAX_ITEMS"),
+                       "spill_max": settings.getint("MONGO_SPILL_MAX_BYTES")} if settings.get("MONGO_URI") else {}
+            self.timings.backlog = backlog_of(self.crawler.stats, budgets)
 
     def _response_received(self, response: Response, request: Request) -> None:
         meta = request.meta

@@ -1,5 +1,6 @@
-"""Causes from the time account (:mod:`crawlproj.observability.account`): which resource's
-share of the time grew when the crawl rate fell, and whether the item store falls behind.
+"""Causes from the time account: which resource's share of the time grew when the crawl
+rate fell (from the nodes' account, crawlproj.observability.account), and whether the item
+store falls behind.
 
 Each resource has one figure, a share of some wall clock, read early and late in the crawl
 (window means weighted by the windows' length, each node's figure averaged over the nodes):

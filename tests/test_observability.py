@@ -526,7 +526,7 @@ DRILLS: dict[str, dict[str, Any]] = {
         "ROBOTS_STORE_FLUSH_INTERVAL": 0.05}},
     "hot_domain": {"expect": "politeness", "spec": HOT},
     "dispatcher": {"expect": "dispatcher", "dispatcher_module": "slow_dispatcher",
-                   "dispatcher_args": ("--message-delay", "0.03")},
+                   "dispatcher_args": ("--message-delay", "0.08")},
     "cpu": {"expect": "cpu", "spider": "cpuheavy", "settings": {"FAULT_PARSE_BURN_MS": 20}},
 }
 

@@ -141,8 +141,9 @@ def evidence(resource: str, early: list[Window], late: list[Window], found: dict
                             span_mean(late, lambda b: node_mean(b, "reactor", "cpu"))))
         per_page = [span_mean(phase, _cpu_ms_per_page) for phase in (early, late)]
         if per_page[0] is not None and per_page[1] is not None:
-            lines.append(f"process CPU per page {per_page[0]:.1f} -> {per_page[1]:.1f} ms "
-                         "(the node got less CPU; it did not need more)")
+            need = (" (the node got less CPU; it did not need more)"
+                    if per_page[1] <= GROWTH_RATIO * per_page[0] else "")
+            lines.append(f"process CPU per page {per_page[0]:.1f} -> {per_page[1]:.1f} ms{need}")
         pressure = [span_mean(phase, lambda b: node_mean(b, "machine", "pressure")) for phase in (early, late)]
         if pressure[0] is not None:
             lines.append(f"machine CPU pressure (some task waiting for a CPU) {_pct(*pressure)}")

@@ -293,6 +293,10 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
     # item store
     behind = causes.backlog(bins, early, late)
     for g in grown:
+        if g.op in ITEM_OPS and environment and fell and behind is None:
+            # a starved machine or a stalled dispatcher slows the item pipelines too
+            diag.findings[0].evidence.append(f"grown with it, likely knock-on: {g.describe()}")
+            break
         if g.op in ITEM_OPS:
             add("item_store", f"item write latency grew {g.ratio:.0f}x while "
                 f"{others(ITEM_OPS + ('download', 'dispatcher_rtt', 'download_total'))}: the item "

@@ -174,10 +174,9 @@ class TimingsExtension:
         downloader = getattr(engine, "downloader", None)
         if downloader is None:
             return
-        slots = downloader.slots.values()
-        in_slots = sum(len(slot.active) for slot in slots)
-        transferring = robots = 0
-        for slot in slots:
+        in_slots = transferring = robots = 0
+        for slot in downloader.slots.values():
+            in_slots += len(slot.active)
             for request in slot.transferring:
                 if request.meta.get(ROBOTS_FETCH):
                     robots += 1  # a robots.txt fetch: the wait of the requests held for it

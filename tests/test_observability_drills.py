@@ -216,3 +216,65 @@ def test_short_crawl_gets_a_rate_in_logs_and_diagnose(tmp_path: Path) -> None:
     assert "no crawl rate found" not in text(summary(obs, bins))
     result = diagnose(obs)
     assert result.windows == len(bins) and result.rate_early is not None, result.text()
+
+
+def test_slot_account_is_littles_law_on_the_probes() -> None:
+    from crawlproj.observability.account import SlotAccount
+
+    slots = SlotAccount()
+    slots.open("log")
+    # 10 slots: 4 transferring, 2 held for robots.txt, 1 queued in its slot, 3 empty
+    slots.probe(10, download=4, robots=2, queued=1, waiting=True, ready=False, lag=0.002)  # keys on delay
+    slots.probe(10, download=4, robots=2, queued=1, waiting=True, ready=True, lag=0.004)  # engine backs out
+    slots.probe(10, download=4, robots=2, queued=1, waiting=False, ready=False, lag=0.0)  # nothing queued
+    shares, lag = slots.take("log")
+    assert shares == {"download": 0.4, "robots": 0.2, "delay": 0.2, "held": 0.1, "nowork": 0.1, "capacity": 10.0}
+    assert sum(shares[s] for s in ("download", "robots", "delay", "held", "nowork")) == pytest.approx(1.0)
+    assert lag == 2.0
+    assert slots.take("log") == ({}, None)  # a new window
+
+
+def test_dispatcher_stalls_are_wall_gaps_of_its_loop() -> None:
+    from crawlproj.observability.dispatcher import STALL_ALLOWANCE, DispatcherObserver
+
+    observer = DispatcherObserver(interval=1e9, log_interval=1e9)
+    start = time.monotonic()
+    reader = observer._readers["log"]
+    for i in range(10):  # a turn every 0.1 s: no stall
+        observer.tick(start + 0.1 * (i + 1))
+    assert reader.stalled == 0.0
+    observer.tick(start + 1.0 + 1.5)  # stopped for 1.5 s
+    assert reader.stalled == pytest.approx(1.5 - STALL_ALLOWANCE, abs=1e-6)
+    with observer.busy():  # busy time is not a stall
+        pass
+    observer.tick(start + 2.6)
+    assert reader.stalled == pytest.approx(1.5 - STALL_ALLOWANCE, abs=1e-6)
+
+
+def test_a_share_grows_by_absolute_and_relative_change() -> None:
+    from crawlproj.observability.causes import Share
+
+    assert not Share("x", 0.01, 0.03, 0.03).grown  # 3x but by 2 points: noise
+    assert Share("x", 0.10, 0.20, 0.03).grown
+    assert not Share("x", 0.60, 0.70, 0.10).grown  # +10 points of a large share: 1.17x, rest 0.4 -> 0.3
+    assert Share("x", 0.60, 0.90, 0.10).grown  # the rest of the clock fell 4x
+    assert not Share("x", 0.50, 0.40, 0.10).grown
+
+
+def test_backlog_warns_with_the_time_left(tmp_path: Path) -> None:
+    """The rate holds while the item store's buffer grows: a warning with the time left."""
+    start = time.mktime((2026, 3, 1, 0, 0, 0, 0, 0, -1))
+    lines = []
+    for i in range(1, 13):
+        items = 20 if i < 5 else 20 + 60 * (i - 4)
+        record = {"t": start + 10 * i, "node": "n1", "interval": 10, "pages": 500 * i, "cpu": 0.3,
+                  "keys": {"distinct": 50, "fetches": 500, "top": "a.test", "top_n": 12},
+                  "ops": {"item_write": {"n": 500, "p50": 300.0, "p90": 400.0, "p99": 500.0, "sum": 150000}},
+                  "account": {"backlog": {"items": items, "items_max": 1000, "spill_bytes": 0,
+                                          "spill_max": 1e9, "oldest_s": 0.5 if i < 5 else 2.0 * (i - 4)}}}
+        lines.append(json.dumps(record))
+    (tmp_path / "n1.jl").write_text("\n".join(lines) + "\n")
+    result = diagnose(read_logs([tmp_path]), window=10.0)
+    assert result.cause == "item_store" and abs(result.rate_change or 0) < 0.05, result.text()
+    text_ = result.text()
+    assert "the crawl rate holds" in text_ and "the buffer (1000 items) is full in" in text_, text_

@@ -278,3 +278,12 @@ def test_backlog_warns_with_the_time_left(tmp_path: Path) -> None:
     assert result.cause == "item_store" and abs(result.rate_change or 0) < 0.05, result.text()
     text_ = result.text()
     assert "the crawl rate holds" in text_ and "the buffer (1000 items) is full in" in text_, text_
+
+
+def test_logs_and_diagnose_refuse_a_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from crawlproj.tools.cli import main as crawlproj_main
+
+    for command in ("logs", "diagnose"):
+        assert crawlproj_main([command, str(tmp_path / "nothing")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"crawlproj {command}: no such file or directory: {tmp_path / 'nothing'}"

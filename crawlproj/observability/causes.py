@@ -7,8 +7,8 @@ Each resource has one figure, a share of some wall clock, read early and late in
 
 =============  ==================================================================
 remote sites   the download slots' share busy transferring (and download latency)
-machine CPU    of the reactor thread's time runnable, the share it waited for a CPU
-               (the CPU it wanted and did not get: comparable on a loaded machine)
+machine CPU    the reactor thread's share runnable but waiting for a CPU (its wall
+               clock: a node with less to do wants less, so this does not rise with idleness)
 dispatcher     its loop's share busy or stalled (wall gaps in its loop)
 robots.txt     the download slots' share held in the middlewares for robots.txt
 politeness     the slots' share empty while every queued key waits out its delay
@@ -113,7 +113,7 @@ def shares(early: list[Window], late: list[Window]) -> dict[str, Share]:
 
     for resource, (name, minimum, _) in SLOT_SHARES.items():
         add(resource, lambda b, n=name: node_mean(b, "slots", n), minimum)
-    add("machine_cpu", _denied, 0.10)
+    add("machine_cpu", lambda b: node_mean(b, "reactor", "starved"), 0.10)
     add("dispatcher", lambda b: None if b.busy is None else b.busy + (b.stalled or 0.0), 0.10)
     return result
 

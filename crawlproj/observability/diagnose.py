@@ -396,12 +396,12 @@ def _fetch_series(url: str, timeout: float = 10.0) -> list[dict[str, Any]]:
 def command(args: argparse.Namespace) -> int:
     """Name the bottleneck of a crawl from its logs and/or the dispatcher's live series."""
     obs = Observations()
-    if args.paths:
-        missing = [p for p in args.paths if not Path(p).exists()]
+    missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         print(f"crawlproj diagnose: no such file or directory: {missing[0]}", file=sys.stderr)
         return 2
-    obs = read_logs(args.paths)
+    if args.paths:
+        obs = read_logs(args.paths)
     if args.http:
         live = from_series(_fetch_series(args.http))
         for name, src in live.sources.items():

@@ -38,6 +38,7 @@ PARSE_TIMING_ORDER = 1050  # innermost: one perf_counter pair per response
 POLITENESS_GATE_ORDER = 0
 CONTACT_CHECK_ORDER = 10
 TIMINGS_ORDER = 510
+DOWNLOAD_TIMING_ORDER = 1  # outermost downloader middleware: a request's time in the others
 MONGO_ORDER = 800
 REVISIT_ORDER = 540  # its process_response sees only final answers: after redirects, retries, decompression
 SITEMAP_DISCOVERY_ORDER = 750  # after DepthMiddleware (900) in the output: robots.txt requests at depth 0
@@ -99,6 +100,8 @@ class Timings:
         _put(settings, "EXTENSIONS", {"crawlproj.observability.extension.TimingsExtension": TIMINGS_ORDER})
         _put(settings, "SPIDER_MIDDLEWARES", {
             "crawlproj.observability.extension.ParseTimingMiddleware": PARSE_TIMING_ORDER})
+        _put(settings, "DOWNLOADER_MIDDLEWARES", {
+            "crawlproj.observability.extension.DownloadTimingMiddleware": DOWNLOAD_TIMING_ORDER})
 
 
 class Revisits:

@@ -10,12 +10,22 @@ process loads by dotted path when its settings name them. Test-only; never in cr
   (tests/test_cluster.py: a revoked partition is handed off anyway).
 - SlowDispatcher: the dispatcher service, sleeping before it handles each message but "status"
   (run by tests/slow_dispatcher.py, the drills' dispatcher module).
+
+Faults started from the test while a crawl runs (tests/test_observability_drills.py):
+
+- DelayProxy: a TCP proxy in front of a server (MongoDB) whose answers come later and later.
+- CpuThief: processes that spin on every core (another process taking the machine's CPU).
+- Staller: SIGSTOP / SIGCONT of a process on a period (a dispatcher that stalls).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -144,3 +154,112 @@ class SlowDispatcher(Dispatcher):
         if mtype != "status":
             time.sleep(self.message_delay)  # the planted fault, inside the timed handling
         super().handle_message(mtype, identity, envelope, msg)
+
+
+class DelayProxy:
+    """``127.0.0.1:port`` -> ``upstream``; after :meth:`slow_down` every answer is held up to
+    ``ms`` longer, the extra growing linearly over ``ramp_s`` seconds (order kept)."""
+
+    def __init__(self, upstream_host: str, upstream_port: int):
+        self.upstream = (upstream_host, upstream_port)
+        self.ms = 0.0
+        self.ramp_s = 0.0
+        self.since = 0.0
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(started,), daemon=True, name="delay-proxy")
+        self.thread.start()
+        if not started.wait(10):
+            raise RuntimeError("the delay proxy did not start")
+
+    def slow_down(self, ms: float, ramp_s: float) -> None:
+        self.since, self.ramp_s, self.ms = time.monotonic(), ramp_s, ms
+
+    def delay(self) -> float:
+        if not self.ms:
+            return 0.0
+        grown = 1.0 if self.ramp_s <= 0 else min(1.0, (time.monotonic() - self.since) / self.ramp_s)
+        return self.ms * grown / 1000.0
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._client, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        started.set()
+        self.loop.run_forever()
+        server.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, slow: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if slow and (delay := self.delay()) > 0:
+                        await asyncio.sleep(delay)  # the planted fault: a slower server
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+SPIN = "import time\nwhile True:\n    time.process_time()\n"
+
+
+class CpuThief:
+    """``count`` processes spinning on the CPU until :meth:`stop`."""
+
+    def __init__(self, count: int):
+        self.procs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(count)]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+        for proc in self.procs:
+            proc.wait()
+
+
+class Staller:
+    """Stops process ``pid`` for ``stall`` seconds every ``period`` seconds, until :meth:`stop`."""
+
+    def __init__(self, pid: int, stall: float, period: float):
+        self.pid, self.stall, self.period = pid, stall, period
+        self.stalls = 0
+        self._done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="staller")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            try:
+                os.kill(self.pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                return
+            self.stalls += 1
+            self._done.wait(self.stall)  # the planted fault: the process does nothing meanwhile
+            try:
+                os.kill(self.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                return
+            self._done.wait(self.period - self.stall)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.thread.join(10)
+        try:
+            os.kill(self.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass

@@ -280,7 +280,8 @@ class FakeNode:
                 self.reports += 1
                 stats = {"response_received_count": pages, "queued": 7, "inflight": 3, "keys": 5,
                          "node/cpu": 0.25, "node/interval": self.interval, "keys/distinct": 5,
-                         "keys/fetches": 25, "keys/top/a.test": 6}
+                         "keys/fetches": 25, "keys/top/a.test": 6, "acct/slots/download": 0.25,
+                         "acct/reactor/starved": 0.125}
                 bases = {"download": 20.0, "parse": 2.0, "item_write": 5.0}
                 for op, base in ((op, bases.get(op, 1.0 + i)) for i, op in enumerate(OPERATIONS)):
                     stats.update({f"timing/{op}/n": 25, f"timing/{op}/p50": base,
@@ -317,10 +318,15 @@ def test_http_api_metrics_and_top(live_dispatcher: DispatcherProcess, capsys: py
         assert all(p["t"] > last_t for p in newer)
         reported = [p for p in _json(d.http_url + "/api/series")["points"] if "report" in p["nodes"].get("fake1", {})]
         assert reported and reported[-1]["nodes"]["fake1"]["report"]["ops"]["parse"]["p50"] == 2.0
+        assert reported[-1]["nodes"]["fake1"]["report"]["account"] == {"slots": {"download": 0.25},
+                                                                        "reactor": {"starved": 0.125}}
+        assert {"busy", "stalled", "available"} <= set(reported[-1])
         metrics = _get(d.http_url + "/metrics").decode()
         assert 'crawlproj_timing_ms{op="download",quantile="p99",source="fake1"}' in metrics
         assert 'crawlproj_node_pages_per_second{node="fake1"}' in metrics
         assert "crawlproj_dispatcher_busy_ratio" in metrics and "crawlproj_frontier_requests 0.0" in metrics
+        assert 'crawlproj_node_account{figure="download",node="fake1",part="slots"} 0.25' in metrics
+        assert "crawlproj_dispatcher_stalled_ratio" in metrics
         assert 'crawlproj_dispatcher_messages_total{type="stats"}' in metrics
         assert b"<canvas" in _get(d.http_url + "/") and b"drawChart" in _get(d.http_url + "/app.js")
         # the same from the terminal: one shot over ZeroMQ, then --watch over HTTP
@@ -547,7 +553,7 @@ DRILLS: dict[str, dict[str, Any]] = {
         "ROBOTS_STORE_FLUSH_INTERVAL": 0.05}},
     "hot_domain": {"expect": "politeness", "spec": HOT},
     "dispatcher": {"expect": "dispatcher", "dispatcher_module": "slow_dispatcher",
-                   "dispatcher_args": ("--message-delay", "0.03")},
+                   "dispatcher_args": ("--message-delay", "0.08")},
     "cpu": {"expect": "cpu", "spider": "cpuheavy", "settings": {"FAULT_PARSE_BURN_MS": 20}},
 }
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from crawlproj.politeness.timing import QUANTILES, percentiles
 
+from .account import mean_account
 from .timings import SAMPLE_TAG, WINDOW_TAG
 
 DISPATCHER = "dispatcher"
@@ -115,6 +116,9 @@ class Window:
     cpu: float | None = None  # the busiest node's CPU, share of one core
     parse_share: float | None = None  # the largest share of a node's wall time in callbacks
     busy: float | None = None  # dispatcher loop busy share
+    stalled: float | None = None  # dispatcher loop stalled share (wall gaps in its loop)
+    available: float | None = None  # requests the dispatcher's frontier could lease (last look)
+    account: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # node -> its account
     fetches: int = 0
     distinct_keys: int = 0
     top_key: str | None = None
@@ -231,6 +235,7 @@ def from_series(points: list[dict[str, Any]]) -> Observations:
         t = float(p["t"])
         disp = obs.source(DISPATCHER)
         disp.windows.append({"t": t, "interval": p.get("interval", 1.0), "busy": p.get("busy"),
+                             "stalled": p.get("stalled"), "available": p.get("available"),
                              "cpu": p.get("cpu"), "ops": p.get("ops") or {}})
         for name, n in (p.get("nodes") or {}).items():
             src = obs.source(name)
@@ -258,7 +263,9 @@ def auto_window(obs: Observations) -> float:
     # a window spans a few page counts of each node, or its rate is mostly sampling noise
     floor = _SAMPLES_PER_WINDOW * sorted(gaps)[len(gaps) // 2] if gaps else 1.0
     want = max(length / _WINDOW_TARGET, floor)
-    return next((n for n in _NICE_SECONDS if n >= want), want)
+    nice = next((n for n in _NICE_SECONDS if n >= want), want)
+    # a crawl short for its log interval still gets two windows (a rate before and after)
+    return nice if nice <= length / 2 else length / 2
 
 
 def _pages_at(points: list[tuple[float, float]], t: float) -> float:
@@ -316,10 +323,15 @@ def _fill(obs: Observations, b: Window) -> None:
             for op, summary in (w.get("ops") or {}).items():
                 parts[op].append(summary)
         if src.name == DISPATCHER:
-            busy = [w["busy"] for w in inside if isinstance(w.get("busy"), (int, float))]
-            if busy:
-                b.busy = sum(busy) / len(busy)
+            b.busy = _weighted(inside, "busy")
+            b.stalled = _weighted(inside, "stalled")
+            available = [w["available"] for w in inside if isinstance(w.get("available"), (int, float))]
+            if available:
+                b.available = float(available[-1])
             continue
+        accounts = [(w.get("interval") or 0, w["account"]) for w in inside if w.get("account")]
+        if accounts:
+            b.account[src.name] = mean_account(accounts)
         cpu = [w["cpu"] for w in inside if isinstance(w.get("cpu"), (int, float))]
         if cpu:
             cpus.append(sum(cpu) / len(cpu))
@@ -346,6 +358,14 @@ def _fill(obs: Observations, b: Window) -> None:
     if top and b.fetches:
         key, n = top.most_common(1)[0]
         b.top_key, b.top_share = key, n / b.fetches
+
+
+def _weighted(records: list[dict[str, Any]], name: str) -> float | None:
+    """The mean of ``name`` over records, weighted by their intervals."""
+    pairs = [(max(float(w.get("interval") or 0.0), 1e-9), float(w[name])) for w in records
+             if isinstance(w.get(name), (int, float))]
+    total = sum(weight for weight, _ in pairs)
+    return sum(weight * v for weight, v in pairs) / total if pairs else None
 
 
 def _combine(summaries: list[dict[str, float]]) -> dict[str, float]:

@@ -4,15 +4,26 @@
     crawlproj diagnose --http http://127.0.0.1:8080  # live: the dispatcher's series
 
 The first third of the windows (without a ramp-up at the start) is compared with the last
-third. The causes it knows, in the order it blames them:
+third, each figure a mean weighted by the windows' length (latencies by their counts). When the
+crawl rate fell, the cause is the resource whose share of the time grew most (the remote sites,
+this machine's CPU, the dispatcher, robots.txt, the item store, politeness, lack of work), from
+the nodes' time account (:mod:`crawlproj.observability.causes`); saturations seen directly
+come first:
 
+- this machine's CPU: the reactor thread waited for a CPU much more than before (another
+  process took it), told apart from a heavy parse by the CPU each page took;
 - dispatcher saturated: its loop busy most of the time (or, without its log, nodes' round trips
   to it long and growing while the nodes are idle);
 - node CPU-bound: callbacks (parse and link handling) take most of a node's time (a busy
   interpreter slows every timing in the process, so this goes before the stores);
 - item store: item write latency grew while the other operations did not as much;
 - politeness store (robots.txt cache, last-fetch state): its lookups or writes grew, or are slow;
-- politeness-bound: one politeness key takes most fetches, or only a few keys are left.
+- item store falling behind while the rate holds: its buffer and spill grow, its oldest item
+  ages (with the time left before the spill budget is full);
+- the account's grown shares: remote sites, the dispatcher's stalls, robots.txt, the engine
+  holding back, then the empty slots (politeness delays, lack of work);
+- politeness-bound: one politeness key takes most fetches, or only a few keys are left; or
+  draining: the keys and the frontier run out. Neither is a fault of the crawler.
 
 A crawl rate that fell with none of these is reported as unexplained. A crawl without any of
 this is healthy: no finding.
@@ -25,15 +36,20 @@ import json
 import sys
 import urllib.request
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from . import causes
 from .analysis import Observations, Window, from_series, read_logs, windows
 
 RATE_FALL = 0.25  # a rate this much lower late than early is an alarm
+ACCOUNT_FALL = 0.2  # a rate this much lower: the account names the resource whose share grew
 GROWTH = 3.0  # an operation this many times slower late than early has grown ...
 MIN_GROWTH_MS = 5.0  # ... by at least this much (sub-millisecond noise is no growth)
+BIG_GROWTH_MS = 500.0  # or by this much and causes.GROWTH_RATIO (a slow-by-design one grew)
 FLOOR_MS = 1.0  # early latencies below this count as this (ratios of tiny numbers mean nothing)
 BUSY = 0.7  # dispatcher loop busy share that means saturated
+STALLED = 0.2  # dispatcher loop stalled this share of the time: a fault even while the rate holds
 SLOW_RTT_MS = 250.0  # node -> dispatcher round trip that means the dispatcher lags
 NODE_IDLE_CPU = 0.8
 SLOW_LOOKUP_MS = 50.0  # a primary-key read of the politeness store should take well under 1 ms
@@ -49,9 +65,11 @@ STORE_OPS = ("robots_lookup", "robots_store_write")
 
 @dataclass
 class Finding:
-    cause: str  # dispatcher, item_store, robots_store, cpu, politeness, rate
+    cause: str  # machine_cpu, dispatcher, cpu, robots_store, item_store, remote_sites, robots,
+    # held, lack_of_work, politeness, drain, rate
     summary: str
     evidence: list[str] = field(default_factory=list)
+    fault: bool = True  # False: the crawl is bound by its own shape (politeness, draining)
 
 
 @dataclass
@@ -71,13 +89,19 @@ class Diagnosis:
     def cause(self) -> str | None:
         return self.findings[0].cause if self.findings else None
 
+    @property
+    def faults(self) -> list[Finding]:
+        return [f for f in self.findings if f.fault]
+
     def headline(self) -> str:
         parts = []
         if self.rate_change is not None and self.rate_change <= -RATE_FALL:
             parts.append(f"rate fell {-100 * self.rate_change:.0f}% in {_duration(self.span_seconds)} "
                          f"({self.rate_early:.1f} -> {self.rate_late:.1f} pages/s)")
         if self.findings:
-            parts.append(self.findings[0].summary)
+            first = self.findings[0]
+            parts.append(first.summary if first.fault or self.faults else
+                         f"no fault of the crawler: {first.summary}")
         else:
             change = "" if self.rate_change is None else f" (rate {100 * self.rate_change:+.0f}%)"
             parts.append(f"no bottleneck found{change}: operations flat, dispatcher not saturated, "
@@ -87,7 +111,8 @@ class Diagnosis:
     def text(self) -> str:
         lines = [self.headline()]
         for i, f in enumerate(self.findings):
-            lines.append(f"{'cause' if i == 0 else 'also'}: [{f.cause}] {f.summary}")
+            kind = "cause" if i == 0 else "also"
+            lines.append(f"{kind}: [{f.cause}]{'' if f.fault else ' (not a fault)'} {f.summary}")
             lines += [f"  - {e}" for e in f.evidence]
         return "\n".join(lines)
 
@@ -104,13 +129,20 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _rate(bins: list[Window]) -> float | None:
+    return causes.span_mean(bins, lambda b: b.rate)
+
+
 def _phases(bins: list[Window]) -> tuple[list[Window], list[Window]]:
-    """The first and last third of the windows; a first window that is a ramp-up (less than
-    half the rate of the next: the crawl was starting) is left out of the early ones."""
+    """The first and last third of the windows; the ramp-up (leading windows below half the
+    highest rate: the crawl was starting, its frontier growing from the seeds; at most a third
+    of the windows) is left out of the early ones."""
     k = max(1, len(bins) // 3)
     skip = 0
-    if len(bins) >= 4 and bins[0].rate is not None and bins[1].rate and bins[0].rate < bins[1].rate / 2:
-        skip = 1
+    top = max((b.rate for b in bins if b.rate is not None), default=0.0)
+    if len(bins) >= 4:
+        while skip < k and (bins[skip].rate or 0.0) < top / 2:
+            skip += 1
     return bins[skip:skip + k], bins[-k:]
 
 
@@ -122,7 +154,7 @@ def _time_share(bins: list[Window], op: str) -> float:
 
 
 def _op(bins: list[Window], op: str, q: str) -> float | None:
-    return _mean([b.ops[op][q] for b in bins if q in b.ops.get(op, {})])
+    return causes.op_mean(bins, op, q)
 
 
 @dataclass
@@ -139,7 +171,9 @@ class _Growth:
 
     @property
     def grown(self) -> bool:
-        return self.ratio >= GROWTH and self.late - self.early >= MIN_GROWTH_MS
+        rise = self.late - self.early
+        return rise >= MIN_GROWTH_MS and (self.ratio >= GROWTH or (
+            rise >= BIG_GROWTH_MS and self.ratio >= causes.GROWTH_RATIO))
 
     def describe(self) -> str:
         p99 = ""
@@ -164,8 +198,7 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
     if not bins:
         return Diagnosis(0, length, None, None, None)
     early, late = _phases(bins)
-    r_early = _mean([b.rate for b in early if b.rate is not None])
-    r_late = _mean([b.rate for b in late if b.rate is not None])
+    r_early, r_late = _rate(early), _rate(late)
     change = (r_late - r_early) / r_early if r_early and r_late is not None else None
     diag = Diagnosis(len(bins), length, r_early, r_late, change)
     growths = _growths(early, late)
@@ -178,6 +211,21 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
             "others grew less: " + ", ".join(f"{g.op} {g.ratio:.1f}x" for g in rest)
         return text
 
+    fell = change is not None and change <= -ACCOUNT_FALL
+    found = causes.shares(early, late)
+    account_grown = sorted((s for s in found.values() if s.grown), key=lambda s: -s.rise)
+    named: set[str] = set()
+
+    def add(cause: str, summary: str, evidence: list[str], fault: bool = True) -> None:
+        named.add(cause)
+        diag.findings.append(Finding(cause, summary, evidence, fault))
+
+    # this machine's CPU or the dispatcher's stalls, whichever grew more, come first: either
+    # slows every timing of the nodes (the knock-ons the rules below would see)
+    environment = [s_ for s_ in account_grown if s_.resource in ("machine_cpu", "dispatcher")]
+    if fell and environment:
+        top = environment[0].resource
+        add(top, ACCOUNT_SUMMARIES[top], causes.evidence(top, early, late, found))
     # dispatcher saturated
     busy = _mean([b.busy for b in late if b.busy is not None])
     rtt = growths.get("dispatcher_rtt")
@@ -185,7 +233,7 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
     store_grew = any(g.op in STORE_OPS for g in grown)
     rtt_lags = rtt is not None and rtt.late >= SLOW_RTT_MS and rtt.grown and (cpu or 0) < NODE_IDLE_CPU \
         and not store_grew
-    if (busy is not None and busy >= BUSY) or (busy is None and rtt_lags):
+    if ((busy is not None and busy >= BUSY) or (busy is None and rtt_lags)) and "dispatcher" not in named:
         evidence = []
         if busy is not None:
             evidence.append(f"dispatcher loop busy {100 * busy:.0f}% of the time (late windows)")
@@ -194,13 +242,17 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
             evidence.append(f"dispatcher_message p99 {msg:.1f} ms per message")
         if rtt is not None:
             evidence.append(f"node round trip to the dispatcher: {rtt.describe()}")
-        diag.findings.append(Finding(
-            "dispatcher", "the dispatcher is saturated: nodes wait for leases and acks; check its "
+        add("dispatcher", "the dispatcher is saturated: nodes wait for leases and acks; check its "
             "store (frontier_commit), its CPU and disk, send fewer messages (larger "
-            "DISPATCHER_PUSH_BATCH / DISPATCHER_FLUSH_INTERVAL) or split the crawl", evidence))
+            "DISPATCHER_PUSH_BATCH / DISPATCHER_FLUSH_INTERVAL) or split the crawl", evidence)
+    stalled = causes.span_mean(late, lambda b: b.stalled)
+    if stalled is not None and stalled >= STALLED and "dispatcher" not in named:
+        add("dispatcher", ACCOUNT_SUMMARIES["dispatcher"] + (
+            "" if fell else " (the crawl rate holds so far: the nodes' queues bridge the stalls)"),
+            causes.evidence("dispatcher", early, late, found))
     # node CPU-bound
     share = _mean([b.parse_share for b in late if b.parse_share is not None])
-    if share is not None and share >= PARSE_SHARE:
+    if share is not None and share >= PARSE_SHARE and "machine_cpu" not in named:
         parse = _op(late, "parse", "p50")
         evidence = [f"callbacks take {100 * share:.0f}% of the busiest node's wall time"]
         if parse is not None:
@@ -211,10 +263,9 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
             # a busy interpreter (its GIL) slows every thread's timings, the store writers' too
             evidence.append("grown with it, likely knock-on: "
                             + ", ".join(f"{g.op} {g.ratio:.1f}x" for g in grown))
-        diag.findings.append(Finding(
-            "cpu", "a node is CPU-bound in its callbacks (parse and link handling): profile it "
+        add("cpu", "a node is CPU-bound in its callbacks (parse and link handling): profile it "
             "(crawlproj profile PID --no-idle), make the callback cheaper or run more nodes",
-            evidence))
+            evidence)
     # politeness store; its lookups run on the reactor thread: when they take much of it, they
     # stall everything else there (item completions, downloads, heartbeats) and come first
     store = [g for g in grown if g.op in STORE_OPS]
@@ -238,18 +289,48 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
             "ROBOTS_THROTTLE_MEMORY above the number of active keys", evidence)
         if blocked >= REACTOR_SHARE:
             diag.findings.append(store_finding)
+            named.add("robots_store")
             store_finding = None
     # item store
+    behind = causes.backlog(bins, early, late)
     for g in grown:
-        if g.op in ITEM_OPS:
-            diag.findings.append(Finding(
-                "item_store", f"item write latency grew {g.ratio:.0f}x while "
-                f"{others(ITEM_OPS + ('download', 'dispatcher_rtt'))}: the item store is the "
-                "bottleneck, check its indexes (an upsert that scans), its disk and its load",
-                [g.describe()]))
+        if g.op in ITEM_OPS and environment and fell and behind is None:
+            # a starved machine or a stalled dispatcher slows the item pipelines too
+            diag.findings[0].evidence.append(f"grown with it, likely knock-on: {g.describe()}")
             break
+        if g.op in ITEM_OPS:
+            add("item_store", f"item write latency grew {g.ratio:.0f}x while "
+                f"{others(ITEM_OPS + ('download', 'dispatcher_rtt', 'download_total'))}: the item "
+                "store is the bottleneck, check its indexes (an upsert that scans), its disk and "
+                "its load", [g.describe()] + (behind or []))
+            break
+    if behind is not None and "item_store" not in named:
+        add("item_store", "the item store falls behind: items wait longer and longer for it "
+            f"(the crawl rate {'fell' if fell else 'holds'}); check its load, indexes and disk "
+            "before the spill budget is full (MONGO_SPILL_MAX_BYTES)", behind)
     if store_finding is not None:
         diag.findings.append(store_finding)
+        named.add("robots_store")
+    # the account: the resource whose share grew most (the empty slots' reasons last)
+    if fell:
+        direct = [s for s in account_grown if s.resource in ("remote_sites", "machine_cpu", "dispatcher", "robots", "held")]
+        empty = [s for s in account_grown if s.resource in ("politeness", "lack_of_work")]
+        knock_on = []
+        for s_ in direct + empty:
+            if s_.resource in named or (s_.resource == "held" and "item_store" in named):
+                continue
+            if environment or (diag.faults and s_.resource in ("politeness", "lack_of_work", "held")):
+                # slowed by the cause named first: the starved machine, the stalled dispatcher,
+                # or (empty slots) a store that holds the leases and the engine back
+                knock_on.append(f"{s_.resource} {100 * s_.early:.0f}% -> {100 * s_.late:.0f}%")
+                continue
+            if s_.resource in ("politeness", "lack_of_work") and (
+                    named & {"dispatcher", "machine_cpu", "cpu"} or causes.draining(early, late)):
+                continue  # the empty slots are a knock-on, or the crawl drains (below)
+            add(s_.resource, ACCOUNT_SUMMARIES[s_.resource],
+                causes.evidence(s_.resource, early, late, found))
+        if knock_on:
+            diag.findings[0].evidence.append("grown with it, likely knock-on: " + ", ".join(knock_on))
     # politeness-bound
     keyed = [b for b in late if b.fetches >= MIN_FETCHES]
     hot = _mean([b.top_share for b in keyed if b.top_share is not None])
@@ -261,16 +342,49 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
             evidence.append(f"busiest key {top}: {100 * hot:.0f}% of fetches in the late windows")
         if distinct is not None:
             evidence.append(f"{distinct:.0f} politeness keys fetched per window")
-        diag.findings.append(Finding(
-            "politeness", f"politeness-bound: {'one key (' + str(top) + ') holds most pages' if hot and hot >= HOT_KEY_SHARE else 'few politeness keys left'}; "
+        if "politeness" in named:  # named by the account already: one finding of it
+            diag.findings = [f for f in diag.findings if f.cause != "politeness"]
+        add("politeness", f"politeness-bound: {'one key (' + str(top) + ') holds most pages' if hot and hot >= HOT_KEY_SHARE else 'few politeness keys left'}; "
             "each key is fetched once per its delay, so the crawl waits on it: add other domains "
-            "(seeds), or allow that key a shorter delay (ROBOTS_THROTTLE_KEY_DELAYS)", evidence))
+            "(seeds), or allow that key a shorter delay (ROBOTS_THROTTLE_KEY_DELAYS)", evidence,
+            fault=False)
+    elif (change is not None and change <= -ACCOUNT_FALL and not diag.faults
+          and (drain := causes.draining(early, late)) is not None):
+        add("drain", "the crawl is draining: its politeness keys and frontier run out, so fewer "
+            "keys are fetched at their delays", [drain], fault=False)
     if change is not None and change <= -RATE_FALL and not diag.findings:
-        diag.findings.append(Finding(
-            "rate", f"the crawl rate fell {-100 * change:.0f}% but no operation's latency grew "
-            f"({', '.join(g.op for g in flat) or 'no timings in the logs'}): look at the "
-            "frontier (running out?) and the nodes' queues", []))
+        available = late[-1].available if late else None
+        frontier = ("the frontier is nearly empty" if available is not None and available <= causes.DRAIN_FRONTIER
+                    else f"the frontier holds {available:.0f} requests" if available is not None
+                    else "look at the frontier and the nodes' queues")
+        add("rate", f"the crawl rate fell {-100 * change:.0f}% but no share of the nodes' time and no "
+            f"operation's latency grew ({', '.join(g.op for g in flat) or 'no timings in the logs'}); "
+            f"{frontier}", [f"{s_.resource} {100 * s_.early:.0f}% -> {100 * s_.late:.0f}%"
+                            for s_ in found.values()])
     return diag
+
+
+ACCOUNT_SUMMARIES = {
+    "machine_cpu": "this machine's CPU: the node waited for a CPU far more than before (another "
+                   "process takes it, or too many processes per core): look at top, move the "
+                   "other load or run fewer nodes per machine",
+    "remote_sites": "the remote sites answer slower: the download slots spend more of their time "
+                    "transferring, at the same politeness (one fetch per key), so fewer pages per "
+                    "second; nothing to fix here but more keys in parallel (seeds) or a larger "
+                    "CONCURRENT_REQUESTS when the slots are full",
+    "dispatcher": "the dispatcher: its loop stalls or is busy far more than before, and the nodes "
+                  "wait for it (leases, acks); look at its process (stopped, swapped, starved of "
+                  "CPU) and its store",
+    "robots": "robots.txt: requests wait longer for their hosts' robots.txt (its fetches got "
+              "slow), holding download slots meanwhile; check ROBOTS_HOLD_TIME and the sites' answers",
+    "held": "the engine backs out: requests are ready but not taken (its scraper or an item store "
+            "brake is full); look at the callbacks and the item pipelines",
+    "politeness": "politeness delays: the download slots stand empty while every queued key waits "
+                  "out its delay; more keys (seeds) or shorter delays would help",
+    "lack_of_work": "lack of work: the download slots stand empty with nothing queued while the "
+                    "frontier still holds requests; look at the dispatcher's leases and the "
+                    "nodes' credit (DISPATCHER_QUEUE_TARGET)",
+}
 
 
 def _fetch_series(url: str, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -282,6 +396,10 @@ def _fetch_series(url: str, timeout: float = 10.0) -> list[dict[str, Any]]:
 def command(args: argparse.Namespace) -> int:
     """Name the bottleneck of a crawl from its logs and/or the dispatcher's live series."""
     obs = Observations()
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"crawlproj diagnose: no such file or directory: {missing[0]}", file=sys.stderr)
+        return 2
     if args.paths:
         obs = read_logs(args.paths)
     if args.http:

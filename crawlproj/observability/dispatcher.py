@@ -4,10 +4,14 @@ HTTP server's snapshot.
 :class:`DispatcherObserver` is the dispatcher's :class:`~crawlproj.dispatcher.instrument.Instrument`
 (``crawlproj dispatcher`` gives it one): the service and its frontier call its hooks on their one
 thread (``timed`` around each timed operation, ``busy`` around the loop's work, ``node_stats`` for
-each node report, ``tick`` from the timers), and it reads the service only through the public
+each node report, ``tick`` from the timers, once per turn of the loop), and it reads the service only through the public
 ``state()`` snapshot it was attached to. The HTTP server's threads only read what ``tick``
 published (a snapshot swapped under a lock and the :class:`~crawlproj.observability.series.Series`),
 so a slow HTTP client never slows the poll loop.
+
+The loop's account: ``busy`` (share of the wall clock in its work), ``stalled`` (wall time
+between two turns of the loop beyond their work and :data:`STALL_ALLOWANCE`: the process was
+stopped, swapped out or starved, so nobody was served) and ``cpu``.
 """
 
 from __future__ import annotations
@@ -32,25 +36,30 @@ if TYPE_CHECKING:
 logger = logging.getLogger("crawlproj.timing")
 
 READERS = ("tick", "log")
+#: Seconds a turn of the loop may take beyond its work before the rest counts as stalled: its
+#: longest poll (crawlproj.dispatcher.service.POLL_MAX_SECONDS, 0.1 s) and scheduling slack.
+STALL_ALLOWANCE = 0.25
 NODE_FIELDS = ("queued", "inflight", "keys", "owned")
 
 
 class _Reader:
     """Busy time and CPU since a reader's last look."""
 
-    __slots__ = ("at", "cpu", "busy")
+    __slots__ = ("at", "cpu", "busy", "stalled")
 
     def __init__(self, now: float):
         self.at = now
         self.cpu = _cpu_seconds()
         self.busy = 0.0
+        self.stalled = 0.0
 
-    def take(self, now: float) -> tuple[float, float, float]:
-        """(interval, busy share, cpu share) since the last take."""
+    def take(self, now: float) -> tuple[float, float, float, float]:
+        """(interval, busy share, cpu share, stalled share) since the last take."""
         cpu = _cpu_seconds()
         interval = max(now - self.at, 1e-9)
-        result = (interval, min(1.0, self.busy / interval), (cpu - self.cpu) / interval)
-        self.at, self.cpu, self.busy = now, cpu, 0.0
+        result = (interval, min(1.0, self.busy / interval), (cpu - self.cpu) / interval,
+                  min(1.0, self.stalled / interval))
+        self.at, self.cpu, self.busy, self.stalled = now, cpu, 0.0, 0.0
         return result
 
 
@@ -73,17 +82,20 @@ class _Timer:
 class _Busy:
     """A reusable context manager adding each duration (s) to the readers' busy time."""
 
-    __slots__ = ("readers", "starts")
+    __slots__ = ("readers", "starts", "total")
 
     def __init__(self, readers: Iterable[_Reader]):
         self.readers = tuple(readers)
         self.starts: list[float] = []
+        self.total = 0.0  # busy seconds since the start
 
     def __enter__(self) -> None:
         self.starts.append(time.perf_counter())
 
     def __exit__(self, *exc: object) -> None:
         took = time.perf_counter() - self.starts.pop()
+        if not self.starts:
+            self.total += took
         for reader in self.readers:
             reader.busy += took
 
@@ -102,6 +114,7 @@ class DispatcherObserver(Instrument):
         self._timers = {op: _Timer(sampler) for op, sampler in self.samplers.items()}
         self._busy = _Busy(self._readers.values())
         self._next_tick = now
+        self._turn = (now, 0.0)  # (monotonic, busy total) at the last turn of the loop
         self._next_log = now + self.log_interval
         self._node_prev: dict[str, tuple[float, float]] = {}  # name -> (monotonic, pages)
         self._node_rate: dict[str, float] = {}
@@ -136,6 +149,13 @@ class DispatcherObserver(Instrument):
         self._fresh[node] = parse_report(stats)
 
     def tick(self, now: float) -> None:
+        last, busy_then = self._turn
+        busy_now = self._busy.total
+        stalled = (now - last) - (busy_now - busy_then) - STALL_ALLOWANCE
+        self._turn = (now, busy_now)
+        if stalled > 0:
+            for reader in self._readers.values():
+                reader.stalled += stalled
         sample, log = now >= self._next_tick, now >= self._next_log
         if self._source is None or not (sample or log):
             return
@@ -148,7 +168,7 @@ class DispatcherObserver(Instrument):
             self._log(now, state)
 
     def _sample(self, now: float, state: dict[str, Any]) -> None:
-        interval, busy, cpu = self._readers["tick"].take(now)
+        interval, busy, cpu, stalled = self._readers["tick"].take(now)
         fresh, self._fresh = self._fresh, {}
         nodes: dict[str, dict[str, Any]] = {}
         for name, node in state["nodes"].items():
@@ -173,7 +193,7 @@ class DispatcherObserver(Instrument):
             "nodes_alive": sum(1 for n in state["nodes"].values() if n["alive"]),
             "pages": sum(n["pages"] for n in nodes.values()),
             "rate": round(sum(n["rate"] for n in nodes.values()), 3),
-            "busy": round(busy, 4), "cpu": round(cpu, 4),
+            "busy": round(busy, 4), "stalled": round(stalled, 4), "cpu": round(cpu, 4),
             "ops": self._windows("tick"), "nodes": nodes,
         }
         self._last = point
@@ -192,9 +212,10 @@ class DispatcherObserver(Instrument):
         return ops
 
     def _log(self, now: float, state: dict[str, Any]) -> None:
-        interval, busy, cpu = self._readers["log"].take(now)
+        interval, busy, cpu, stalled = self._readers["log"].take(now)
         record = {"t": round(time.time(), 3), "node": "dispatcher", "interval": round(interval, 3),
-                  "busy": round(busy, 4), "cpu": round(cpu, 4), "frontier": state["frontier"],
+                  "busy": round(busy, 4), "stalled": round(stalled, 4), "cpu": round(cpu, 4),
+                  "frontier": state["frontier"], "available": state["available"],
                   "leases": state["leases"],
                   "nodes_alive": sum(1 for n in state["nodes"].values() if n["alive"]),
                   "ops": self._windows("log")}
@@ -207,6 +228,7 @@ class DispatcherObserver(Instrument):
         last = self._last
         return {
             "rate": last.get("rate", 0.0), "busy": last.get("busy", 0.0), "cpu": last.get("cpu", 0.0),
+            "stalled": last.get("stalled", 0.0),
             "node_rates": {name: n["rate"] for name, n in last.get("nodes", {}).items()},
             "ops": {op: s.summary() for op, s in self.samplers.items() if s.count},
             "series_points": len(self.series), "series_stride": self.series.stride,

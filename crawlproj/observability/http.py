@@ -79,6 +79,8 @@ class ClusterCollector:
             "nodes_alive": ("Live nodes", last.get("nodes_alive")),
             "pages_per_second": ("Cluster crawl rate at the last tick", last.get("rate")),
             "dispatcher_busy_ratio": ("Share of wall time the dispatcher loop was busy", last.get("busy")),
+            "dispatcher_stalled_ratio": ("Share of wall time the dispatcher loop stalled (wall gaps in "
+                                         "its loop)", last.get("stalled")),
             "dispatcher_rss_kib": ("Dispatcher resident memory", state.get("rss_kib")),
         }
         for name, (doc, value) in gauges.items():
@@ -109,17 +111,25 @@ class ClusterCollector:
                 value = node.get(field)
                 if isinstance(value, (int, float)):
                     family.add_metric([name], value)
+        account = GaugeMetricFamily("crawlproj_node_account", "The node's time account over the last "
+                                    "report window (shares of the wall clock or of the download "
+                                    "slots, lag in ms, backlog)", labels=["node", "part", "figure"])
         for name, node in sorted(((state.get("nodes") or {}).items())):
-            for op, summary in parse_report(node.get("stats") or {})["ops"].items():
+            report = parse_report(node.get("stats") or {})
+            for op, summary in report["ops"].items():
                 for q in QUANTILES:
                     if q in summary:
                         timing.add_metric([name, op, q], summary[q])
+            for part, figures in sorted(report["account"].items()):
+                for figure, value in sorted(figures.items()):
+                    account.add_metric([name, part, figure], value)
         for op, summary in sorted((last.get("ops") or {}).items()):
             for q in QUANTILES:
                 if q in summary:
                     timing.add_metric(["dispatcher", op, q], summary[q])
         yield from per_node.values()
         yield timing
+        yield account
 
 
 class StatusHTTPServer:

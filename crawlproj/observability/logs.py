@@ -130,6 +130,10 @@ def chart(obs: Observations, bins: list[Window], path: str | Path) -> Path:
 
 def command(args: argparse.Namespace) -> int:
     """Crawl rate per window and its trend, per-operation latency trends, and a chart."""
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"crawlproj logs: no such file or directory: {missing[0]}", file=sys.stderr)
+        return 2
     obs = read_logs(args.paths)
     bins = windows(obs, args.window)
     s = summary(obs, bins)

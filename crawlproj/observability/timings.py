@@ -14,7 +14,15 @@ Log records are JSON after a fixed tag, so they are stable to parse whatever the
     TIMING {"t": 1767225600.125, "node": "n1", "op": "item_write", "ms": 12.5}
     TIMINGS {"t": ..., "node": "n1", "interval": 60.0, "pages": 5120, "items": 5101,
              "cpu": 0.42, "keys": {"distinct": 38, "fetches": 900, "top": "a.test", "top_n": 40},
-             "ops": {"item_write": {"n": 899, "sum": ..., "max": ..., "p50": ..., "p90": ..., "p99": ...}}}
+             "ops": {"item_write": {"n": 899, "sum": ..., "max": ..., "p50": ..., "p90": ..., "p99": ...}},
+             "account": {"slots": {...}, "reactor": {...}, "machine": {...}, "backlog": {...}}}
+
+(the account: :mod:`crawlproj.observability.account`). A single duration is logged when it is
+every k-th of its operation (``TIMINGS_LOG_SAMPLE_RATE``) or slow: at least
+``TIMINGS_LOG_SLOW_MS`` *and* :data:`SLOW_OVER_TYPICAL` times the operation's typical duration
+(an operation slow by design, such as a write that waits for its batch, floods nothing), at
+most one slow line per operation every :data:`SLOW_LOG_EVERY` seconds (with the count of the
+others since).
 
 With ``TIMINGS_LOG_FILE`` the same records (with ``"kind": "sample"`` or ``"window"``) are also
 written as JSON lines to that file.
@@ -33,6 +41,8 @@ from typing import Any, TextIO
 
 from crawlproj.politeness.timing import LatencySampler, StatsLike
 
+from .account import Clocks, SlotAccount, flatten, unflatten
+
 logger = logging.getLogger("crawlproj.timing")
 
 SAMPLE_TAG = "TIMING"
@@ -41,7 +51,10 @@ STATS_PREFIX = "timing"
 
 #: The operations a node times, and what each measures.
 OPERATIONS = {
-    "download": "Scrapy's download_latency of a response (request sent to response received)",
+    "download": "Scrapy's download_latency of a response (request sent to its headers: time to first byte)",
+    "download_total": "a download from the request sent to its last byte",
+    "robots_wait": "a request in the downloader middlewares before its slot (the wait for robots.txt)",
+    "slot_wait": "a request in its downloader slot before its transfer (a key's delay waited out)",
     "parse": "a spider callback, from its first output to its last (link handling included)",
     "item_write": "an item, from the callback yielding it to the end of the item pipelines, its item_batch_wait "
                   "left out",
@@ -67,6 +80,9 @@ _REPORT_TOP_KEY = "keys/top/"
 _ITEM_STARTS_MAX = 100_000  # items in flight whose start is remembered (a leak bound)
 #: Waits by configuration: sampled like any operation, never a "slow" TIMING line.
 NEVER_SLOW = frozenset({"item_batch_wait"})
+SLOW_OVER_TYPICAL = 4.0  # a slow line needs this many times the operation's typical duration
+SLOW_LOG_EVERY = 10.0  # seconds: at most one slow line per operation this often
+_TYPICAL_WEIGHT = 0.05  # weight of one duration in the typical (an exponential mean)
 
 
 class TimingLog:
@@ -79,6 +95,9 @@ class TimingLog:
         self.slow_ms = slow_ms
         self.path = path
         self._seen: Counter[str] = Counter()
+        self._typical: dict[str, float] = {}
+        self._slow_at: dict[str, float] = {}  # op -> monotonic time of its last slow line
+        self._slow_more: Counter[str] = Counter()  # slow durations not logged since that line
         self._lock = threading.Lock()
         self._file: TextIO | None = None
         if path:
@@ -91,13 +110,25 @@ class TimingLog:
 
         def record(ms: float) -> None:
             self._seen[op] += 1
-            if (self.every and self._seen[op] % self.every == 0) or ms >= slow_ms:
+            typical = self._typical.get(op, ms)
+            self._typical[op] = typical + _TYPICAL_WEIGHT * (ms - typical)
+            if ms >= slow_ms and ms >= SLOW_OVER_TYPICAL * typical:
+                now = time.monotonic()
+                if now - self._slow_at.get(op, -SLOW_LOG_EVERY) >= SLOW_LOG_EVERY:
+                    self._slow_at[op] = now
+                    self.sample(op, ms, more=self._slow_more.pop(op, 0))
+                else:
+                    self._slow_more[op] += 1
+            elif self.every and self._seen[op] % self.every == 0:
                 self.sample(op, ms)
 
         return record
 
-    def sample(self, op: str, ms: float) -> None:
-        record = {"t": round(time.time(), 3), "node": self.node, "op": op, "ms": round(ms, 3)}
+    def sample(self, op: str, ms: float, more: int = 0) -> None:
+        record: dict[str, Any] = {"t": round(time.time(), 3), "node": self.node, "op": op,
+                                  "ms": round(ms, 3)}
+        if more:
+            record["more_slow"] = more  # slow durations of op since its last slow line, not logged
         logger.info("%s %s", SAMPLE_TAG, json.dumps(record))
         self._write("sample", record)
 
@@ -135,6 +166,9 @@ class Timings:
         # component that reads it, so a standalone crawl keeps no "report" window or key counts
         self._keys: dict[str, Counter[str]] = {}
         self._cpu_at: dict[str, tuple[float, float]] = {}  # (monotonic, CPU seconds) of the last look
+        self._clocks: dict[str, Clocks] = {}
+        self.slots = SlotAccount()  # probed by the TimingsExtension
+        self.backlog: dict[str, float] = {}  # the item store's, as last probed
 
     # -- recording ------------------------------------------------------------------------------
 
@@ -149,6 +183,8 @@ class Timings:
         if reader in self._cpu_at:
             return
         self._cpu_at[reader] = (time.monotonic(), _cpu_seconds())
+        self._clocks[reader] = Clocks()
+        self.slots.open(reader)
         self._keys[reader] = Counter()
         for sampler in self.samplers.values():
             sampler.take_window(reader)
@@ -212,20 +248,32 @@ class Timings:
             summary = sampler.take_window(reader)
             if summary["n"]:
                 ops[op] = summary
+        clocks = Clocks()
+        reactor, machine = clocks.since(self._clocks[reader], ops.get("parse", {}).get("sum", 0.0))
+        self._clocks[reader] = clocks
+        slots, lag = self.slots.take(reader)
+        if lag is not None:
+            reactor["lag_ms"] = lag
+        account: dict[str, Any] = {"slots": slots, "reactor": reactor, "machine": machine}
+        if self.backlog:
+            account["backlog"] = dict(self.backlog)
         return {
             "interval": round(interval, 3),
             "cpu": round((cpu_now - cpu_then) / interval, 3),
             "keys": {"distinct": len(keys), "fetches": sum(keys.values()),
                      "top": top[0][0] if top else None, "top_n": top[0][1] if top else 0},
             "ops": ops,
+            "account": account,
         }
 
     def report(self) -> dict[str, float]:
         """The ``"report"`` window as flat numeric stats for the dispatcher's "stats" message:
         ``timing/<op>/{n,sum,max,p50,p90,p99}``, ``node/cpu``, ``node/interval``,
-        ``keys/distinct``, ``keys/fetches``, ``keys/top/<key>`` (fetches of the busiest key)."""
+        ``keys/distinct``, ``keys/fetches``, ``keys/top/<key>`` (fetches of the busiest key),
+        ``acct/<part>/<figure>`` (the time account)."""
         window = self.window("report")
         flat: dict[str, float] = {"node/cpu": window["cpu"], "node/interval": window["interval"]}
+        flat.update(flatten(window["account"]))
         keys = window["keys"]
         flat["keys/distinct"] = keys["distinct"]
         flat["keys/fetches"] = keys["fetches"]
@@ -275,7 +323,7 @@ class NullTimings(Timings):
 
     def window(self, reader: str) -> dict[str, Any]:
         return {"interval": 0.0, "cpu": 0.0, "keys": {"distinct": 0, "fetches": 0, "top": None, "top_n": 0},
-                "ops": {}}
+                "ops": {}, "account": {}}
 
     def report(self) -> dict[str, float]:
         return {}
@@ -286,7 +334,7 @@ class NullTimings(Timings):
 
 def parse_report(stats: dict[str, Any]) -> dict[str, Any]:
     """A node's flat report (:meth:`Timings.report`, as the dispatcher stores it) as a window:
-    ``{"interval", "cpu", "keys": {...}, "ops": {op: {"n", "p50", ...}}}``."""
+    ``{"interval", "cpu", "keys": {...}, "ops": {op: {"n", "p50", ...}}, "account": {...}}``."""
     ops: dict[str, dict[str, float]] = {}
     top, top_n = None, 0
     for name, value in stats.items():
@@ -303,6 +351,7 @@ def parse_report(stats: dict[str, Any]) -> dict[str, Any]:
         "keys": {"distinct": stats.get("keys/distinct", 0), "fetches": stats.get("keys/fetches", 0),
                  "top": top, "top_n": top_n},
         "ops": {op: s for op, s in ops.items() if s.get("n")},
+        "account": unflatten(stats),
     }
 
 

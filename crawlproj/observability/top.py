@@ -49,7 +49,8 @@ def render(state: dict[str, Any]) -> str:
         f"{'  FINISHED' if state.get('finished') else ''}",
         f"pages {_num(pages)}  rate {_num(obs.get('rate'), 1)} pages/s  frontier {_num(state.get('frontier'))}"
         f"  leases {_num(state.get('leases'))}  seen {_num(state.get('seen'))}  nodes {alive}/{len(nodes)}"
-        f"  dispatcher busy {_num(100 * obs.get('busy', 0))}%  CPU {_num(state.get('cpu_seconds'), 1)} s",
+        f"  dispatcher busy {_num(100 * obs.get('busy', 0))}% stalled {_num(100 * obs.get('stalled', 0))}%"
+        f"  CPU {_num(state.get('cpu_seconds'), 1)} s",
         "",
         f"{'node':16s} {'alive':5s} {'pages':>8s} {'pages/s':>8s} {'queued':>7s} {'inflight':>8s} "
         f"{'leases':>6s} {'parts':>5s} {'cpu':>5s}  " + "  ".join(f"{op[:12]:>12s}" for op in OPS_SHOWN),

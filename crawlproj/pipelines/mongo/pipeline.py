@@ -413,6 +413,8 @@ class MongoPipeline:
         self._item_wait.publish(self.stats)
         self.stats.set_value("mongo/spill/backlog_bytes", self._schedule.spill.bytes)
         self.stats.set_value("mongo/buffer/items", self._schedule.waiting())
+        oldest = self._schedule.oldest_waiting()  # seconds the oldest waiting item has waited
+        self.stats.set_value("mongo/buffer/oldest_age", 0.0 if oldest is None else round(time.monotonic() - oldest, 3))
 
     def _log_extra(self) -> dict[str, Any]:
         return {"spider": self.crawler.spider}

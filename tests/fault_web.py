@@ -1,0 +1,129 @@
+"""``python -m fault_web --spec JSON [--access-log PATH]``: the synthetic web with faults that
+start at run time (test-only; tests/ on PYTHONPATH), for the observability drills.
+
+``GET /_synthweb/fault?latency_ms=L&ramp_s=R`` (on any host): from now on every page answers up
+to L ms later, the extra growing linearly over R seconds (sites answering slower and slower).
+``GET /_synthweb/fault?robots_ms=M``: a robots.txt of a host first asked from now on answers
+M ms late, every time (slow robots.txt on new hosts). Faults add up; nothing else changes.
+:class:`FaultWeb` starts it like crawlproj_testing's SynthWebProcess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict
+from urllib.parse import parse_qs, urlsplit
+
+from crawlproj_testing.synthweb.model import ROBOTS_PATHS, Web, WebSpec
+from crawlproj_testing.synthweb.process import SynthWebProcess
+from crawlproj_testing.synthweb.render import Rendered, http_bytes
+from crawlproj_testing.synthweb.server import HTTPProtocol, SynthWeb
+
+FAULT_PATH = "/_synthweb/fault"
+
+
+class FaultySite(SynthWeb):
+    def __init__(self, *args: object, **kwargs: object):
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.latency_ms = 0.0
+        self.ramp_s = 0.0
+        self.slow_since = 0.0
+        self.robots_ms = 0.0
+        self.robots_seen: set[str] = set()  # hosts asked for robots.txt before that fault
+        self.slow_robots: set[str] = set()  # hosts first asked after
+
+    def control(self, path: str, target: str) -> tuple[int, bytes]:
+        if path != FAULT_PATH:
+            return super().control(path, target)
+        query = parse_qs(urlsplit(target).query)
+        if "latency_ms" in query:
+            self.latency_ms = float(query["latency_ms"][0])
+            self.ramp_s = float(query.get("ramp_s", ["0"])[0])
+            self.slow_since = time.monotonic()
+        if "robots_ms" in query:
+            self.robots_ms = float(query["robots_ms"][0])
+        return 200, http_bytes(Rendered(200, (), b"ok"))
+
+    def extra_delay(self, host: str, path: str) -> float:
+        """Seconds the fault adds to this answer."""
+        if path in ROBOTS_PATHS:
+            if not self.robots_ms:
+                self.robots_seen.add(host)
+                return 0.0
+            if host not in self.robots_seen:
+                self.slow_robots.add(host)
+            return self.robots_ms / 1000.0 if host in self.slow_robots else 0.0
+        if not self.latency_ms or path.startswith("/_synthweb/"):
+            return 0.0
+        grown = 1.0 if self.ramp_s <= 0 else min(1.0, (time.monotonic() - self.slow_since) / self.ramp_s)
+        return self.latency_ms * grown / 1000.0
+
+
+class FaultyProtocol(HTTPProtocol):
+    site: FaultySite
+
+    def _send(self, data: bytes, start: float, host: str, path: str, status: int, node: str,
+              delayed: bool = False) -> None:
+        extra = 0.0 if delayed else self.site.extra_delay(host, path)
+        if extra > 0:
+            self.busy = True
+            asyncio.get_running_loop().call_later(extra, self._send, data, start, host, path, status,
+                                                  node, True)
+            return
+        super()._send(data, start, host, path, status, node)
+
+
+async def serve(web: Web, port: int, access_log: str | None) -> None:
+    log = open(access_log, "a", buffering=1, encoding="utf-8") if access_log else None
+    site = FaultySite(web, log, 2.0)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: FaultyProtocol(site), "127.0.0.1", port, backlog=1024)
+    site.port = server.sockets[0].getsockname()[1]
+    print(f"SYNTHWEB LISTENING http://127.0.0.1:{site.port}", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
+    if log is not None:
+        log.close()
+
+
+class FaultWeb(SynthWebProcess):
+    """The faulty synthetic web as a child process (the SynthWebProcess API, plus faults)."""
+
+    def __init__(self, spec: WebSpec, access_log: str | None = None, startup_timeout: float = 30.0):
+        self.spec = spec
+        self.web = Web(spec)
+        self.access_log = None
+        args = [sys.executable, "-m", "fault_web", "--spec", json.dumps(asdict(spec))]
+        if access_log:
+            args += ["--access-log", access_log]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        self.port = self._read_port(startup_timeout)
+
+    def fault(self, **params: float) -> None:
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{FAULT_PATH}?{query}", timeout=10) as resp:
+            resp.read()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fault_web")
+    parser.add_argument("--spec", required=True, help="the WebSpec as JSON")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--access-log", default=None)
+    args = parser.parse_args(argv)
+    asyncio.run(serve(Web(WebSpec(**json.loads(args.spec))), args.port, args.access_log))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

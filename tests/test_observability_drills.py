@@ -1,0 +1,289 @@
+"""Drills of faults that diagnose has no rule for: short real crawls where a fault starts about
+40% into the crawl, its size and timing drawn at random within a range (the seed is printed;
+``DRILL_SEED=n`` repeats a draw), and ``crawlproj diagnose`` must name the resource from the
+nodes' time account. Crawls whose shape bounds them (draining, one huge key) must not be
+reported as faults. Also: the TIMING log's slow lines and short crawls' windows (units)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_until
+from fault_web import FaultWeb
+from observability_faults import CpuThief, DelayProxy, Staller
+from test_observability import BASE_SETTINGS, TESTS, WIDE
+
+from crawlproj.observability.analysis import read_logs, windows
+from crawlproj.observability.diagnose import diagnose
+from crawlproj.observability.logs import summary, text
+from crawlproj.observability.timings import SLOW_LOG_EVERY, TimingLog
+from crawlproj.tools.cluster import Cluster
+from crawlproj_testing.synthweb.model import WebSpec
+
+DRILL_SECONDS = 18
+FAULT_AT = (0.35, 0.45)  # the fault starts at this share of the crawl
+# Many small hosts, found as the crawl goes (links across hosts): robots.txt fetched all along.
+MANY = WebSpec(seed=33, hosts=3000, min_pages=1, max_pages=3, base_latency_ms=5, slow_host_share=0.0,
+               page_bytes=3000, robots_variants=False, cross_host_share=0.5, subdomain_share=0.0)
+# Hosts that run out during the crawl: it drains to a few keys.
+DRAIN = WebSpec(seed=8, hosts=30, min_pages=5, max_pages=60, pareto_alpha=1.0, base_latency_ms=5,
+                slow_host_share=0.0, page_bytes=3000, robots_variants=False, cross_host_share=0.0,
+                subdomain_share=0.0)
+# One key holds the whole crawl.
+HUGE = WebSpec(seed=4, hosts=1, min_pages=5000, max_pages=5000, base_latency_ms=5, slow_host_share=0.0,
+               page_bytes=3000, robots_variants=False, cross_host_share=0.0, subdomain_share=0.0)
+
+
+def _rng() -> random.Random:
+    seed = int(os.environ.get("DRILL_SEED") or time.time_ns() % 1_000_000)
+    print(f"\nDRILL_SEED={seed}")
+    return random.Random(seed)
+
+
+@contextmanager
+def _cluster(tmp_path: Path, web: FaultWeb, settings: dict[str, Any], seeds: list[str] | None = None,
+             monkeypatch: pytest.MonkeyPatch | None = None) -> Iterator[Cluster]:
+    seeds_file = tmp_path / "seeds.txt"
+    seeds_file.write_text("\n".join(seeds or web.seed_urls()) + "\n")
+    merged = {**BASE_SETTINGS, "CLOSESPIDER_TIMEOUT": DRILL_SECONDS, **settings}
+    with Cluster(tmp_path / "cluster", seeds_file, settings=merged,
+                 dispatcher_args=("--partitions", "32", "--timings-interval", "1")) as cluster:
+        cluster.start_node("n1")
+        yield cluster
+
+
+def _crawling(cluster: Cluster) -> float:
+    """Wait for the node's first pages; the monotonic time the crawl started, about."""
+    wait_until(lambda: any((n.get("stats") or {}).get("response_received_count")
+                           for n in cluster.status()["nodes"].values()), 60, "the node's first pages")
+    return time.monotonic()
+
+
+def _at(cluster: Cluster, started: float, share: float) -> None:
+    """Wait until ``share`` of the crawl has passed (or the node ended)."""
+    cluster.wait(max(0.0, started + share * DRILL_SECONDS - time.monotonic()))
+
+
+def _diagnosis(tmp_path: Path, cluster: Cluster, name: str, params: dict[str, Any]) -> Any:
+    assert cluster.wait(DRILL_SECONDS + 60), "the node did not stop"
+    obs = read_logs([tmp_path / "cluster"])
+    result = diagnose(obs, window=2.0)
+    rates = [round(b.rate or 0) for b in windows(obs, 2.0)]
+    print(f"[{name}] {json.dumps(params)}; rates per 2 s {rates}\n{result.text()}")
+    return result
+
+
+@pytest.fixture
+def drill_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+
+
+def _fault_web(tmp_path: Path, spec: WebSpec) -> FaultWeb:
+    return FaultWeb(spec, access_log=str(tmp_path / "access.log"))
+
+
+def test_drill_slower_sites(tmp_path: Path, drill_env: None) -> None:
+    rng = _rng()
+    params = {"latency_ms": rng.randint(800, 2000), "ramp_s": round(rng.uniform(1.0, 3.0), 1),
+              "at": round(rng.uniform(*FAULT_AT), 2)}
+    with _fault_web(tmp_path, WIDE) as web, _cluster(tmp_path, web, {}) as cluster:
+        started = _crawling(cluster)
+        _at(cluster, started, params["at"])
+        web.fault(latency_ms=params["latency_ms"], ramp_s=params["ramp_s"])
+        result = _diagnosis(tmp_path, cluster, "slower sites", params)
+    assert result.cause == "remote_sites", result.text()
+
+
+def test_drill_cpu_theft(tmp_path: Path, drill_env: None) -> None:
+    rng = _rng()
+    cores = os.cpu_count() or 1
+    params = {"spinners": rng.randint(2 * cores, 3 * cores), "at": round(rng.uniform(*FAULT_AT), 2)}
+    with _fault_web(tmp_path, WIDE) as web, _cluster(tmp_path, web, {}) as cluster:
+        started = _crawling(cluster)
+        _at(cluster, started, params["at"])
+        thief = CpuThief(params["spinners"])
+        try:
+            result = _diagnosis(tmp_path, cluster, "CPU theft", params)
+        finally:
+            thief.stop()
+    assert result.cause == "machine_cpu", result.text()
+
+
+def test_drill_dispatcher_stalls(tmp_path: Path, drill_env: None) -> None:
+    rng = _rng()
+    params = {"stall_s": round(rng.uniform(1.2, 1.8), 2), "period_s": round(rng.uniform(2.6, 3.4), 2),
+              "at": round(rng.uniform(*FAULT_AT), 2)}
+    # a node queue of a second's work or less: a stall leaves it without work
+    with _fault_web(tmp_path, WIDE) as web, _cluster(tmp_path, web, {"DISPATCHER_QUEUE_TARGET": 16}) as cluster:
+        started = _crawling(cluster)
+        _at(cluster, started, params["at"])
+        staller = Staller(cluster.dispatcher.pid, params["stall_s"], params["period_s"])
+        try:
+            cluster.wait(DRILL_SECONDS + 60)
+        finally:
+            staller.stop()
+        result = _diagnosis(tmp_path, cluster, "dispatcher stalls", {**params, "stalls": staller.stalls})
+    assert result.cause == "dispatcher", result.text()
+
+
+def test_drill_slow_robots_on_new_hosts(tmp_path: Path, drill_env: None) -> None:
+    rng = _rng()
+    params = {"robots_ms": rng.randint(1500, 3000), "at": round(rng.uniform(*FAULT_AT), 2)}
+    with _fault_web(tmp_path, MANY) as web:
+        seeds = web.seed_urls()[:40]
+        with _cluster(tmp_path, web, {}, seeds) as cluster:
+            started = _crawling(cluster)
+            _at(cluster, started, params["at"])
+            web.fault(robots_ms=params["robots_ms"])
+            result = _diagnosis(tmp_path, cluster, "slow robots.txt on new hosts", params)
+    assert result.cause == "robots", result.text()
+
+
+def test_drill_item_store_slows_down(tmp_path: Path, drill_env: None, mongo_uri: str) -> None:
+    rng = _rng()
+    params = {"answer_ms": rng.randint(1500, 2500), "ramp_s": round(rng.uniform(1.0, 2.0), 1),
+              "at": round(rng.uniform(*FAULT_AT), 2)}
+    host, port = mongo_uri.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    proxy = DelayProxy(host, int(port))
+    settings = {"MONGO_URI": f"mongodb://127.0.0.1:{proxy.port}/", "MONGO_DATABASE": f"drill{os.getpid()}",
+                "MONGO_BATCH_SIZE": 10, "MONGO_FLUSH_INTERVAL": 0.2, "MONGO_STATS_INTERVAL": 1.0,
+                "MONGO_SPILL_AFTER": 1.0, "MONGO_SPILL_MAX_BYTES": 50_000_000, "MONGO_CONNECT_TIMEOUT": 5.0,
+                "MONGO_SPILL_DIR": str(tmp_path / "spill"), "MONGO_WRITE_CONCERN": {"w": 1}}
+    try:
+        with _fault_web(tmp_path, WIDE) as web, _cluster(tmp_path, web, settings) as cluster:
+            started = _crawling(cluster)
+            _at(cluster, started, params["at"])
+            proxy.slow_down(params["answer_ms"], params["ramp_s"])
+            result = _diagnosis(tmp_path, cluster, "item store slowing down", params)
+    finally:
+        proxy.close()
+    assert result.cause == "item_store", result.text()
+
+
+@pytest.mark.parametrize("shape", ["draining", "one huge key"])
+def test_drill_crawl_shape_is_no_fault(shape: str, tmp_path: Path, drill_env: None) -> None:
+    spec = DRAIN if shape == "draining" else HUGE
+    with _fault_web(tmp_path, spec) as web, _cluster(tmp_path, web, {}) as cluster:
+        _crawling(cluster)
+        result = _diagnosis(tmp_path, cluster, shape, {})
+    assert not result.faults, result.text()
+
+
+# -- units: the slow lines of the TIMING log, short crawls --------------------------------------------
+
+
+def test_slow_lines_only_for_unusual_durations_and_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    log = TimingLog("n1", 0.0, 1000.0)
+    record = log.sink("item_write")
+    with caplog.at_level(logging.INFO, logger="crawlproj.timing"):
+        for _ in range(500):
+            record(1100.0)  # slow by design (a batch wait): its typical duration
+        assert not caplog.records
+        quick = log.sink("robots_lookup")
+        for _ in range(50):
+            quick(0.5)
+        for _ in range(20):
+            quick(5000.0)  # unusual: one line, the rest counted in the next one
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and '"op": "robots_lookup"' in lines[0], lines
+    log._slow_at["robots_lookup"] -= SLOW_LOG_EVERY
+    with caplog.at_level(logging.INFO, logger="crawlproj.timing"):
+        quick(60000.0)
+    assert '"more_slow": ' in caplog.records[-1].getMessage()
+
+
+def test_short_crawl_gets_a_rate_in_logs_and_diagnose(tmp_path: Path) -> None:
+    """An 85 s crawl with Scrapy's default 60 s LogStats: two windows, the same in both tools."""
+    start = time.mktime((2026, 3, 1, 0, 0, 0, 0, 0, -1))
+    lines = []
+    for t, pages in ((0, 0), (60, 3000), (85, 4100)):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start + t))
+        lines.append(f"{stamp} [scrapy.extensions.logstats] INFO: Crawled {pages} pages (at {pages} pages/min), "
+                     f"scraped {pages} items (at 0 items/min)")
+    (tmp_path / "n1.log").write_text("\n".join(lines) + "\n")
+    obs = read_logs([tmp_path])
+    bins = windows(obs)
+    assert len(bins) >= 2 and all(b.rate for b in bins)
+    assert "no crawl rate found" not in text(summary(obs, bins))
+    result = diagnose(obs)
+    assert result.windows == len(bins) and result.rate_early is not None, result.text()
+
+
+def test_slot_account_is_littles_law_on_the_probes() -> None:
+    from crawlproj.observability.account import SlotAccount
+
+    slots = SlotAccount()
+    slots.open("log")
+    # 10 slots: 4 transferring, 2 held for robots.txt, 1 queued in its slot, 3 empty
+    slots.probe(10, download=4, robots=2, queued=1, waiting=True, ready=False, lag=0.002)  # keys on delay
+    slots.probe(10, download=4, robots=2, queued=1, waiting=True, ready=True, lag=0.004)  # engine backs out
+    slots.probe(10, download=4, robots=2, queued=1, waiting=False, ready=False, lag=0.0)  # nothing queued
+    shares, lag = slots.take("log")
+    assert shares == {"download": 0.4, "robots": 0.2, "delay": 0.2, "held": 0.1, "nowork": 0.1, "capacity": 10.0}
+    assert sum(shares[s] for s in ("download", "robots", "delay", "held", "nowork")) == pytest.approx(1.0)
+    assert lag == 2.0
+    assert slots.take("log") == ({}, None)  # a new window
+
+
+def test_dispatcher_stalls_are_wall_gaps_of_its_loop() -> None:
+    from crawlproj.observability.dispatcher import STALL_ALLOWANCE, DispatcherObserver
+
+    observer = DispatcherObserver(interval=1e9, log_interval=1e9)
+    start = time.monotonic()
+    reader = observer._readers["log"]
+    for i in range(10):  # a turn every 0.1 s: no stall
+        observer.tick(start + 0.1 * (i + 1))
+    assert reader.stalled == 0.0
+    observer.tick(start + 1.0 + 1.5)  # stopped for 1.5 s
+    assert reader.stalled == pytest.approx(1.5 - STALL_ALLOWANCE, abs=1e-6)
+    with observer.busy():  # busy time is not a stall
+        pass
+    observer.tick(start + 2.6)
+    assert reader.stalled == pytest.approx(1.5 - STALL_ALLOWANCE, abs=1e-6)
+
+
+def test_a_share_grows_by_absolute_and_relative_change() -> None:
+    from crawlproj.observability.causes import Share
+
+    assert not Share("x", 0.01, 0.03, 0.03).grown  # 3x but by 2 points: noise
+    assert Share("x", 0.10, 0.20, 0.03).grown
+    assert not Share("x", 0.60, 0.70, 0.10).grown  # +10 points of a large share: 1.17x, rest 0.4 -> 0.3
+    assert Share("x", 0.60, 0.90, 0.10).grown  # the rest of the clock fell 4x
+    assert not Share("x", 0.50, 0.40, 0.10).grown
+
+
+def test_backlog_warns_with_the_time_left(tmp_path: Path) -> None:
+    """The rate holds while the item store's buffer grows: a warning with the time left."""
+    start = time.mktime((2026, 3, 1, 0, 0, 0, 0, 0, -1))
+    lines = []
+    for i in range(1, 13):
+        items = 20 if i < 5 else 20 + 60 * (i - 4)
+        record = {"t": start + 10 * i, "node": "n1", "interval": 10, "pages": 500 * i, "cpu": 0.3,
+                  "keys": {"distinct": 50, "fetches": 500, "top": "a.test", "top_n": 12},
+                  "ops": {"item_write": {"n": 500, "p50": 300.0, "p90": 400.0, "p99": 500.0, "sum": 150000}},
+                  "account": {"backlog": {"items": items, "items_max": 1000, "spill_bytes": 0,
+                                          "spill_max": 1e9, "oldest_s": 0.5 if i < 5 else 2.0 * (i - 4)}}}
+        lines.append(json.dumps(record))
+    (tmp_path / "n1.jl").write_text("\n".join(lines) + "\n")
+    result = diagnose(read_logs([tmp_path]), window=10.0)
+    assert result.cause == "item_store" and abs(result.rate_change or 0) < 0.05, result.text()
+    text_ = result.text()
+    assert "the crawl rate holds" in text_ and "the buffer (1000 items) is full in" in text_, text_
+
+
+def test_logs_and_diagnose_refuse_a_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from crawlproj.tools.cli import main as crawlproj_main
+
+    for command in ("logs", "diagnose"):
+        assert crawlproj_main([command, str(tmp_path / "nothing")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"crawlproj {command}: no such file or directory: {tmp_path / 'nothing'}"

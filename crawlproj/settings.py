@@ -124,3 +124,7 @@ TIMINGS_LOG_INTERVAL = 60.0  # seconds between TIMINGS lines (percentiles of tha
 TIMINGS_LOG_SAMPLE_RATE = 0.001  # share of single operations logged as TIMING lines (0 = none, 1 = all)
 TIMINGS_LOG_SLOW_MS = 1000.0  # an operation slower than this (ms) is always logged as a TIMING line
 TIMINGS_LOG_FILE = ""  # also write TIMING/TIMINGS records as JSON lines to this file; "" = don't
+
+# -- Long crawls: robots.txt that cannot decide yet (docs/politeness.md) --------------------------
+ROBOTS_FETCH_TIMEOUT = 20.0  # seconds a robots.txt fetch may take (not DOWNLOAD_TIMEOUT); longer: unreachable
+ROBOTS_POSTPONE_MAX = 7 * 86400.0  # dispatcher nodes postpone requests of an unreachable robots.txt until it has failed this long, then drop

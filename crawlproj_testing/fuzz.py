@@ -71,7 +71,8 @@ def dispatcher_messages(node: str, partitions: int, host: str = "fuzz.test") -> 
     reqs = [wire_request(f"http://{host}/leased/{i}", partitions) for i in range(3)]
     return [
         {"t": "welcome", "node": node, "partitions": partitions, "assigned": list(range(partitions)),
-         "heartbeat_interval": 1.0, "lease_timeout": 600.0, "epoch": 7},
+         "heartbeat_interval": 1.0, "lease_timeout": 600.0, "renew_interval": 150.0,
+         "fence": 6.0, "epoch": 7},
         {"t": "heartbeat", "epoch": 7},
         {"t": "batch", "leases": [[1000 + i, r] for i, r in enumerate(reqs)]},
         {"t": "assign", "partitions": [0], "state": {}},

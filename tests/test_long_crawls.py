@@ -107,9 +107,18 @@ def test_a_paused_node_starts_no_fetch_on_keys_it_no_longer_owns(tmp_path, synth
         try:
             wait_until(lambda: not cluster.status()["nodes"]["n2"]["alive"], 30,
                        "n2 declared dead")
-            # n1 takes n2's partitions over once n2's last fetch has surely ended
+            # n1 takes n2's partitions over once n2's last fetch has surely ended...
             wait_until(lambda: cluster.status()["nodes"]["n1"]["owned"] == PARTITIONS, 30,
                        "n1 to own every partition")
+            n2_hosts = {a.host for a in pages_of(web) if a.node == "n2"}
+
+            def n1_on_n2_keys() -> bool:
+                taken = [a for a in pages_of(web) if a.node == "n1" and a.host in n2_hosts
+                         and a.start_ms > paused_ms]
+                return len(taken) >= 2 * len(n2_hosts)
+
+            # ... and crawls them when n2 wakes up, its queue full of requests of those keys
+            wait_until(n1_on_n2_keys, 60, "n1 to crawl n2's keys")
             wait_until(lambda: time.time() * 1000.0 >= paused_ms + 2000 * DEAD_TIMEOUT, 30,
                        "a pause of twice the dead-node time-out")
         finally:

@@ -50,7 +50,10 @@ class Membership(Core):
             self.counters["reregistered"] += 1
             self._return_leases(node, "restart")
             for p in [p for p, src in self.pending.items() if src == name]:
-                del self.pending[p]  # its state is gone with the old process
+                del self.pending[p]  # its state is gone with the old process...
+                # ... which may still be finishing a fetch there (its fence lapsed, it lives)
+                self.fenced_parts.add(p)
+                self.fenced_until[p] = max(now + node.fetch_timeout, self.fenced_until.get(p, 0.0))
             node.credit = 0
             node.leaving = False
         else:

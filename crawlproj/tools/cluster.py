@@ -189,7 +189,9 @@ def demo(args: argparse.Namespace) -> int:
               flush=True)
         # every host is a seed and the web is closed: follow cross-host links too; the
         # synthetic-web add-on resolves its names (merged with settings.py's ADDONS by crawl_argv)
-        settings = {**SYNTHWEB_SETTINGS, "DOWNLOAD_TIMEOUT": 3, "BROAD_SCOPE": "any"}
+        # its 5xx and time-out robots.txt never recover: their requests, postponed, end after 30 s
+        settings = {**SYNTHWEB_SETTINGS, "DOWNLOAD_TIMEOUT": 3, "BROAD_SCOPE": "any",
+                    "ROBOTS_POSTPONE_MAX": 30}
         with Cluster(workdir, seeds, settings=settings,
                      dispatcher_args=("--partitions", str(args.partitions))) as cluster:
             rc, result = run(cluster, args.nodes)

@@ -1,12 +1,15 @@
 """Crawls that run for days, in minutes: leases outliving their time-out, a paused node, a
-robots.txt that is down for a while (issue 17; docs/protocol.md, "Fenced ownership").
+robots.txt that is down for a while (docs/protocol.md: lease renewal, postponed leases, fenced
+ownership).
 
-Each test runs a real dispatcher and real `scrapy crawl` nodes on the synthetic web and
-asserts against its ground truth and access log.
+The crawl tests run a real dispatcher and real `scrapy crawl` nodes on the synthetic web and
+assert against its ground truth and access log; the last one scripts the dispatcher's side to
+watch one real node renew, drop a second copy of a lease and stop at its fence.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -14,11 +17,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import zmq
 from conftest import wait_until
+from hostile_web import HostileWeb
 from politeness_checks import assert_polite
 
+from crawlproj.addons import combine, node_settings
 from crawlproj.tools.cluster import Cluster
-from crawlproj.tools.runner import SYNTHWEB_SETTINGS
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS, start_crawl
+from crawlproj.wire.protocol import decode_from_node, encode, routed_request
 from crawlproj.wire.urls import politeness_key
 from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, WebSpec
 from crawlproj_testing.synthweb.process import Access, SynthWebProcess
@@ -203,3 +210,109 @@ def test_requests_of_an_unreachable_robots_txt_are_postponed_then_crawled(tmp_pa
     timeouts = [a for a in web.accesses() if a.is_robots and a.host == web.web.hosts[2].name
                 and a.status == 0]
     assert timeouts  # the never-answered attempts
+
+
+# -- the node's side of the fence and of lease renewal, against a scripted dispatcher ------------
+
+FAKE_PARTITIONS = 4
+FENCE = 2.0
+
+
+class FakeDispatcher:
+    """A ROUTER that answers only what the test tells it to; it records what the node sends."""
+
+    def __init__(self, ctx: zmq.Context[Any]) -> None:
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.identity = b""
+        self.got: list[dict[str, Any]] = []
+        self.answer_heartbeats = True
+
+    def send(self, mtype: str, **fields: Any) -> None:
+        self.sock.send_multipart([self.identity, encode(mtype, **fields)])
+
+    def welcome(self, clock: float) -> None:
+        self.send("welcome", node="fenced", partitions=FAKE_PARTITIONS,
+                  assigned=list(range(FAKE_PARTITIONS)), heartbeat_interval=0.2,
+                  lease_timeout=600.0, renew_interval=0.3, fence=FENCE, epoch=1, clock=clock)
+
+    def pump(self) -> None:
+        while self.sock.poll(100):
+            self.identity, frame = self.sock.recv_multipart()
+            msg = decode_from_node(frame)
+            self.got.append(msg)
+            if msg["t"] == "heartbeat" and self.answer_heartbeats:
+                self.send("heartbeat", epoch=1, clock=msg["clock"])
+
+    def of(self, mtype: str) -> list[dict[str, Any]]:
+        return [m for m in self.got if m["t"] == mtype]
+
+    def lease_ids(self, mtype: str) -> set[int]:
+        return {lid for m in self.of(mtype) for lid in m["leases"]}
+
+    def wait(self, condition: Any, timeout: float, what: str) -> None:
+        wait_until(lambda: (self.pump(), condition())[1], timeout, what)
+
+
+def test_the_node_renews_drops_second_copies_and_stops_at_its_fence(tmp_path, zmq_context):
+    fake = FakeDispatcher(zmq_context)
+    stats_file = tmp_path / "node.stats.json"
+    with HostileWeb(tmp_path / "access.jl") as web:
+        def url(host: str, path: str) -> str:
+            return f"http://{host}.hostile.test:{web.port}{path}"
+
+        slow_key = politeness_key(url("slow", "/"), "host")
+        node = start_crawl(settings={
+            **combine(SYNTHWEB_SETTINGS, node_settings()), "POLITENESS_KEY": "host",
+            "DISPATCHER_ENDPOINT": f"tcp://127.0.0.1:{fake.port}", "DISPATCHER_NODE_NAME": "fenced",
+            "DISPATCHER_TIMEOUT": 120, "DISPATCHER_HEARTBEAT_INTERVAL": 0.2,
+            "ROBOTS_THROTTLE_KEY_DELAYS": {slow_key: 6.0}, "DOWNLOAD_TIMEOUT": 5,
+            "PROGRESS_STATS_FILE": str(stats_file), "LOG_FILE": str(tmp_path / "node.log"),
+            "CRAWLPROJ_STATE_DIR": str(tmp_path / "state"),
+        }, cwd=tmp_path)
+
+        def wire(host: str, path: str) -> dict[str, Any]:
+            return routed_request(url(host, path), FAKE_PARTITIONS, "host")
+
+        def fetched(path: str) -> int:
+            return sum(1 for r in web.requests() if r["path"] == path)
+
+        try:
+            fake.wait(lambda: fake.of("register"), 60, "the node to register")
+            fake.welcome(fake.of("register")[-1]["clock"])
+            fake.wait(lambda: fake.of("pull"), 30, "the node to ask for work")
+            # lease 1 twice (a second copy while the first is held), then lease 2
+            fake.send("batch", leases=[[1, wire("www", "/once")]])
+            fake.send("batch", leases=[[1, wire("www", "/once")], [2, wire("www", "/two")]])
+            fake.wait(lambda: {1, 2} <= fake.lease_ids("ack"), 60, "leases 1 and 2 acked")
+            assert fetched("/once") == 1 and fetched("/two") == 1
+            # two requests on a key with a 6 s delay: the second is held, and renewed meanwhile
+            fake.send("batch", leases=[[3, wire("slow", "/first")], [4, wire("slow", "/second")]])
+            fake.wait(lambda: 3 in fake.lease_ids("ack"), 60, "lease 3 acked")
+            fake.wait(lambda: 4 in fake.lease_ids("renew"), 10, "lease 4 renewed while it waits")
+            # the dispatcher goes silent: the fence (2 s) passes before the key's delay (6 s)
+            fake.answer_heartbeats = False
+            registers = len(fake.of("register"))
+            fake.wait(lambda: len(fake.of("register")) > registers, 10,
+                      "the node to register again once its fence has passed")
+            assert 4 in fake.lease_ids("release")  # given back, not fetched
+            # a batch sent before the dispatcher took the node for gone is given back too
+            fake.send("batch", leases=[[5, wire("www", "/stale")]])
+            fake.wait(lambda: 5 in fake.lease_ids("release"), 10, "the stale lease released")
+            fake.answer_heartbeats = True
+            fake.welcome(fake.of("register")[-1]["clock"])
+            fake.send("batch", leases=[[6, wire("www", "/after")]])
+            fake.wait(lambda: 6 in fake.lease_ids("ack"), 60, "lease 6 acked after the new welcome")
+            fake.send("finished")
+            assert node.wait(60) == 0
+        finally:
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+            fake.sock.close(0)
+        assert fetched("/second") == 0 and fetched("/stale") == 0 and fetched("/after") == 1
+    stats = json.loads(stats_file.read_text())
+    assert stats["dispatcher/duplicate_lease"] == 1
+    assert stats["dispatcher/fence_lapsed"] >= 1 and stats["dispatcher/stale_leases"] == 1
+    assert 4 not in fake.lease_ids("ack") and 5 not in fake.lease_ids("ack")
+

@@ -69,8 +69,7 @@ class SimNode:
         self.sock.send(encode(mtype, **fields))
 
     def register(self) -> None:
-        self.send("register", node=self.name, pid=os.getpid(), host="sim", capacity=self.capacity,
-                  fetch_timeout=0.0)  # it fetches nothing: a dead one is not waited for
+        self.send("register", node=self.name, pid=os.getpid(), host="sim", capacity=self.capacity)
 
     def heartbeat(self) -> None:
         self.last_heartbeat = time.monotonic()

@@ -18,10 +18,10 @@ from .core import Core, Node
 logger = logging.getLogger("crawlproj.dispatcher")
 
 DEAD_NODES_KEPT = 256  # departed nodes still listed in "state"
-#: A node that does not say how long its fetches take (register's fetch_timeout) is taken to
-#: take this long: Scrapy's default DOWNLOAD_TIMEOUT.
-UNKNOWN_FETCH_TIMEOUT = 180.0
-MAX_FETCH_TIMEOUT = 86400.0
+#: A node that does not say how long its fetches take (register's fetch_timeout; crawlproj's
+#: nodes always do) is not waited for when it dies: it does not keep a fence either.
+UNKNOWN_FETCH_TIMEOUT = 0.0
+MAX_FETCH_TIMEOUT = 3600.0  # a longer fetch_timeout is cut to this
 FIELD_MAX_CHARS = 256  # longest node-supplied string kept (stats names, host): "state" must stay small
 
 

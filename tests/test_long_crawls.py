@@ -215,7 +215,7 @@ def test_requests_of_an_unreachable_robots_txt_are_postponed_then_crawled(tmp_pa
 # -- the node's side of the fence and of lease renewal, against a scripted dispatcher ------------
 
 FAKE_PARTITIONS = 4
-FENCE = 2.0
+FENCE = 3.0
 
 
 class FakeDispatcher:
@@ -266,7 +266,7 @@ def test_the_node_renews_drops_second_copies_and_stops_at_its_fence(tmp_path, zm
             **combine(SYNTHWEB_SETTINGS, node_settings()), "POLITENESS_KEY": "host",
             "DISPATCHER_ENDPOINT": f"tcp://127.0.0.1:{fake.port}", "DISPATCHER_NODE_NAME": "fenced",
             "DISPATCHER_TIMEOUT": 120, "DISPATCHER_HEARTBEAT_INTERVAL": 0.2,
-            "ROBOTS_THROTTLE_KEY_DELAYS": {slow_key: 6.0}, "DOWNLOAD_TIMEOUT": 5,
+            "ROBOTS_THROTTLE_KEY_DELAYS": {slow_key: 9.0}, "DOWNLOAD_TIMEOUT": 5,
             "PROGRESS_STATS_FILE": str(stats_file), "LOG_FILE": str(tmp_path / "node.log"),
             "CRAWLPROJ_STATE_DIR": str(tmp_path / "state"),
         }, cwd=tmp_path)
@@ -286,11 +286,11 @@ def test_the_node_renews_drops_second_copies_and_stops_at_its_fence(tmp_path, zm
             fake.send("batch", leases=[[1, wire("www", "/once")], [2, wire("www", "/two")]])
             fake.wait(lambda: {1, 2} <= fake.lease_ids("ack"), 60, "leases 1 and 2 acked")
             assert fetched("/once") == 1 and fetched("/two") == 1
-            # two requests on a key with a 6 s delay: the second is held, and renewed meanwhile
+            # two requests on a key with a 9 s delay: the second is held, and renewed meanwhile
             fake.send("batch", leases=[[3, wire("slow", "/first")], [4, wire("slow", "/second")]])
             fake.wait(lambda: 3 in fake.lease_ids("ack"), 60, "lease 3 acked")
             fake.wait(lambda: 4 in fake.lease_ids("renew"), 10, "lease 4 renewed while it waits")
-            # the dispatcher goes silent: the fence (2 s) passes before the key's delay (6 s)
+            # the dispatcher goes silent: the fence (3 s) passes before the key's delay (9 s)
             fake.answer_heartbeats = False
             registers = len(fake.of("register"))
             fake.wait(lambda: len(fake.of("register")) > registers, 10,

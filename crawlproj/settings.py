@@ -137,3 +137,7 @@ REVISIT_CONDITIONAL_GET = True  # a revisit sends its stored validators (If-None
 SITEMAP_ENABLED = False  # read the sitemaps of robots.txt (or /sitemap.xml) of every authority the crawl reaches
 SITEMAP_MAX_URLS = 50000  # entries read per sitemap file (the protocol's limit, at most); the rest is cut and counted
 SITEMAP_MAX_BYTES = 50 * 1024 * 1024  # bytes per sitemap file uncompressed (the protocol's limit, at most); cut there
+
+# -- Long crawls: robots.txt that cannot decide yet (docs/politeness.md) --------------------------
+ROBOTS_FETCH_TIMEOUT = 20.0  # seconds a robots.txt fetch may take (not DOWNLOAD_TIMEOUT); longer: unreachable
+ROBOTS_POSTPONE_MAX = 7 * 86400.0  # dispatcher nodes postpone requests of an unreachable robots.txt until it has failed this long, then drop

@@ -53,8 +53,12 @@ def node_messages(node: str, partitions: int, host: str = "fuzz.test") -> list[d
     """One valid message of every type a node sends (as field maps with ``t``)."""
     reqs = [wire_request(f"http://{host}/page/{i}", partitions, priority=i % 3, depth=1) for i in range(3)]
     return [
-        {"t": "register", "node": node, "pid": 4242, "host": "fuzz-host", "capacity": 16},
-        {"t": "heartbeat", "node": node},
+        # no fetch_timeout, no postpone: a mutated one could park partitions or rows past the
+        # test's end (a node is trusted with those, as with its acks)
+        {"t": "register", "node": node, "pid": 4242, "host": "fuzz-host", "capacity": 16,
+         "clock": 12.5},
+        {"t": "heartbeat", "node": node, "clock": 13.0},
+        {"t": "renew", "node": node, "leases": [1, 2]},
         {"t": "pull", "node": node, "credit": 8},
         {"t": "push", "node": node, "requests": reqs},
         {"t": "ack", "node": node, "leases": [1, 2, 3]},
@@ -71,8 +75,9 @@ def dispatcher_messages(node: str, partitions: int, host: str = "fuzz.test") -> 
     reqs = [wire_request(f"http://{host}/leased/{i}", partitions) for i in range(3)]
     return [
         {"t": "welcome", "node": node, "partitions": partitions, "assigned": list(range(partitions)),
-         "heartbeat_interval": 1.0, "lease_timeout": 600.0, "epoch": 7},
-        {"t": "heartbeat", "epoch": 7},
+         "heartbeat_interval": 1.0, "lease_timeout": 600.0, "renew_interval": 150.0,
+         "fence": 6.0, "epoch": 7},
+        {"t": "heartbeat", "epoch": 7, "clock": 13.0},
         {"t": "batch", "leases": [[1000 + i, r] for i, r in enumerate(reqs)]},
         {"t": "assign", "partitions": [0], "state": {}},
         {"t": "revoke", "partitions": [1]},

@@ -11,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -405,3 +406,65 @@ def test_environment_overrides_sigterm_and_the_cli(dispatcher, tmp_path):
     out = subprocess.run([sys.executable, "-m", "crawlproj.tools.cli", "dispatcher", "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--partitions" in out.stdout
+
+
+def test_renewed_leases_outlive_the_lease_timeout(dispatcher, nodes, seeds):
+    d = dispatcher("--partitions", "8", "--seeds", ",".join(seeds[:5]), "--lease-timeout", "0.5",
+                   *FAST_HEARTBEATS)
+    node = nodes(d.endpoint, "renewing", capacity=0)
+    register([node])
+    assert node.welcomes[-1]["renew_interval"] == 0.5 / 4
+    node.pull(5)
+    drive([node], lambda: len(node.leased) == 5, 5, crawl=False, heartbeat_interval=HEARTBEAT)
+    held = sorted(node.leases)
+    until = time.monotonic() + 2.0  # four lease time-outs
+
+    def renewing() -> bool:
+        node.send("renew", node=node.name, leases=held)
+        return time.monotonic() >= until
+
+    drive([node], renewing, 10, crawl=False, heartbeat_interval=HEARTBEAT, poll=0.1)
+    counters = d.status()["counters"]
+    assert counters.get("expired", 0) == 0 and counters["renewed"] >= 5 * 10
+    node.send("renew", node=node.name, leases=[10 ** 12, "x"])  # not ours: counted, ignored
+    wait_until(lambda: d.status()["counters"].get("renewed_unknown", 0) == 2, 5, "unknown renewals")
+    # no renewal any more: they expire and are served again
+    wait_until(lambda: d.status()["counters"].get("expired", 0) == 5, 5, "leases to expire")
+
+
+def test_postponed_leases_wait_then_are_served_again(dispatcher, nodes, seeds):
+    d = dispatcher("--partitions", "8", "--seeds", ",".join(seeds[:4]), *FAST_HEARTBEATS)
+    node = nodes(d.endpoint, "robots-down", capacity=0)
+    register([node])
+    node.pull(4)
+    drive([node], lambda: len(node.leased) == 4, 5, crawl=False, heartbeat_interval=HEARTBEAT)
+    first, later, acked = sorted(node.leases)[:2], sorted(node.leases)[2], sorted(node.leases)[3]
+    node.send("postpone", node=node.name, leases=[[lid, 0.3] for lid in first] + [[later, 600.0]]
+              + [[acked, 600.0]])
+    state = wait_until(lambda: (s := d.status())["postponed"] == 4 and s, 5, "4 postponed")
+    keys = {node.leases[lid]["k"] for lid in [*first, later, acked]}
+    assert set(state["postponed_keys"]) == keys and sum(state["postponed_keys"].values()) == 4
+    assert state["leases"] == 0 and not state["finished"]
+    node.ack([acked])  # a copy fetched before the postpone reached it: done
+    wait_until(lambda: d.status()["postponed"] == 3, 5, "the acked one out")
+    node.leases.clear()
+    node.pull(4)
+    drive([node], lambda: len(node.leased) == 6, 5, crawl=False, heartbeat_interval=HEARTBEAT)
+    assert {lid for lid, _ in node.leased[4:]} == set(first)  # served again after 0.3 s
+    state = d.status()
+    assert state["postponed"] == 1 and not state["finished"]  # the crawl waits for it
+    assert state["counters"]["returned_postponed"] == 2
+    node.send("postpone", node=node.name, leases=[[1, "soon"]])
+    wait_until(lambda: d.status()["bad_frames"].get("postpone") == 1, 5, "a bad postpone refused")
+
+
+def test_fence_settings_that_break_the_timing_refuse_to_start() -> None:
+    from crawlproj.dispatcher.config import Config
+    from crawlproj.dispatcher.errors import ConfigError
+
+    assert Config(heartbeat_interval=2, heartbeat_timeout=10).fence_seconds == 6
+    for fence in (10.0, 12.0, 1.0):
+        with pytest.raises(ConfigError) as info:
+            Config(heartbeat_interval=2, heartbeat_timeout=10, fence=fence)
+        message = str(info.value)
+        assert "--fence" in message and "--heartbeat-timeout" in message and "\n" not in message

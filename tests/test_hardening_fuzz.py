@@ -9,6 +9,7 @@ same for longer.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,8 +166,10 @@ def test_node_survives_10k_hostile_frames_then_crawls(tmp_path, zmq_context):
                 return received["pull"] > 0
 
             def welcome(epoch: int) -> None:
+                # clock: the node's monotonic clock (one per machine) as a fresh heartbeat echo
                 send("welcome", node="fuzzed", partitions=PARTITIONS, assigned=list(range(PARTITIONS)),
-                     heartbeat_interval=0.5, lease_timeout=600.0, epoch=epoch)
+                     heartbeat_interval=0.5, lease_timeout=600.0, renew_interval=150.0,
+                     fence=3600.0, epoch=epoch, clock=time.monotonic())
 
             def crawl_one(lease_id: int, path: str, epoch: int) -> None:
                 """An honest welcome and one page: its ack means every earlier frame was handled."""

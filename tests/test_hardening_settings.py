@@ -81,6 +81,8 @@ ROWS: list[Row] = [
     ("ROBOTS_RETRY_MAX_DELAY", "1", None, {}),
     ("ROBOTS_HOLD_TIME", "-1", None, {}),
     ("ROBOTS_FALLBACK_AFTER", "-1", None, {}),
+    ("ROBOTS_FETCH_TIMEOUT", "0", None, {}),
+    ("ROBOTS_POSTPONE_MAX", "-1", None, {}),
     ("ROBOTS_STATE_FILE", "/dev/null/politeness.sqlite3", None, {}),
     ("ROBOTS_STORE_FLUSH_INTERVAL", "0", None, {}),
     ("CRAWLPROJ_STATE_DIR", "/dev/null/state", None, {}),

@@ -108,3 +108,18 @@ def test_a_callback_that_is_not_a_spider_method_cannot_travel():
     _, fp, key, part = codec.route(req.url)
     with pytest.raises(Unserializable):
         codec.encode(req, fp, key, part)
+
+
+def test_a_node_without_a_download_timeout_refuses_to_start():
+    """The fence needs every fetch to end (docs/protocol.md, Fenced ownership)."""
+    from scrapy.settings import Settings
+
+    from crawlproj.scheduling.config import NodeConfig
+
+    settings = Settings()
+    settings.setmodule("crawlproj.settings", priority="project")
+    settings.set("DISPATCHER_NODE_NAME", "n1")
+    assert NodeConfig.from_settings(settings).download_timeout == settings.getfloat("DOWNLOAD_TIMEOUT")
+    settings.set("DOWNLOAD_TIMEOUT", 0)
+    with pytest.raises(ValueError, match=r"^DOWNLOAD_TIMEOUT: .*fence.*got 0"):
+        NodeConfig.from_settings(settings)

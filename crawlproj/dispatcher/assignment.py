@@ -4,12 +4,15 @@ A partition moves in two steps so that no two nodes ever own it at once: the dis
 revokes it from its owner, the owner hands off its politeness state, and only then is the
 partition assigned (with that state) to its new owner. While the dispatcher holds after a
 restart (``restart_hold``), nothing is assigned: nodes of the previous run get the time to
-re-register.
+re-register. A dead node's partitions wait until its last fetch has surely ended
+(``fenced_until``, set by :mod:`.membership`) and are assigned "fenced": the new owner holds
+every key of theirs for its delay from then on.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from .core import Core, Node
@@ -18,34 +21,43 @@ logger = logging.getLogger("crawlproj.dispatcher")
 
 
 class Assignment(Core):
-    def _rebalance(self, welcome: Node | None = None) -> None:
+    def _rebalance(self, welcome: Node | None = None) -> set[int]:
         """Move partitions towards the rendezvous table of the live nodes.
 
         Unowned partitions go to their node at once (for ``welcome``, in its welcome message:
-        the caller sends it right after). Owned ones are revoked first; the assign follows the
-        handoff (see _on_handoff), so a partition is never owned by two nodes.
+        the caller sends it right after, with the returned partitions as its "fenced" ones).
+        Owned ones are revoked first; the assign follows the handoff (see _on_handoff), so a
+        partition is never owned by two nodes.
         """
+        welcome_fenced: set[int] = set()
         if self._holding:
-            return
+            return welcome_fenced
         live = [n.name for n in self.nodes.values() if n.alive and not n.leaving]
         table = self.rdv.table(live)
         revokes: dict[str, list[int]] = {}
-        assigns: dict[tuple[str, int], tuple[dict[Any, Any], list[int]]] = {}
+        assigns: dict[tuple[str, int, bool], tuple[dict[Any, Any], list[int]]] = {}
+        now = time.monotonic()
+        fenced_until, fenced_parts = self.fenced_until, self.fenced_parts
         for p in range(self.P):
             want = table[p]
             cur = self.owner[p]
             if cur == want or p in self.pending:
                 continue
             if cur is None:
-                if want is None:
+                if want is None or fenced_until.get(p, 0.0) > now:
                     continue
                 state = self.parked_state.pop(p, {})
                 node = self.nodes[want]
                 self.owner[p] = want
                 node.owned.add(p)
                 self._wake(p)
-                if node is not welcome:
-                    assigns.setdefault((want, id(state)), (state, []))[1].append(p)
+                fenced = p in fenced_parts
+                fenced_parts.discard(p)
+                if node is welcome:
+                    if fenced:
+                        welcome_fenced.add(p)
+                else:
+                    assigns.setdefault((want, id(state), fenced), (state, []))[1].append(p)
             else:
                 self.owner[p] = None
                 self.nodes[cur].owned.discard(p)
@@ -55,9 +67,11 @@ class Assignment(Core):
             self.counters["revoked"] += len(parts)
             logger.info("Revoking %d partitions from %s", len(parts), name)
             self._reply([self.nodes[name].identity], "revoke", partitions=parts)
-        for (name, _), (state, parts) in assigns.items():
+        for (name, _, fenced), (state, parts) in assigns.items():
             self.counters["assigned"] += len(parts)
-            self._reply([self.nodes[name].identity], "assign", partitions=parts, state=state)
+            self._reply([self.nodes[name].identity], "assign", partitions=parts, state=state,
+                        **({"fenced": True} if fenced else {}))
+        return welcome_fenced
 
     def _on_handoff(self, identity: bytes, envelope: list[bytes], msg: dict[str, Any]) -> None:
         node = self._known(identity, envelope)

@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-timeout", type=float,
                    default=_env("lease_timeout", DEFAULT_LEASE_TIMEOUT, float),
                    help="seconds a lease stays unacked before its request goes back to the frontier")
+    p.add_argument("--fence", type=float, default=_env("fence", None, float),
+                   help="seconds after its last answered heartbeat a node may still start a "
+                        "fetch; between --heartbeat-interval and --heartbeat-timeout (unset: "
+                        "halfway; docs/protocol.md, Fenced ownership)")
     p.add_argument("--keep-alive", action="store_true", default=_env_bool("keep_alive"),
                    help="never send 'finished' and never exit: wait for new seeds when the "
                         "frontier is empty (a continuous crawl fed through --seeds-redis)")
@@ -160,7 +164,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(
         bind=args.bind, store=args.store, partitions=args.partitions,
         heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
-        lease_timeout=args.lease_timeout, keep_alive=args.keep_alive, seeds=seeds,
+        lease_timeout=args.lease_timeout, fence=args.fence, keep_alive=args.keep_alive, seeds=seeds,
         seeds_file=args.seeds_file, seeds_redis=args.seeds_redis, seeds_key=args.seeds_key,
         seeds_poll_interval=args.seeds_poll_interval, key_by=args.key_by,
         readahead=args.readahead, hot_seen=args.hot_seen, commit_interval=args.commit_interval,

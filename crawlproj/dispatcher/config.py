@@ -20,7 +20,8 @@ DEFAULT_STORE = "dispatcher-store"
 DEFAULT_PARTITIONS = 1024
 DEFAULT_HEARTBEAT_INTERVAL = 2.0  # seconds between node heartbeats (told in "welcome")
 DEFAULT_HEARTBEAT_TIMEOUT = 10.0  # a node silent this long is dead
-DEFAULT_LEASE_TIMEOUT = 600.0  # a lease not acked or released by then goes back
+DEFAULT_LEASE_TIMEOUT = 600.0  # a lease not acked, released or renewed by then goes back
+RENEWALS_PER_LEASE_TIMEOUT = 4  # nodes renew their leases this often per lease time-out
 DEFAULT_SEEDS_KEY = "broad:start_urls"
 DEFAULT_SEEDS_POLL = 1.0  # seconds between Redis seed polls
 DEFAULT_SERIES_INTERVAL = 1.0
@@ -46,6 +47,7 @@ class Config:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
     lease_timeout: float = DEFAULT_LEASE_TIMEOUT
+    fence: float | None = None  # None: halfway between heartbeat_interval and heartbeat_timeout
     keep_alive: bool = False
     seeds: list[str] = field(default_factory=list)
     seeds_file: str | None = None
@@ -68,6 +70,18 @@ class Config:
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def fence_seconds(self) -> float:
+        """How long after its last answered heartbeat a node may start a fetch (docs/protocol.md)."""
+        if self.fence is not None:
+            return self.fence
+        return (self.heartbeat_interval + self.heartbeat_timeout) / 2
+
+    @property
+    def renew_interval(self) -> float:
+        """Seconds between two lease renewals of a node (told in "welcome")."""
+        return self.lease_timeout / RENEWALS_PER_LEASE_TIMEOUT
+
     def validate(self) -> None:
         """Raise ConfigError for the first bad field (files named here are not opened)."""
         if self.partitions < 1:
@@ -79,6 +93,13 @@ class Config:
         if not self.heartbeat_timeout > self.heartbeat_interval:
             raise _bad("heartbeat_timeout", self.heartbeat_timeout,
                        f"more seconds than --heartbeat-interval ({self.heartbeat_interval})")
+        fence = self.fence_seconds
+        if not self.heartbeat_interval < fence < self.heartbeat_timeout:
+            raise ConfigError(
+                f"{option('fence')}: expected more seconds than {option('heartbeat_interval')} "
+                f"({self.heartbeat_interval}) and fewer than {option('heartbeat_timeout')} "
+                f"({self.heartbeat_timeout}), got {fence!r}: a node may fetch only that long "
+                "after its last heartbeat answer, so it must stop before it is declared dead")
         if self.key_by not in KEY_BY:
             raise _bad("key_by", self.key_by, " or ".join(repr(k) for k in KEY_BY))
         if not self.bind.startswith(("tcp://", "ipc://")):

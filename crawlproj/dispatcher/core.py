@@ -42,6 +42,7 @@ class Node:
     registered_at: float = 0.0  # wall clock
     last_seen: float = 0.0  # monotonic
     last_heartbeat: float = 0.0  # wall clock
+    fetch_timeout: float = 0.0  # the node's longest fetch (register), seconds
     credit: int = 0
     registrations: int = 0
     leases: set[int] = field(default_factory=set)
@@ -81,6 +82,15 @@ class Core:
         self.parked_state: dict[int, dict[Any, Any]] = {}  # handed-off state awaiting an owner
         self.rdv = Rendezvous(self.P)
         self.leases: OrderedDict[int, Lease] = OrderedDict()  # insertion order = deadline order
+        # postponed leases (robots.txt unreachable): row id -> (partition, row, key, due), a heap
+        # of (due, row id) over them, and how many wait per politeness key
+        self.postponed: dict[int, tuple[int, Row, str, float]] = {}
+        self.postponed_heap: list[tuple[float, int]] = []
+        self.postponed_keys: Counter[str] = Counter()
+        # partitions of dead nodes, not assigned before their last fetch has surely ended:
+        # partition -> monotonic time; and those to assign "fenced" (new owner holds every key)
+        self.fenced_until: dict[int, float] = {}
+        self.fenced_parts: set[int] = set()
         self.dirty: set[str] = set()  # nodes with credit that may have something to serve
         self.counters: Counter[str] = Counter()
         self.bad_frames: Counter[str] = Counter()
@@ -144,5 +154,8 @@ class Core:
     def _return_leases(self, node: Node, why: str) -> None:
         raise NotImplementedError  # .leases
 
-    def _rebalance(self, welcome: Node | None = None) -> None:
+    def postponed_state(self) -> dict[str, Any]:
+        raise NotImplementedError  # .leases
+
+    def _rebalance(self, welcome: Node | None = None) -> set[int]:
         raise NotImplementedError  # .assignment

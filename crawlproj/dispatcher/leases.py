@@ -1,16 +1,22 @@
 """Leases: serving nodes their credit's worth of requests, and getting those requests back.
 
 A lease is a frontier row sent to a node in a "batch"; it stays open until the node acks it
-(the row is deleted), releases it, or misses ``lease_timeout`` (both give it back to the front
-of its partition). A node is served round-robin over its owned partitions that have requests,
-never beyond the credit it asked for, in frames under MAX_FRAME_BYTES.
+(the row is deleted), releases it, or goes away, or the lease is not renewed ("renew") for
+``lease_timeout`` (those give it back to the front of its partition). A postponed lease (its
+robots.txt unreachable for now) waits here, outside the frontier, until its retry time; the
+row stays in the store, so after a restart it is simply served again. A node is served
+round-robin over its owned partitions that have requests, never beyond the credit it asked
+for, in frames under MAX_FRAME_BYTES.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from typing import Any
+
+import msgpack
 
 from crawlproj.wire.protocol import BATCH_FRAME_SLACK, MAX_FRAME_BYTES, encode_batch
 
@@ -22,6 +28,8 @@ logger = logging.getLogger("crawlproj.dispatcher")
 MAX_BATCH_LEASES = 1000  # leases per "batch" frame
 MAX_CREDIT = 1_000_000  # outstanding credit a node may hold
 MAX_ROW_ID = 2 ** 63 - 1  # SQLite's largest integer
+MAX_POSTPONE_SECONDS = 7 * 86400.0  # a node's retry time beyond this is cut to it
+POSTPONED_KEYS_SHOWN = 20  # keys listed in "state" under postponed_keys (the most waiting)
 
 
 class Leasing(Core):
@@ -129,6 +137,26 @@ class Leasing(Core):
             self._give_back(list(node.leases), why)
             node.leases.clear()
 
+    def _on_renew(self, identity: bytes, envelope: list[bytes], msg: dict[str, Any]) -> None:
+        node = self._known(identity, envelope)
+        rids = msg["leases"]
+        if node is None:
+            return
+        if not isinstance(rids, list):
+            self._bad("renew", identity, envelope, "leases must be a list")
+            return
+        deadline = time.monotonic() + self.config.lease_timeout
+        leases, mine = self.leases, node.leases
+        renewed = 0
+        for rid in rids:
+            if type(rid) is int and rid in mine:
+                name, p, row, _ = leases[rid]
+                leases[rid] = (name, p, row, deadline)
+                leases.move_to_end(rid)  # insertion order stays deadline order
+                renewed += 1
+        self.counters["renewed"] += renewed
+        self.counters["renewed_unknown"] += len(rids) - renewed
+
     def _expire(self, now: float) -> None:
         leases = self.leases
         expired = []
@@ -159,8 +187,14 @@ class Leasing(Core):
             holder = nodes.get(lease[0])
             if holder is not None:
                 holder.leases.discard(rid)
-        self.frontier.ack_leased(known)
         late = 0
+        postponed = self.postponed
+        for rid in [rid for rid in unknown if rid in postponed] if postponed else ():
+            unknown.remove(rid)
+            entry = postponed.pop(rid)  # a copy fetched elsewhere (before a fence): done
+            known.append((rid, entry[0]))
+            self._unpostpone(entry[2])
+        self.frontier.ack_leased(known)
         for rid in unknown:
             if type(rid) is int and 0 <= rid <= MAX_ROW_ID and self.frontier.ack_unknown(rid):
                 late += 1
@@ -180,3 +214,76 @@ class Leasing(Core):
         mine = [rid for rid in rids if type(rid) is int and rid in node.leases]
         self.counters["released"] += len(mine)
         self._give_back(mine, "released")
+
+    # -- postponed leases: robots.txt could not decide yet -----------------------------------------
+
+    def _on_postpone(self, identity: bytes, envelope: list[bytes], msg: dict[str, Any]) -> None:
+        """[[lease id, seconds], ...]: give those back, but serve them only after that long."""
+        node = self._known(identity, envelope)
+        pairs = msg["leases"]
+        if node is None:
+            return  # its leases went back when it was declared gone
+        if not isinstance(pairs, list) or not all(
+                isinstance(pair, list) and len(pair) == 2 and type(pair[1]) in (int, float)
+                and pair[1] == pair[1] for pair in pairs):
+            self._bad("postpone", identity, envelope, "leases must be [[lease id, seconds], ...]")
+            return
+        now = time.monotonic()
+        leases, postponed = self.leases, self.postponed
+        n = 0
+        for rid, seconds in pairs:
+            if type(rid) is not int or rid not in node.leases:
+                continue
+            _, p, row, _ = leases.pop(rid)
+            node.leases.discard(rid)
+            due = now + min(max(0.0, float(seconds)), MAX_POSTPONE_SECONDS)
+            key = _key_of(row[2])
+            postponed[rid] = (p, row, key, due)
+            self.postponed_keys[key] += 1
+            heapq.heappush(self.postponed_heap, (due, rid))
+            n += 1
+        self.counters["postponed"] += n
+
+    def _release_postponed(self, now: float) -> None:
+        """Postponed leases whose time came go back to the front of their partition."""
+        heap, postponed = self.postponed_heap, self.postponed
+        back = 0
+        while heap and heap[0][0] <= now:
+            due, rid = heapq.heappop(heap)
+            entry = postponed.get(rid)
+            if entry is None or entry[3] != due:
+                continue  # acked meanwhile
+            del postponed[rid]
+            self._unpostpone(entry[2])
+            self.frontier.give_back(entry[0], entry[1])
+            self._wake(entry[0])
+            back += 1
+        self.counters["returned_postponed"] += back
+
+    def _unpostpone(self, key: str) -> None:
+        left = self.postponed_keys[key] - 1
+        if left > 0:
+            self.postponed_keys[key] = left
+        else:
+            del self.postponed_keys[key]
+
+    def next_postponed(self) -> float | None:
+        """Monotonic time of the next postponed lease due (None: none waits)."""
+        heap = self.postponed_heap
+        while heap and heap[0][1] not in self.postponed:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def postponed_state(self) -> dict[str, Any]:
+        """The postponed part of "state": how many wait, and the keys with the most waiting."""
+        return {"postponed": len(self.postponed),
+                "postponed_keys": dict(self.postponed_keys.most_common(POSTPONED_KEYS_SHOWN))}
+
+
+def _key_of(blob: bytes) -> str:
+    """The politeness key of a stored wire request (``k``), for the postponed counts."""
+    try:
+        key = msgpack.unpackb(blob, raw=False).get("k")
+    except Exception:  # stored by this dispatcher, checked on the way in: should not happen
+        return "?"
+    return key if isinstance(key, str) else "?"

@@ -2,8 +2,9 @@
 
 A node's record is :class:`~.core.Node`. A register under the name of a live node means that
 node restarted: its open leases go back at once. A node silent for ``heartbeat_timeout`` is
-declared dead; its leases go back and its partitions go to the others. At most
-DEAD_NODES_KEPT departed nodes stay listed in "state".
+declared dead; its leases go back and its partitions go to the others, once its last fetch has
+surely ended (the fence: docs/protocol.md). At most DEAD_NODES_KEPT departed nodes stay listed
+in "state".
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from .core import Core, Node
 logger = logging.getLogger("crawlproj.dispatcher")
 
 DEAD_NODES_KEPT = 256  # departed nodes still listed in "state"
+#: A node that does not say how long its fetches take (register's fetch_timeout; crawlproj's
+#: nodes always do) is not waited for when it dies: it does not keep a fence either.
+UNKNOWN_FETCH_TIMEOUT = 0.0
+MAX_FETCH_TIMEOUT = 3600.0  # a longer fetch_timeout is cut to this
 FIELD_MAX_CHARS = 256  # longest node-supplied string kept (stats names, host): "state" must stay small
 
 
@@ -45,7 +50,10 @@ class Membership(Core):
             self.counters["reregistered"] += 1
             self._return_leases(node, "restart")
             for p in [p for p, src in self.pending.items() if src == name]:
-                del self.pending[p]  # its state is gone with the old process
+                del self.pending[p]  # its state is gone with the old process...
+                # ... which may still be finishing a fetch there (its fence lapsed, it lives)
+                self.fenced_parts.add(p)
+                self.fenced_until[p] = max(now + node.fetch_timeout, self.fenced_until.get(p, 0.0))
             node.credit = 0
             node.leaving = False
         else:
@@ -58,6 +66,10 @@ class Membership(Core):
             logger.info("Node %s joined (pid %s on %s, capacity %s)", name, pid, host, capacity)
             self.counters["joined"] += 1
         node.pid, node.host, node.capacity = pid, host, capacity
+        fetch_timeout = msg.get("fetch_timeout")
+        node.fetch_timeout = (min(float(fetch_timeout), MAX_FETCH_TIMEOUT)
+                              if type(fetch_timeout) in (int, float) and fetch_timeout >= 0
+                              else UNKNOWN_FETCH_TIMEOUT)
         node.registered_at = time.time()
         node.last_seen = now
         node.last_heartbeat = node.registered_at
@@ -66,10 +78,13 @@ class Membership(Core):
         node.ready_set.clear()
         for p in node.owned:
             self._wake(p)
-        self._rebalance(welcome=node)
+        fenced = self._rebalance(welcome=node)
+        config = self.config
         self._reply(envelope, "welcome", node=name, partitions=self.P,
-                    assigned=sorted(node.owned), heartbeat_interval=self.config.heartbeat_interval,
-                    lease_timeout=self.config.lease_timeout, epoch=self.epoch)
+                    assigned=sorted(node.owned), heartbeat_interval=config.heartbeat_interval,
+                    lease_timeout=config.lease_timeout, renew_interval=config.renew_interval,
+                    fence=config.fence_seconds, epoch=self.epoch, fenced=sorted(fenced),
+                    **_echo(msg))
         if self.finished:
             self._reply(envelope, "finished")
 
@@ -77,7 +92,7 @@ class Membership(Core):
         node = self._known(identity, envelope)
         if node is not None:
             node.last_heartbeat = time.time()
-            self._reply(envelope, "heartbeat", epoch=self.epoch)
+            self._reply(envelope, "heartbeat", epoch=self.epoch, **_echo(msg))
 
     def _on_bye(self, identity: bytes, envelope: list[bytes], msg: dict[str, Any]) -> None:
         node = self._known(identity, envelope)
@@ -92,9 +107,17 @@ class Membership(Core):
         node.credit = 0
         self.dirty.discard(node.name)
         self._return_leases(node, why)
+        # A node gone without a handoff may still have a fetch running: its fence lapsed at
+        # last_seen + fence at the latest, its last fetch ends fetch_timeout after that.
+        until = node.last_seen + self.config.fence_seconds + node.fetch_timeout
+        fence = why != "bye" and until > time.monotonic()
         for p in node.owned:
             if self.owner[p] == node.name:
                 self.owner[p] = None
+                if why != "bye":
+                    self.fenced_parts.add(p)
+                    if fence:
+                        self.fenced_until[p] = max(until, self.fenced_until.get(p, 0.0))
         if node.owned and why != "bye":
             logger.info("Node %s (%s) owned %d partitions: reassigning them", node.name, why,
                         len(node.owned))
@@ -109,6 +132,14 @@ class Membership(Core):
         for old in dead[:max(0, len(dead) - DEAD_NODES_KEPT)]:
             del self.nodes[old.name]
 
+    def _unfence(self, now: float) -> None:
+        """Dead nodes' partitions whose fence has passed may be assigned now."""
+        if not self.fenced_until or min(self.fenced_until.values()) > now:
+            return
+        for p in [p for p, until in self.fenced_until.items() if until <= now]:
+            del self.fenced_until[p]
+        self._rebalance()
+
     def _check_dead(self, now: float) -> None:
         limit = self.config.heartbeat_timeout
         for node in list(self.nodes.values()):
@@ -118,3 +149,9 @@ class Membership(Core):
                                len(node.leases), len(node.owned))
                 self.counters["dead"] += 1
                 self._drop(node, "dead")
+
+
+def _echo(msg: dict[str, Any]) -> dict[str, Any]:
+    """The node's ``clock`` reading of a register or heartbeat, to send back (its fence)."""
+    t = msg.get("clock")
+    return {"clock": t} if type(t) in (int, float) and t == t and abs(t) < float("inf") else {}

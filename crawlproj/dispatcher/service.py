@@ -97,7 +97,8 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
         self._handlers: dict[str, Handler] = {
             "register": self._on_register, "heartbeat": self._on_heartbeat,
             "pull": self._on_pull, "push": self._on_push, "ack": self._on_ack,
-            "release": self._on_release, "handoff": self._on_handoff, "stats": self._on_stats,
+            "release": self._on_release, "renew": self._on_renew,
+            "postpone": self._on_postpone, "handoff": self._on_handoff, "stats": self._on_stats,
             "bye": self._on_bye, "status": self._on_status,
         }
         instrument.attach(self.state)
@@ -192,6 +193,9 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
         if self.leases:
             first = next(iter(self.leases.values()))
             timeout = min(timeout, max(0.0, first[3] - now))
+        due = self.next_postponed()
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - now))
         return max(0.0, timeout)
 
     def _drain(self) -> None:
@@ -254,6 +258,8 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
                                                 DEAD_CHECK_MAX_SECONDS)
             self._check_dead(now)
         self._expire(now)
+        self._release_postponed(now)
+        self._unfence(now)
         self.instrument.tick(now)
         if now - self._summary_at >= SUMMARY_INTERVAL:
             self._log_summary(now)
@@ -294,7 +300,7 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
         if self.config.keep_alive:
             return
         done = (self.frontier.size == 0 and not self.leases and not self.pending
-                and not self._holding)
+                and not self.postponed and not self._holding)
         if done and not self.finished:
             self.finished = True
             logger.info("Crawl finished: frontier empty, no lease open; telling %d nodes",

@@ -14,10 +14,16 @@ For every http(s) request:
    the same slot (so it obeys the same politeness), redirects followed here (up to 5, rules
    applied to the original authority), at most 500 KiB read. Requests arriving meanwhile wait
    on the one fetch, each on a Deferred of its own.
-3. 2xx: obey the rules. 4xx: allow all. 5xx or network error: disallow all and retry with
-   exponential back-off; requests are held (up to ``ROBOTS_HOLD_TIME``) across retries and go
-   on when robots.txt answers. A request robots.txt forbids, or whose hold runs out, ends with
-   IgnoreRequest (its errback sees it; stats ``robots/forbidden``).
+3. 2xx: obey the rules. 4xx: allow all. 5xx, network error or ``ROBOTS_FETCH_TIMEOUT``:
+   disallow all for now and retry with exponential back-off; requests are held (up to
+   ``ROBOTS_HOLD_TIME``) across retries and go on when robots.txt answers. Then a leased request
+   (DispatcherScheduler) is postponed: it goes back to the dispatcher with the next retry time
+   (:class:`~crawlproj.politeness.gate.Postponed`, stats ``robots/postponed``), until robots.txt
+   has failed for ``ROBOTS_POSTPONE_MAX``. A request robots.txt forbids, or whose hold (or
+   postponement) runs out, ends with IgnoreRequest (its errback sees it; ``robots/forbidden``).
+4. Under the dispatcher, a leased request waits out its key's delay here and starts only if the
+   node's fence still holds (re-read on the monotonic clock just before it enters its slot);
+   otherwise it is postponed, not fetched. A robots.txt fetch checks the fence too.
 """
 
 from __future__ import annotations
@@ -36,9 +42,18 @@ from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 from twisted.internet.defer import Deferred
 
-from crawlproj.meta import ANSWERED, DONT_OBEY_ROBOTSTXT, DOWNLOAD_LATENCY, DOWNLOAD_SLOT, KEY, ROBOTS_BYTES, ROBOTS_FETCH
+from crawlproj.meta import (
+    ANSWERED,
+    DONT_OBEY_ROBOTSTXT,
+    DOWNLOAD_LATENCY,
+    DOWNLOAD_SLOT,
+    KEY,
+    LEASE,
+    ROBOTS_BYTES,
+    ROBOTS_FETCH,
+)
 from crawlproj.politeness.config import throttle_enabled
-from crawlproj.politeness.gate import HANDOFF_LEAD, PolitenessGate
+from crawlproj.politeness.gate import HANDOFF_LEAD, PolitenessGate, Postponed
 from crawlproj.politeness.robots import MAX_ROBOTS_BYTES, MAX_ROBOTS_REDIRECTS, REDIRECT_STATUSES
 from crawlproj.politeness.robots_cache import FAILING
 from crawlproj.setting_checks import float_at_least
@@ -90,6 +105,8 @@ class RobotsThrottleMiddleware:
         self.hold_time = hold_time
         self.stats = crawler.stats
         self.user_agent = gate.config.user_agent
+        self.postpone_max = gate.config.postpone_max
+        self.fetch_timeout = gate.config.robots_fetch_timeout
         self._pending: dict[str, _Pending] = {}
         self._closing = False
 
@@ -127,12 +144,30 @@ class RobotsThrottleMiddleware:
             return None
         key = self.gate.key_of(request)
         meta.pop(ANSWERED, None)  # a retry or redirect copies the meta of its original
-        if not self.obey or meta.get(DONT_OBEY_ROBOTSTXT):
-            return None
-        rules = await self._robots_for(authority_of(url), key, request)
-        if not rules.allowed(request.url, self.user_agent):
-            self._forbid(request, "rules", "Forbidden by robots.txt")
+        if self.obey and not meta.get(DONT_OBEY_ROBOTSTXT):
+            rules = await self._robots_for(authority_of(url), key, request)
+            if not rules.allowed(request.url, self.user_agent):
+                self._forbid(request, "rules", "Forbidden by robots.txt")
+        if self.gate.fenced and LEASE in meta:
+            await self._start_fenced(key)
         return None
+
+    async def _start_fenced(self, key: str) -> None:
+        """Wait out the key's delay here (not in the slot), then check the fence last: the
+        request enters its slot and starts at once, or is postponed."""
+        while True:
+            wait = self.gate.last_fetch(key) + self.gate.delay_for(key) - time.monotonic()
+            if wait <= 0:
+                break
+            d: Deferred[None] = Deferred()
+            call_later(wait, d.callback, None)
+            await maybe_deferred_to_future(d)
+        self._check_fence()
+
+    def _check_fence(self) -> None:
+        if not self.gate.fence_holds(time.monotonic()):
+            self.stats.inc_value("politeness/fence_stopped")
+            raise Postponed(0.0, "fence")
 
     async def _robots_for(self, authority: str, key: str, request: Request) -> ParsedRobots:
         deadline: float | None = None
@@ -150,12 +185,18 @@ class RobotsThrottleMiddleware:
                 continue
             if deadline is None:
                 # The hold counts from the authority's first failure, not from this request: once
-                # robots.txt has failed for ROBOTS_HOLD_TIME, its requests end at once (disallow
-                # all) instead of each waiting out a hold of its own, one after another on the key.
+                # robots.txt has failed for ROBOTS_HOLD_TIME, its requests are postponed or end at
+                # once instead of each waiting out a hold of its own, one after another on the key.
                 deadline = (verdict.fail_since or now) + self.hold_time
                 if now < deadline:
                     self.stats.inc_value("robots/held")
             if now >= deadline:
+                failing_for = now - (verdict.fail_since or now)
+                if LEASE in request.meta and failing_for < self.postpone_max:
+                    # RFC 9309: unreachable is a temporary disallow. The dispatcher keeps the
+                    # request and serves it again when the next retry of robots.txt is due.
+                    self.stats.inc_value("robots/postponed")
+                    raise Postponed(verdict.retry_at - now, "robots")
                 self._forbid(request, "unreachable", "robots.txt unreachable: disallow all")
             await self._await_fetch(authority, key, verdict.retry_at, deadline)
 
@@ -218,6 +259,14 @@ class RobotsThrottleMiddleware:
         if not pending.waiters:  # everyone gave up: nobody needs this fetch
             self._drop_pending(authority)
             return
+        if not self.gate.fence_holds(time.monotonic()):  # a robots.txt fetch is a fetch on the key
+            self.stats.inc_value("politeness/fence_stopped")
+            waiters = pending.waiters
+            self._drop_pending(authority)
+            for waiter in waiters:
+                if not waiter.called:
+                    waiter.errback(Postponed(0.0, "fence"))
+            return
         pending.fetching = True
         deferred_from_coro(self._fetch(authority, pending))
 
@@ -259,7 +308,7 @@ class RobotsThrottleMiddleware:
                 headers={"Accept-Encoding": "identity"},
                 meta={ROBOTS_FETCH: True, KEY: key, DOWNLOAD_SLOT: key,
                       "dont_redirect": True, "dont_retry": True, DONT_OBEY_ROBOTSTXT: True,
-                      "handle_httpstatus_all": True,
+                      "handle_httpstatus_all": True, "download_timeout": self.fetch_timeout,
                       # the body is cut at MAX_ROBOTS_BYTES by _bytes_received, whatever its size
                       "download_maxsize": 0, "download_warnsize": 0},
             )

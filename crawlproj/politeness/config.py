@@ -63,6 +63,8 @@ class PolitenessConfig:
     retry_delay: float
     retry_max_delay: float
     fallback_after: float
+    robots_fetch_timeout: float
+    postpone_max: float
     robots_memory: int
     keys_memory: int
     flush_interval: float
@@ -108,6 +110,8 @@ class PolitenessConfig:
             retry_delay=retry_delay,
             retry_max_delay=retry_max,
             fallback_after=float_at_least(settings, "ROBOTS_FALLBACK_AFTER"),
+            robots_fetch_timeout=positive_float(settings, "ROBOTS_FETCH_TIMEOUT", "seconds > 0"),
+            postpone_max=float_at_least(settings, "ROBOTS_POSTPONE_MAX", 0.0, "seconds >= 0"),
             robots_memory=int_at_least(settings, "ROBOTS_CACHE_MEMORY", 1),
             keys_memory=int_at_least(settings, "ROBOTS_THROTTLE_MEMORY", 1),
             flush_interval=flush,

@@ -17,6 +17,13 @@ the key's politeness too).
 
 When a fetch ends, the gate sends :data:`fetch_ended` (a Scrapy signal) with the request, its
 key and the monotonic time from which the key may be fetched again.
+
+Under the DispatcherScheduler a node owns its keys only while its fence holds
+(docs/protocol.md, "Fenced ownership"): ``fence_until`` is the monotonic time after which no
+fetch may start (the scheduler moves it with every answered heartbeat; without a dispatcher it
+stays infinite). ``fence_holds(monotonic())`` is read at every check, so a process that was
+paused wakes up with the fence passed. A request that may not start now ends its way through
+the downloader with :class:`Postponed`: the scheduler gives its lease back, acked it is not.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from scrapy import Request, signals
-from scrapy.exceptions import NotConfigured
+from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.asyncio import create_looping_call
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
@@ -58,12 +65,26 @@ HANDOFF_LEAD = 0.02
 STATS_PUBLISH_INTERVAL = 30.0
 
 
+class Postponed(IgnoreRequest):
+    """A request that may not start now: not final, serve it again ``retry_in`` seconds from now.
+
+    ``why``: "robots" (its robots.txt is unreachable for now) or "fence" (this node's ownership
+    of the key lapsed). Only a leased request (the DispatcherScheduler's) is postponed.
+    """
+
+    def __init__(self, retry_in: float, why: str):
+        super().__init__(f"postponed ({why}) for {retry_in:.1f} s")
+        self.retry_in = max(0.0, retry_in)
+        self.why = why
+
+
 class PolitenessGate:
     def __init__(self, politeness: Politeness, crawler: Crawler | None = None):
         self.state = politeness
         self.config = politeness.config
         self.key_by = politeness.config.key_by
         self._crawler = crawler
+        self.fence_until = float("inf")  # monotonic; the DispatcherScheduler sets it
         self._in_flight: set[str] = set()  # keys with a fetch in the downloader (<= CONCURRENT_REQUESTS)
         self._publisher: Any = None
 
@@ -110,7 +131,16 @@ class PolitenessGate:
         return last + self.state.delay_for(key) - HANDOFF_LEAD if last else 0.0
 
     def may_start(self, key: str, now: float) -> bool:
-        return key not in self._in_flight and now >= self.ready_at(key)
+        return key not in self._in_flight and now >= self.ready_at(key) and self.fence_holds(now)
+
+    def fence_holds(self, now: float) -> bool:
+        """May a fetch start at monotonic ``now`` as far as key ownership goes (the fence)?"""
+        return now < self.fence_until
+
+    @property
+    def fenced(self) -> bool:
+        """Ownership is fenced (a dispatcher decides who owns a key)."""
+        return self.fence_until != float("inf")
 
     def last_was_robots(self, key: str) -> bool:
         return self.state.key_state(key).after_robots

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from crawlproj.nodeid import node_name
 from crawlproj.politeness.config import key_kind
 from crawlproj.security.curve import ClientKeys, CurveKeyError, read_certificate
-from crawlproj.setting_checks import HEADER_NAME, float_at_least, int_at_least, positive_float
+from crawlproj.setting_checks import HEADER_NAME, int_at_least, positive_float
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -53,7 +53,9 @@ class NodeConfig:
             stats_interval=positive_float(s, "DISPATCHER_STATS_INTERVAL"),
             replay_seconds=positive_float(s, "DISPATCHER_REPLAY_SECONDS"),
             handoff_timeout=positive_float(s, "DISPATCHER_HANDOFF_TIMEOUT"),
-            download_timeout=float_at_least(s, "DOWNLOAD_TIMEOUT", 0.0, "seconds >= 0"),
+            # a fetch must end for the fence to hold (docs/protocol.md, Fenced ownership)
+            download_timeout=positive_float(s, "DOWNLOAD_TIMEOUT", "seconds > 0 under the "
+                                            "dispatcher (a fetch must end: the fence)"),
             node_header=node_header,
             key_by=key_kind(s),
             curve=cls._curve_keys(s),

@@ -25,11 +25,15 @@ class PartitionHandoff(NodeState):
     if TYPE_CHECKING:  # the other parts of DispatcherScheduler
         def _flush(self) -> None: ...
 
+        def _fence_partitions(self, parts: Any) -> None: ...
+
         def _pull(self) -> None: ...
 
     def _on_assign(self, msg: dict[str, Any]) -> None:
         parts = set(msg["partitions"])
         self.owned |= parts
+        if msg.get("fenced"):
+            self._fence_partitions(parts)
         self._import_state(msg.get("state") or {})
         logger.info("Assigned %d partitions (now %d)", len(parts), len(self.owned))
         self._pull()
@@ -62,6 +66,7 @@ class PartitionHandoff(NodeState):
     def _give_up(self, leases: list[int]) -> None:
         """Leases this node no longer works on: out of the in-flight set, no ack will follow."""
         for lease_id in leases:
+            self.held.discard(lease_id)
             self.inflight.pop(lease_id, None)
             self.book.forget(lease_id)
 

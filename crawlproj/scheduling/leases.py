@@ -12,7 +12,10 @@ A leased request is final when one of these has happened and everything it produ
   tracks that output the same way);
 - it was redirected to another politeness key: the scheduler pushes the target and ends it.
 
-Retries and same-key redirects carry the lease on (``request.replace`` copies meta).
+Retries and same-key redirects carry the lease on (``request.replace`` copies meta). A request
+the downloader middlewares postponed (:class:`crawlproj.politeness.gate.Postponed`: robots.txt
+unreachable for now, or the node's fence passed) is not final: :data:`lease_postponed` tells the
+scheduler to give it back with its retry time.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from scrapy.http import Response
 from twisted.python.failure import Failure
 
 from crawlproj.meta import LEASE, OWN_ERRBACK, PARENT
+from crawlproj.politeness.gate import Postponed
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -54,6 +58,9 @@ def _lease_of(source: Any) -> int | None:
 
 #: Signal: a leased request's fate is final (argument: lease_id). The scheduler acks it.
 lease_final = object()
+#: Signal: a leased request was postponed (arguments: lease_id, retry_in seconds, why). The
+#: scheduler gives it back to the dispatcher, to be served again after retry_in.
+lease_postponed = object()
 
 
 class LeaseBook:
@@ -142,6 +149,12 @@ class LeaseBook:
 
         def lease_errback(failure: Failure) -> Any:
             lease_id = _lease_of(failure)
+            if lease_id is not None and failure.check(Postponed):
+                self.active.pop(lease_id, None)
+                exc = failure.value
+                self.crawler.signals.send_catch_log(lease_postponed, lease_id=lease_id,
+                                                    retry_in=exc.retry_in, why=exc.why)
+                return None  # not an error of the spider's: its errback does not see it
             own = failure.request.meta.get(OWN_ERRBACK) if hasattr(failure, "request") else None
             if own is None:
                 self.output_done(lease_id)

@@ -8,8 +8,10 @@ request whose key the politeness gate (crawlproj.politeness.gate) lets start: no
 flight, its delay past, on the gate's one clock. Its session with the dispatcher is in
 crawlproj.scheduling.session, partition handoff in crawlproj.scheduling.handoff. Discovered requests are filtered through
 a bounded recently-sent set and pushed in batches; a leased request is acked when its fate is
-final (crawlproj.scheduling.leases). On revoke it releases what it has not started, finishes
-what it has, and hands the partitions' politeness state over.
+final (crawlproj.scheduling.leases), postponed when the downloader middlewares say it cannot
+start yet (its robots.txt unreachable, or the fence passed), and renewed while held. On revoke
+it releases what it has not started, finishes what it has, and hands the partitions'
+politeness state over.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from crawlproj.wire.protocol import check_wire_request
 from crawlproj.scheduling.config import NodeConfig
 from crawlproj.scheduling.handoff import PartitionHandoff
 from crawlproj.scheduling.keyqueue import KeyQueues
-from crawlproj.scheduling.leases import LeaseBook, LeaseTrackerMiddleware, lease_final
+from crawlproj.scheduling.leases import LeaseBook, LeaseTrackerMiddleware, lease_final, lease_postponed
 from crawlproj.scheduling.link import DispatcherLink
 from crawlproj.scheduling.session import DispatcherSession
 from crawlproj.wire.request import Unserializable, WireCodec
@@ -90,6 +92,14 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
         self.timings.open_reader("report")  # read by _send_stats
         self._ping_sent = 0.0  # perf_counter of the last heartbeat: its answer times the round trip
         self.lease_timeout = 0.0  # the dispatcher's, from its welcome: a lease held longer goes back
+        self.renew_interval = 0.0  # the dispatcher's, from its welcome: how often leases are renewed
+        self.fence = 0.0  # the dispatcher's, from its welcome (docs/protocol.md, Fenced ownership)
+        self.fence_until = 0.0  # monotonic: no fetch starts from then on (none before a welcome)
+        self.fenced_at: dict[int, float] = {}  # partition of a dead owner -> when we got it (<= P)
+        self.held: set[int] = set()  # lease ids queued or in flight here: renewed, never taken twice
+        self.postpone_buffer: list[list[Any]] = []  # [lease id, retry in seconds], to send
+        if gate is not None:
+            gate.fence_until = 0.0
         self._warned_heartbeat = False
 
     @classmethod
@@ -102,6 +112,7 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
         scheduler = cls(crawler, NodeConfig.from_settings(crawler.settings, crawler.spider), tracker.book, gate)
         connect = crawler.signals.connect
         connect(scheduler._lease_final, signal=lease_final)
+        connect(scheduler._lease_postponed, signal=lease_postponed)
         if gate is not None:
             connect(scheduler._fetch_ended, signal=fetch_ended)
         else:
@@ -124,7 +135,8 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
         loop = asyncio.get_event_loop()
         self._tasks = [loop.create_task(self._every(self.config.flush_interval, self._flush)),
                        loop.create_task(self._every(self.config.heartbeat_interval, self._heartbeat)),
-                       loop.create_task(self._every(self.config.stats_interval, self._send_stats))]
+                       loop.create_task(self._every(self.config.stats_interval, self._send_stats)),
+                       loop.create_task(self._renew_every())]
         logger.info("Node %s connecting to the dispatcher at %s", self.node, self.config.endpoint)
         try:
             await asyncio.wait_for(self._welcomed.wait(), self.config.timeout)
@@ -167,7 +179,8 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
         self.link.close()
 
     def has_pending_requests(self) -> bool:
-        if len(self.queues) or self.inflight or self.push_buffer or self.ack_buffer:
+        if (len(self.queues) or self.inflight or self.push_buffer or self.ack_buffer
+                or self.postpone_buffer):
             return True
         return not self.finished
 
@@ -251,10 +264,15 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
         fresh = key not in self.queues
         self.queues.push(key, request, front=front)
         if fresh and self.gate is not None:
+            since = self.fenced_at.get(request.meta[PART])
+            if since is not None and self.gate.last_fetch(key) < since:
+                self.gate.hold(key, since)  # its dead owner's last fetch ended by then at the latest
             self.queues.hold(key, self.gate.ready_at(key))
 
     def next_request(self) -> Request | None:
         now = time.monotonic()
+        if not self._fence_holds(now):
+            return None  # ownership of our keys is not sure: nothing starts
         popped = self.queues.pop_ready(now)
         if popped is None:
             self._arm_wake()
@@ -318,21 +336,40 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
     # -- leases -----------------------------------------------------------------------------------
 
     def _lease_final(self, lease_id: int) -> None:
-        where = self.inflight.pop(lease_id, None)
         self.ack_buffer.append(lease_id)
         self.stats.inc_value("dispatcher/acked")
+        self._lease_ended(lease_id)
+        if len(self.ack_buffer) >= self.config.push_batch:
+            self._flush()
+
+    def _lease_postponed(self, lease_id: int, retry_in: float, why: str) -> None:
+        """Not fetched (robots.txt unreachable for now, or the fence passed): the dispatcher
+        serves it again after ``retry_in`` seconds."""
+        self.postpone_buffer.append([lease_id, float(retry_in)])
+        self.stats.inc_value(f"dispatcher/postponed/{why}")
+        self._lease_ended(lease_id)
+
+    def _lease_ended(self, lease_id: int) -> None:
+        self.held.discard(lease_id)
+        where = self.inflight.pop(lease_id, None)
         if where is not None:
             key, part = where
             # filtered before the downloader (robots.txt...): no fetch ended, the key's time stands
             self._release_key(key, lease_id, self.gate.ready_at(key) if self.gate is not None else 0.0)
             if part in self.revoking:
                 self._maybe_handoff()
-        if len(self.ack_buffer) >= self.config.push_batch:
-            self._flush()
 
     def _on_batch(self, msg: dict[str, Any]) -> None:
         if self.codec is None or self.spider is None:
             self.stats.inc_value("dispatcher/unexpected/batch")  # before any welcome
+            return
+        if not self.registered:
+            # sent before the dispatcher took us for gone (we were paused, or it restarted):
+            # those leases are others' now
+            assert self.link is not None
+            stale = [lease_id for lease_id, _ in msg["leases"]]
+            self.stats.inc_value("dispatcher/stale_leases", len(stale))
+            self.link.send("release", node=self.node, leases=stale)
             return
         errback = self.book.errback(self.spider)
         # Credit bounds what a dispatcher sends; a broken or hostile one still cannot fill our memory.
@@ -345,6 +382,9 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
             self.link.send("release", node=self.node, leases=unasked)
         for lease_id, wire in msg["leases"][:max(0, room)]:
             self.requested = max(0, self.requested - 1)
+            if lease_id in self.held:  # a second copy of a lease we hold: fetched once
+                self.stats.inc_value("dispatcher/duplicate_lease")
+                continue
             try:
                 check_wire_request(wire, self.partitions)
                 request = self.codec.decode(wire)
@@ -363,6 +403,7 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
             request.errback = errback
             if self.config.node_header:
                 request.headers[self.config.node_header] = self.node
+            self.held.add(lease_id)
             self._queue(key, request)
         self.stats.inc_value("dispatcher/leased", len(msg["leases"]) - len(unasked))
         self._wake_soon()

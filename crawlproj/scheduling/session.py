@@ -1,7 +1,11 @@
-"""A node's session with the dispatcher: register, heartbeats, credit, pushes and acks, replay.
+"""A node's session with the dispatcher: register, heartbeats and the fence, credit, renewals, replay.
 
 Pushes go before acks, so a page's links are stored before its lease ends; the last
-DISPATCHER_REPLAY_SECONDS of pushes and acks are sent again to a restarted dispatcher. Part of
+DISPATCHER_REPLAY_SECONDS of pushes and acks are sent again to a restarted dispatcher. Every
+lease still held (queued or in flight) is renewed every ``welcome.renew_interval``. The fence
+(docs/protocol.md, "Fenced ownership"): a fetch may start only before ``clock + fence``, clock
+being this node's monotonic reading echoed in the latest answer to its heartbeat or register;
+when it has passed, the node stops serving, gives back its queue and registers again. Part of
 :class:`crawlproj.scheduling.scheduler.DispatcherScheduler`.
 """
 
@@ -32,6 +36,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("crawlproj.scheduling.scheduler")
 
 NO_ANSWER_WARN_INTERVAL = 30.0  # seconds between warnings while the dispatcher does not answer
+RENEW_BATCH = 10_000  # lease ids per "renew" message
+#: Seconds added to a node's longest fetch in what it tells the dispatcher: from the last fence
+#: check to the request on the wire (the gate's handoff lead, the reactor's latency).
+FENCE_SLACK = 1.0
 
 
 class DispatcherSession(NodeState):
@@ -48,6 +56,12 @@ class DispatcherSession(NodeState):
     closing: bool
     requested: int
     lease_timeout: float
+    renew_interval: float
+    fence: float
+    fence_until: float
+    fenced_at: dict[int, float]
+    held: set[int]
+    postpone_buffer: list[list[Any]]
     _early: list[Request]
     _welcomed: asyncio.Event
     _ping_sent: float
@@ -65,7 +79,77 @@ class DispatcherSession(NodeState):
     def _register(self) -> None:
         assert self.link is not None
         self.link.send("register", node=self.node, pid=os.getpid(), host=socket.gethostname(),
-                       capacity=self.config.queue_target)
+                       capacity=self.config.queue_target, fetch_timeout=self._fetch_timeout(),
+                       clock=time.monotonic())
+
+    def _fetch_timeout(self) -> float:
+        """The longest a fetch this node starts may last (the dispatcher waits that long past a
+        dead node's fence before its partitions go to others)."""
+        robots = self.gate.config.robots_fetch_timeout if self.gate is not None else 0.0
+        return max(self.config.download_timeout, robots) + FENCE_SLACK
+
+    # -- the fence ---------------------------------------------------------------------------------
+
+    def _fence_from(self, clock: float) -> None:
+        """The dispatcher answered a message sent at monotonic ``clock``: it will not declare us
+        dead before clock + its heartbeat time-out, and we fetch until clock + fence."""
+        until = clock + self.fence
+        if until > self.fence_until:
+            self.fence_until = until
+            if self.gate is not None:
+                self.gate.fence_until = until
+
+    def _fence_holds(self, now: float) -> bool:
+        """May a fetch start at monotonic ``now``? When the fence has passed: stop serving."""
+        if now < self.fence_until:
+            return True
+        if self.registered and not self.closing:
+            self._fence_lapsed(now)
+        return False
+
+    def _fence_lapsed(self, now: float) -> None:
+        assert self.link is not None
+        released = self._stop_serving()
+        if released:
+            self.link.send("release", node=self.node, leases=released)
+        self.stats.inc_value("dispatcher/fence_lapsed")
+        logger.warning("No heartbeat answered for %.1f s (fence %.1f s): this node may no longer own "
+                       "its keys; gave back %d queued leases, registering again",
+                       now - self.fence_until + self.fence, self.fence, len(released))
+        self._register()
+
+    def _stop_serving(self) -> list[int]:
+        """Forget our partitions and queued leases (the dispatcher gives them to others)."""
+        self.registered = False
+        self.requested = 0
+        self.owned.clear()
+        self.revoking.clear()
+        return self._unqueue(self.queues.clear())
+
+    def _fence_partitions(self, parts: Any) -> None:
+        """Partitions whose last owner died: every key of theirs waits its delay from now."""
+        now = time.monotonic()
+        for p in parts:
+            self.fenced_at[p] = now
+
+    # -- leases ------------------------------------------------------------------------------------
+
+    def _renew(self) -> None:
+        """Renew every lease this node holds, queued or in flight."""
+        if self.link is None or not self.registered or not self.held:
+            return
+        held = list(self.held)
+        for i in range(0, len(held), RENEW_BATCH):
+            self.link.send("renew", node=self.node, leases=held[i:i + RENEW_BATCH])
+        self.stats.inc_value("dispatcher/renewed", len(held))
+
+    async def _renew_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.renew_interval or self.config.heartbeat_interval)  # a timer
+            try:
+                self._renew()
+            except Exception:
+                logger.exception("Error renewing leases")
 
     def _flush(self) -> None:
         """Pushes before acks: a response's discovered links are stored before its lease ends."""
@@ -80,6 +164,10 @@ class DispatcherSession(NodeState):
             acks, self.ack_buffer = self.ack_buffer, []
             self.link.send("ack", node=self.node, leases=acks)
             self._sent("ack", acks)
+        while self.postpone_buffer:
+            pairs = self.postpone_buffer[: self.config.push_batch]
+            self.postpone_buffer = self.postpone_buffer[self.config.push_batch:]
+            self.link.send("postpone", node=self.node, leases=pairs)
 
     def _sent(self, kind: str, payload: list[Any]) -> None:
         """Remember recent pushes and acks: a dispatcher killed before its commit loses the last
@@ -125,7 +213,9 @@ class DispatcherSession(NodeState):
             self._register()
             return
         self._unanswered = None
-        self.link.send("heartbeat", node=self.node)
+        if not self._fence_holds(time.monotonic()):
+            return
+        self.link.send("heartbeat", node=self.node, clock=time.monotonic())
         self._ping_sent = time.perf_counter()
         self._force_late_handoffs()
         self._pull()
@@ -179,8 +269,12 @@ class DispatcherSession(NodeState):
             self.stats.inc_value("dispatcher/dropped_on_restart", len(dropped))
             logger.warning("Dispatcher restarted (epoch %s): dropped %d queued leases", msg["epoch"], len(dropped))
         self.epoch = msg["epoch"]
-        self._take_timing(float(msg["heartbeat_interval"]), float(msg["lease_timeout"]))
+        self._take_timing(float(msg["heartbeat_interval"]), float(msg["lease_timeout"]),
+                          float(msg["renew_interval"]), float(msg["fence"]))
         self.owned = set(msg["assigned"])
+        self._fence_partitions(msg.get("fenced", ()))
+        if "clock" in msg:
+            self._fence_from(msg["clock"])
         self.registered = True
         self.requested = 0
         self._welcomed.set()
@@ -193,10 +287,21 @@ class DispatcherSession(NodeState):
         self._flush()
         self._pull()
 
-    def _take_timing(self, heartbeat_interval: float, lease_timeout: float) -> None:
-        """The dispatcher's heartbeat interval and lease time-out, from its welcome."""
+    def _take_timing(self, heartbeat_interval: float, lease_timeout: float,
+                     renew_interval: float, fence: float) -> None:
+        """The dispatcher's heartbeat interval, lease time-out, renew interval and fence, from
+        its welcome."""
         self.lease_timeout = lease_timeout
-        if self.config.heartbeat_interval > heartbeat_interval and not self._warned_heartbeat:
+        self.renew_interval = renew_interval
+        self.fence = fence
+        if self._warned_heartbeat:
+            return
+        if self.config.heartbeat_interval >= fence:
+            self._warned_heartbeat = True
+            logger.error("DISPATCHER_HEARTBEAT_INTERVAL: %.1f s is not shorter than the dispatcher's "
+                         "fence (%.1f s): this node will keep stopping to register again",
+                         self.config.heartbeat_interval, fence)
+        elif self.config.heartbeat_interval > heartbeat_interval:
             self._warned_heartbeat = True
             logger.warning("DISPATCHER_HEARTBEAT_INTERVAL: %.1f s is longer than the dispatcher's "
                            "heartbeat interval (%.1f s); it may take this node for dead",
@@ -209,6 +314,8 @@ class DispatcherSession(NodeState):
         if self.epoch is not None and msg["epoch"] != self.epoch:
             self.registered = False
             self._register()
+        elif self.registered and "clock" in msg:
+            self._fence_from(msg["clock"])
 
     def _on_finished(self, msg: dict[str, Any]) -> None:
         if not self.finished:
@@ -220,7 +327,11 @@ class DispatcherSession(NodeState):
             asyncio.ensure_future(engine.close_spider_async(reason="finished"))
 
     def _on_error(self, msg: dict[str, Any]) -> None:
-        logger.warning("Dispatcher refused a message: %s", msg["reason"])
-        if msg["code"] == UNKNOWN_NODE:
-            self.registered = False
+        if msg["code"] != UNKNOWN_NODE:
+            logger.warning("Dispatcher refused a message: %s", msg["reason"])
+        elif self.registered:  # else a register is on its way already
+            # It restarted or declared us dead: our partitions and leases are others' now.
+            dropped = self._stop_serving()
+            logger.warning("The dispatcher does not know this node (%s): dropped %d queued "
+                           "leases, registering again", msg["reason"], len(dropped))
             self._register()

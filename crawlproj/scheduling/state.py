@@ -30,4 +30,5 @@ class NodeState:
     revoking: dict[int, float]
     inflight: dict[int, tuple[str, int]]
     busy_by: dict[str, int]
+    held: set[int]
     link: DispatcherLink | None

@@ -270,8 +270,9 @@ def _demo(args: argparse.Namespace, workdir: Path, signals: StopSignals, outcome
               flush=True)
         # every host is a seed and the web is closed: follow cross-host links too; the
         # synthetic-web add-on resolves its names (merged with settings.py's ADDONS by crawl_argv)
+        # its 5xx and time-out robots.txt never recover: their requests, postponed, end after 30 s
         settings = {**SYNTHWEB_SETTINGS, "DOWNLOAD_TIMEOUT": 3, "BROAD_SCOPE": "any",
-                    "MONGO_URI": mongo.uri, **demo_collection(mongo)}
+                    "ROBOTS_POSTPONE_MAX": 30, "MONGO_URI": mongo.uri, **demo_collection(mongo)}
         with Cluster(workdir, seeds, settings=settings,
                      dispatcher_args=dispatcher_options(args)) as cluster:
             rc, result = run(cluster, args.nodes, mongo, signals)

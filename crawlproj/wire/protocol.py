@@ -10,21 +10,28 @@ crash.
 
 Messages (node -> dispatcher)
     register   {node, pid, host, capacity}           join, or rejoin after a restart
-    heartbeat  {node}                                 liveness; answered with "heartbeat"
+               (+ fetch_timeout: longest fetch on a key, seconds; clock: the node's, echoed)
+    heartbeat  {node} (+ clock)                         liveness; answered with "heartbeat"
+    renew      {node, leases: [lease id]}            these leases are still held: extend them
     pull       {node, credit}                         "I can take ``credit`` more requests"
     push       {node, requests: [wire request]}      discovered links (not yet deduplicated)
     ack        {node, leases: [lease id]}            these leased requests reached a final fate
     release    {node, leases: [lease id]}            give these back unfetched (revoke, shutdown)
+    postpone   {node, leases: [[lease id, seconds]]} give these back, serve them again after that
+                                                      long (robots.txt unreachable for now)
     handoff    {node, partitions, state}             politeness state of revoked partitions
     stats      {node, stats: {name: number}}         periodic node statistics
     bye        {node}                                 graceful leave
     status     {}                                     any peer (a monitor too): ask for "state"
 
 Messages (dispatcher -> node)
-    welcome    {node, partitions, assigned, heartbeat_interval, lease_timeout, epoch}
-    heartbeat  {epoch}
+    welcome    {node, partitions, assigned, heartbeat_interval, lease_timeout, renew_interval,
+                fence, epoch} (+ clock: the register's, echoed; fenced: assigned partitions whose
+                last owner died, hold every key)
+    heartbeat  {epoch} (+ clock: the heartbeat's, echoed)
     batch      {leases: [[lease id, wire request], ...]}   never more than the credit asked for
-    assign     {partitions: [int], state}             you now own these (with handed-over state)
+    assign     {partitions: [int], state} (+ fenced)  you now own these (with handed-over state;
+                                                      fenced: their last owner died, hold every key)
     revoke     {partitions: [int]}                    stop serving these; release or finish, then handoff
     finished   {}                                     frontier empty and no lease open: close
     error      {code, reason}                         the last message was refused (code: below)
@@ -43,6 +50,14 @@ Semantics, as the dispatcher (crawlproj.dispatcher.service) implements them
       "assign", with the state its previous owner handed off (or {}). The state is opaque and
       passed through whole: when one handoff's partitions go to several nodes, each gets it all.
       welcome.heartbeat_interval and welcome.lease_timeout are the dispatcher's settings (seconds).
+    - Leases: a node renews every lease it still holds (queued or in flight) every
+      welcome.renew_interval seconds ("renew", batched); the dispatcher expires a lease only when
+      its node is gone or it was not renewed for lease_timeout. A node drops a second copy of a
+      lease id it already holds.
+    - Fence (docs/protocol.md, "Fenced ownership"): a node starts a fetch only before clock + fence,
+      clock being its own clock reading echoed in the last answer to its heartbeat (or register);
+      the dispatcher declares a node dead only heartbeat_timeout > fence after it last heard
+      from it, and assigns a dead node's partitions "fenced" once its last fetch has surely ended.
     - A node sends the push of a page's links before that page's ack: the dispatcher applies
       messages in arrival order within one transaction stream, so a crash never keeps an ack
       while losing the links it covered (at-least-once, nothing lost).
@@ -92,17 +107,20 @@ MAX_FRAME_BYTES = 8 * 1024 * 1024  # a batch of a few thousand requests fits eas
 NODE_TYPES = {
     "register": ("node", "pid", "host", "capacity"),
     "heartbeat": ("node",),
+    "renew": ("node", "leases"),
     "pull": ("node", "credit"),
     "push": ("node", "requests"),
     "ack": ("node", "leases"),
     "release": ("node", "leases"),
+    "postpone": ("node", "leases"),
     "handoff": ("node", "partitions", "state"),
     "stats": ("node", "stats"),
     "bye": ("node",),
     "status": (),
 }
 DISPATCHER_TYPES = {
-    "welcome": ("node", "partitions", "assigned", "heartbeat_interval", "lease_timeout", "epoch"),
+    "welcome": ("node", "partitions", "assigned", "heartbeat_interval", "lease_timeout",
+                "renew_interval", "fence", "epoch"),
     "heartbeat": ("epoch",),
     "batch": ("leases",),
     "assign": ("partitions", "state"),
@@ -288,9 +306,24 @@ def _check_welcome(m: dict[str, Any]) -> str:
         return f"partitions {m['partitions']!r} outside 1..{MAX_PARTITIONS}"
     if not _partition_list(m["assigned"], m["partitions"]):
         return "assigned partitions that are not a list of partition numbers"
-    if not _is_seconds(m["heartbeat_interval"]) or not _is_seconds(m["lease_timeout"]):
-        return "a heartbeat interval or lease time-out that is not a positive number"
+    if not all(_is_seconds(m[name]) for name in ("heartbeat_interval", "lease_timeout",
+                                                  "renew_interval", "fence")):
+        return "a heartbeat interval, lease time-out, renew interval or fence that is not a positive number"
+    if "clock" in m and not _is_clock(m["clock"]):
+        return "a clock echo that is not a number"
+    if not _partition_list(m.get("fenced", []), m["partitions"]):
+        return "fenced partitions that are not a list of partition numbers"
     return "" if _is_int(m["epoch"]) else "an epoch that is not a count"
+
+
+def _is_clock(value: Any) -> bool:
+    return type(value) in (int, float) and value == value and abs(value) < float("inf")
+
+
+def _check_heartbeat(m: dict[str, Any]) -> str:
+    if not _is_int(m["epoch"]):
+        return "an epoch that is not a count"
+    return "a clock echo that is not a number" if "clock" in m and not _is_clock(m["clock"]) else ""
 
 
 def _check_batch(m: dict[str, Any]) -> str:
@@ -304,10 +337,12 @@ def _check_batch(m: dict[str, Any]) -> str:
 
 _DISPATCHER_CHECKS: dict[str, Callable[[dict[str, Any]], str]] = {
     "welcome": _check_welcome,
-    "heartbeat": lambda m: "" if _is_int(m["epoch"]) else "an epoch that is not a count",
+    "heartbeat": _check_heartbeat,
     "batch": _check_batch,
     "assign": lambda m: "" if _partition_list(m["partitions"]) and isinstance(m["state"], dict)
-    else "partitions that are not a list of partition numbers, or a state that is not a map",
+    and m.get("fenced", False) in (True, False)
+    else "partitions that are not a list of partition numbers, a state that is not a map, or a "
+         "fenced flag that is not a boolean",
     "revoke": lambda m: "" if _partition_list(m["partitions"]) else "partitions that are not a list of partition numbers",
     "finished": lambda m: "",
     "error": lambda m: "" if isinstance(m["code"], str) and isinstance(m["reason"], str)

@@ -340,6 +340,11 @@ def test_progress_lines_say_what_is_left_while_the_crawl_drains():
                        "last": {"node": "n1", "key": "slow.test", "pages": 10, "period": 2.0,
                                 "why": "crawl-delay", "eta": 20.0}}}
     watch = Watch()
+    # pages fetched, but not yet two lines without a new URL (the seeds' links may be on their way)
+    for t, pages in ((6, 300), (8, 340)):
+        state["nodes"]["n1"]["stats"]["response_received_count"] = pages
+        assert "draining" not in watch.line(state, now=watch.started + t)
+    state["nodes"]["n1"]["stats"]["response_received_count"] = 380
     line = watch.line(state, now=watch.started + 10)
     assert line.splitlines()[1].split(None, 1)[1] == (
         "draining: 2 keys with 12 pages left allow 1.5 pages/s; about 20 s left; longest slow.test (n1): "

@@ -61,6 +61,9 @@ def describe_last(last: dict[str, Any]) -> str:
             f"{last['period']:.2f} s, set by {why}")
 
 
+DRAIN_STEADY_LINES = 2
+
+
 @dataclass
 class Watch:
     """Progress lines from successive states; remembers the last key the nodes reported."""
@@ -70,13 +73,18 @@ class Watch:
     last_pages: int = 0
     last_key: dict[str, Any] | None = None  # the latest drain "last" with work left
     last_key_at: float = 0.0  # seconds into the crawl
+    last_seen: int = -1
+    steady: int = 0  # lines in a row with pages fetched and no URL discovered
 
     def line(self, state: dict[str, Any], now: float | None = None) -> str:
         now = time.monotonic() if now is None else now
         pages = pages_of(state)
         since = self.last_time or self.started
         rate = (pages - self.last_pages) / max(now - since, 1e-3)
-        self.last_pages, self.last_time = pages, now
+        # pages fetched without a new URL for DRAIN_STEADY_LINES lines: the links are all in (at
+        # the start, the seeds' pages are fetched before their links reach the dispatcher)
+        self.steady = self.steady + 1 if state["seen"] == self.last_seen and pages > self.last_pages else 0
+        self.last_pages, self.last_time, self.last_seen = pages, now, state["seen"]
         alive = sum(1 for n in state["nodes"].values() if n["alive"])
         text = (f"[cluster] {now - self.started:6.1f}s  pages {pages:7d}  {rate:7.1f} pages/s  "
                 f"frontier {state['frontier']:7d}  leases {state['leases']:5d}  "
@@ -85,7 +93,8 @@ class Watch:
         last = drain.get("last")
         if last and drain.get("pages"):
             self.last_key, self.last_key_at = last, now - self.started
-        if state.get("available", state["frontier"]) == 0 and drain.get("pages"):
+        if (state.get("available", state["frontier"]) == 0 and drain.get("pages")
+                and self.steady >= DRAIN_STEADY_LINES):
             # the dispatcher has nothing left to lease: what the nodes hold is the rest
             allowed = f"{drain['rate']:.1f} pages/s" if drain.get("rate") else "no limit"
             left = max(last["eta"] if last else 0.0, drain["pages"] / rate if rate > 0 else 0.0)

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from crawlproj.tools.runner import stop_process
+from crawlproj_testing.mongo import nx_binary
 from crawlproj_testing.synthweb.model import WebSpec
 from crawlproj_testing.synthweb.process import SynthWebProcess
 
@@ -104,22 +105,25 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _nx_binary() -> str:
-    for candidate in (os.environ.get("NX27017_BIN"), str(ROOT / ".venv-mongo" / "bin" / "nx-27017"),
-                      shutil.which("nx-27017")):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    pytest.fail("nx-27017 not found: set MONGO_URI or NX27017_BIN (the README test command installs it)")
+    try:
+        return nx_binary()
+    except FileNotFoundError as exc:
+        pytest.fail(f"{exc} (or set MONGO_URI)")
 
 
 @pytest.fixture(scope="session")
-def mongo_uri() -> Iterator[str]:
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     import pymongo
 
     uri = os.environ.get("MONGO_URI")
     proc = None
     if not uri:
         port = free_port()
-        proc = subprocess.Popen([_nx_binary(), "--db", "memory", "--host", "127.0.0.1", "-p", str(port)],
+        # its own pid and log files: with the default /tmp/nx_27017.pid, a second nx-27017 on the
+        # machine (another test run) refuses to start ("already running")
+        workdir = tmp_path_factory.mktemp("nx-27017")
+        proc = subprocess.Popen([_nx_binary(), "--db", "memory", "--host", "127.0.0.1", "-p", str(port),
+                                 "--pid-file", str(workdir / "nx.pid"), "--log-file", str(workdir / "nx.log")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         uri = f"mongodb://127.0.0.1:{port}/"
     client: pymongo.MongoClient[Any] = pymongo.MongoClient(uri, serverSelectionTimeoutMS=500)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save  # noqa: E402
 
 from crawlproj_testing.chaos import DEAD_TIMEOUT, ChaosRun, Step  # noqa: E402
-from crawlproj_testing.synthweb.model import Web, WebSpec  # noqa: E402
+from crawlproj_testing.synthweb.model import WebSpec  # noqa: E402
 
 
 def schedule(rng: random.Random, interval: tuple[float, float], faults: int, outage: float) -> list[Step]:
@@ -54,12 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = WebSpec(seed=args.seed, hosts=args.hosts, min_pages=args.min_pages, max_pages=args.max_pages,
                    special_share=0.0, page_bytes=3000, base_latency_ms=15, slow_host_share=0.0)
-    pages = len(Web(spec).ground_truth())
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="crawlproj-chaos-"))
-    print(f"chaos soak: {pages} pages on {args.hosts} hosts, {args.nodes} nodes, faults every "
-          f"{args.interval[0]:g}-{args.interval[1]:g} s, workdir {workdir}", flush=True)
     rng = random.Random(args.seed)
     run = ChaosRun(workdir, spec, nodes=args.nodes, seed=args.seed)
+    print(f"chaos soak: {len(run.truth)} pages on {args.hosts} hosts, {args.nodes} nodes, faults every "
+          f"{args.interval[0]:g}-{args.interval[1]:g} s, workdir {workdir}", flush=True)
     report = run.run(schedule(rng, tuple(args.interval), args.faults, args.outage), timeout=args.timeout)
     summary = report.summary()
     print(json.dumps(summary, indent=1))

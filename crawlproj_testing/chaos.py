@@ -87,6 +87,7 @@ class Report:
                 "finished": self.finished, "faults": self.counts(), "refetches": self.refetches,
                 "refetch_bounds": [(e.kind, e.target, e.explained, e.bound) for e in self.events
                                    if e.kind != "mongo_down"],
+                "fault_times_ms": [(e.kind, e.target, round(e.start_ms), round(e.end_ms)) for e in self.events],
                 "violations": len(self.violations)}
 
 

@@ -13,7 +13,6 @@ from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
 from crawlproj_testing.synthweb.model import RFC9309_OUTCOME, WebSpec
 
 FAST = {"DOWNLOAD_TIMEOUT": 2, "LOG_LEVEL": "INFO", "LOGSTATS_INTERVAL": 0}
-PAGE_TIMEOUT = 15  # seconds; see test_crawl_of_50_hosts_equals_ground_truth
 
 
 def crawl(tmp_path: Path, spider_args: dict[str, Any], settings: dict[str, Any] | None = None,
@@ -30,17 +29,12 @@ def crawl(tmp_path: Path, spider_args: dict[str, Any], settings: dict[str, Any] 
 
 
 def test_crawl_of_50_hosts_equals_ground_truth(synthweb, tmp_path):
-    # The robots.txt "timeout" host holds its answer past DOWNLOAD_TIMEOUT. A page answered at
-    # once can still miss a 2 s DOWNLOAD_TIMEOUT on a loaded machine (measured: 154 pages fetched
-    # 2-3 times under a CPU hog at load 10, each served in < 1 ms: the time-out expired while the
-    # crawler waited for the CPU, and Scrapy retried), so this crawl, which asserts that no page
-    # is fetched twice, gives pages a time-out no scheduling stall reaches.
     proc = synthweb(WebSpec(seed=2, hosts=60, min_pages=8, max_pages=120, special_share=0.08),
-                    hold_seconds=PAGE_TIMEOUT + 2)
+                    hold_seconds=4)
     web = proc.web
     seeds = tmp_path / "seeds.txt"
     seeds.write_text("# every host root\n" + "\n".join(proc.seed_urls()) + "\n")
-    items, log = crawl(tmp_path, {"seeds": str(seeds)}, {"DOWNLOAD_TIMEOUT": PAGE_TIMEOUT})
+    items, log = crawl(tmp_path, {"seeds": str(seeds)})
 
     fetched = list(proc.fetched())
     # RobotsThrottleMiddleware (on by default) follows RFC 9309: 2xx rules, 4xx allow all,
@@ -61,7 +55,8 @@ def test_crawl_of_50_hosts_equals_ground_truth(synthweb, tmp_path):
         if not a.is_robots and a.status < 500:
             counts[(a.host, a.path)] = counts.get((a.host, a.path), 0) + 1
     twice = [f"{host}{path}" for (host, path), n in counts.items() if n > 1]
-    assert not twice, (twice[:10], [line for line in log.splitlines() if "retry/" in line or "Retrying" in line])
+    # on failure: the pages and Scrapy's retry counts (a download time-out is a client-side fault)
+    assert not twice, (twice[:10], [line for line in log.splitlines() if "retry/" in line])
 
     # One item per response that reached the spider; redirects are reported at their target.
     finals = {(i["final_url"]) for i in items}

@@ -314,7 +314,8 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
     # -- timers ----------------------------------------------------------------------------------
 
     def _timers(self, now: float) -> None:
-        if self._holding and now >= self.hold_until and self._alive() >= self.config.min_nodes:
+        min_nodes = self.config.min_nodes
+        if self._holding and now >= self.hold_until and (min_nodes <= 1 or self._alive() >= min_nodes):
             self._holding = False
             logger.info("Hold over: assigning partitions to %d nodes", self._alive())
             self._rebalance()

@@ -54,7 +54,9 @@ def test_crawl_of_50_hosts_equals_ground_truth(synthweb, tmp_path):
     for a in proc.accesses():
         if not a.is_robots and a.status < 500:
             counts[(a.host, a.path)] = counts.get((a.host, a.path), 0) + 1
-    assert max(counts.values()) == 1
+    twice = [f"{host}{path}" for (host, path), n in counts.items() if n > 1]
+    # on failure: the pages and Scrapy's retry counts (a download time-out is a client-side fault)
+    assert not twice, (twice[:10], [line for line in log.splitlines() if "retry/" in line])
 
     # One item per response that reached the spider; redirects are reported at their target.
     finals = {(i["final_url"]) for i in items}

@@ -192,8 +192,10 @@ def test_deploy_schedule_crawl_reschedule_stop(tmp_path, synthweb, node_python, 
     assert probe.returncode != 0, "crawlproj is importable without the egg: the test would not test the egg"
 
     # -- crawl 1: two node jobs, one per scrapyd host -------------------------------------------
+    # --min-nodes 2: scrapyd starts the two jobs seconds apart (more under load); without it the
+    # first node could crawl this small web alone before the second registers (and ack nothing)
     with DispatcherProcess(tmp_path / "store-1", "--partitions", str(PARTITIONS), "--seeds-file", str(seeds),
-                           log_path=tmp_path / "dispatcher-1.log") as dispatcher:
+                           "--min-nodes", "2", log_path=tmp_path / "dispatcher-1.log") as dispatcher:
         out = crawlproj(*schedule_args(dispatcher, 2, hosts, tmp_path))
         assert out.count("scheduled as job") == 2, out
         record = Record.load(record_path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import signal
 import subprocess
@@ -28,11 +27,12 @@ from scrapy.utils.misc import load_object
 from scrapy.exceptions import NotConfigured
 from scrapy.utils.test import get_crawler
 
-from conftest import ROOT, free_port, wait_until
+from conftest import wait_until
 from crawlproj.pipelines.mongo import MongoConfig, MongoPipeline
 from crawlproj.pipelines.mongo.writer import HISTORY_FIELDS
 from crawlproj.pipelines.spill import SpillRecord, SpillWriter, claim_spill_files
-from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env, stop_process
+from crawlproj.tools.runner import SYNTHWEB_SETTINGS, crawl_argv, crawl_env
+from crawlproj_testing.mongo import NxServer
 from crawlproj_testing.synthweb.model import WebSpec
 from crawlproj.wire.urls import fingerprint_hex
 
@@ -60,42 +60,6 @@ OUTAGE = {
 SMALL_WEB = WebSpec(seed=11, hosts=8, min_pages=30, max_pages=80, special_share=0.03,
                     slow_host_share=0.0, cross_host_share=0.0, subdomain_share=0.0)
 SLOW = {"CONCURRENT_REQUESTS": 4}
-
-
-def _nx_binary() -> str:
-    for candidate in (os.environ.get("NX27017_BIN"), str(ROOT / ".venv-mongo" / "bin" / "nx-27017")):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    pytest.fail("nx-27017 not found (./dev setup installs it; or set NX27017_BIN)")
-
-
-class NxServer:
-    """nx-27017 keeping its data in a directory, on a fixed port: can be stopped and restarted."""
-
-    def __init__(self, workdir: Path):
-        self.port = free_port()
-        self.workdir = workdir
-        self.uri = f"mongodb://127.0.0.1:{self.port}/"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log = self.workdir / f"nx-{self.starts}.log"
-        self.proc = subprocess.Popen(
-            [_nx_binary(), "--data-dir", str(self.workdir / "data"), "--host", "127.0.0.1", "-p", str(self.port),
-             "--log-file", str(log), "--pid-file", str(self.workdir / "nx.pid")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(self.uri, serverSelectionTimeoutMS=300)
-        try:
-            wait_until(lambda: client.admin.command("ping"), 30, f"nx-27017 on port {self.port}")
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, 15)  # its SIGTERM handler can hang (then SIGKILL); data is committed
-        self.proc = None
 
 
 @pytest.fixture

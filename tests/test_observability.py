@@ -527,6 +527,7 @@ def test_profile_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> No
 # -- fault drills: short real crawls, each with one planted fault --------------------------------------
 
 CRAWL_SECONDS = 14
+NODE_START_TIMEOUT = 240  # seconds for a node process to start and register (a safety net only)
 DELAY = 0.25
 BASE_SETTINGS: dict[str, Any] = {
     **SYNTHWEB_SETTINGS, "BROAD_SCOPE": "any", "DOWNLOAD_TIMEOUT": 5, "DOWNLOAD_DELAY": DELAY,
@@ -582,6 +583,9 @@ def test_fault_drill_diagnose_names_the_planted_cause(drill: str, tmp_path: Path
                                   *plan.get("dispatcher_args", ())),
                  dispatcher_module=plan.get("dispatcher_module", DISPATCHER_MODULE)) as cluster:
         cluster.start_node("n1")
+        # CLOSESPIDER_TIMEOUT counts from the spider's start; a Scrapy process took 60 s to get
+        # there under a CPU hog (imports, add-ons): the deadline starts once it has registered
+        wait_until(lambda: "n1" in cluster.status()["nodes"], NODE_START_TIMEOUT, "n1 to register")
         assert cluster.wait(CRAWL_SECONDS + 60), "the node did not stop"
         stats = cluster.node_stats("n1")
     assert stats.get("finish_reason") == "closespider_timeout", stats.get("finish_reason")

@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart-hold", type=float, default=_env("restart_hold", None, float),
                    help="seconds to wait for nodes to re-register before assigning partitions "
                         "when resuming a store (None: the heartbeat time-out)")
+    p.add_argument("--min-nodes", type=int, default=_env("min_nodes", 1, int),
+                   help="assign no partition before this many nodes are alive, so the first node "
+                        "does not crawl alone while the others start")
     p.add_argument("--http-port", type=int, default=_env("http_port", None, int),
                    help="serve the HTTP API (/api/state, /api/series), Prometheus /metrics and a "
                         "live status page on this port (0: a free one; None: off)")
@@ -168,7 +171,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         seeds_file=args.seeds_file, seeds_redis=args.seeds_redis, seeds_key=args.seeds_key,
         seeds_poll_interval=args.seeds_poll_interval, key_by=args.key_by,
         readahead=args.readahead, hot_seen=args.hot_seen, commit_interval=args.commit_interval,
-        restart_hold=args.restart_hold, curve_secret_key=args.curve_secret_key,
+        restart_hold=args.restart_hold, min_nodes=args.min_nodes, curve_secret_key=args.curve_secret_key,
         curve_authorized_dir=args.curve_authorized_dir, http_port=args.http_port,
         http_host=args.http_host, series_interval=args.series_interval,
         series_points=args.series_points, timings_interval=args.timings_interval,

@@ -59,6 +59,7 @@ class Config:
     hot_seen: int = DEFAULT_HOT_SEEN
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
     restart_hold: float | None = None  # None: heartbeat_timeout when resuming a store
+    min_nodes: int = 1  # no partition is assigned before this many nodes are alive
     curve_secret_key: str | None = None  # CURVE: this dispatcher's key pair (crawlproj keys)
     curve_authorized_dir: str | None = None  # CURVE: the allowed clients' public *.key files
     http_port: int | None = None  # HTTP API, metrics and status page (0: a free port; None: off)
@@ -110,5 +111,7 @@ class Config:
                               f"{self.curve_authorized_dir!r})")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise _bad("http_port", self.http_port, "a port number (0: a free one)")
+        if self.min_nodes < 1:
+            raise _bad("min_nodes", self.min_nodes, "an integer >= 1")
         if self.series_points < 2:
             raise _bad("series_points", self.series_points, "an integer >= 2")

@@ -46,6 +46,8 @@ from typing import Any
 
 import msgpack
 
+from crawlproj import diskfull
+
 from .errors import StoreError
 from .instrument import NO_INSTRUMENT, Instrument
 
@@ -122,7 +124,8 @@ class Frontier:
             self._open(partitions, cache_kib)
         except sqlite3.Error as exc:
             self.conn.close()
-            raise StoreError(f"cannot initialise the store {self.path}: {exc}") from exc
+            detail = diskfull.describe(self.path, exc) if diskfull.unwritable(exc) else f"{self.path}: {exc}"
+            raise StoreError(f"cannot initialise the store {detail}") from exc
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -437,6 +440,19 @@ class Frontier:
             self.commit()
         finally:
             self.conn.close()
+
+    def abandon(self) -> None:
+        """Roll the open transaction back and close (the store could not be written)."""
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite rolled it back itself
+        self._in_txn = False
+        try:
+            self.conn.close()
+        except sqlite3.Error as exc:
+            logger.warning("Closing the store %s after a failed write: %s", self.path, exc)
 
     # -- introspection ---------------------------------------------------------------------------
 

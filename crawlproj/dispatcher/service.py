@@ -20,6 +20,7 @@ from typing import Any
 
 import zmq
 
+from crawlproj import diskfull
 from crawlproj.security.curve import CurveKeyError, CurveServer, read_authorized, read_certificate
 from crawlproj.wire.protocol import MAX_FRAME_BYTES, OVERSIZED, ProtocolError, decode_from_node
 from crawlproj.wire.urls import BadURL
@@ -43,6 +44,8 @@ POLL_MAX_SECONDS = 0.1  # longest poll: bounds the reaction time to SIGTERM and 
 DEAD_CHECK_MAX_SECONDS = 0.5  # longest time between two looks for nodes past their time-out
 SNDHWM = 100_000  # frames queued per peer before a send fails (then leases are given back)
 SUMMARY_INTERVAL = 30.0  # seconds between two summary lines in the log
+STORE_RETRY_SECONDS = 2.0  # while the store cannot be written: seconds between two attempts
+STORE_LOG_SECONDS = 60.0  # ... and between two log lines saying it still cannot
 
 Handler = Callable[[bytes, list[bytes], dict[str, Any]], None]
 
@@ -62,9 +65,7 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
         self.instrument = instrument
         self.started = time.time()
         self.started_mono = time.monotonic()
-        self.frontier = Frontier(config.store, config.partitions, readahead=config.readahead,
-                                 hot_seen=config.hot_seen, commit_interval=config.commit_interval,
-                                 instrument=instrument)
+        self.frontier = self._open_store()
         self.epoch = self.frontier.epoch
         self._own_context = context is None
         self.ctx: zmq.Context[Any] = context if context is not None else zmq.Context()
@@ -88,7 +89,7 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
         # they learn (error unknown_node) that this run does not know them; no partition is
         # assigned before every live node had the time to re-register.
         self.hold_until = self.started_mono + hold
-        self._holding = hold > 0
+        self._holding = hold > 0 or config.min_nodes > 1
         self._next_dead_check = 0.0
         self._next_seed_poll = 0.0
         self._summary_at = self.started_mono
@@ -104,6 +105,12 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
         instrument.attach(self.state)
 
     # -- lifecycle -------------------------------------------------------------------------------
+
+    def _open_store(self) -> Frontier:
+        config = self.config
+        return Frontier(config.store, config.partitions, readahead=config.readahead,
+                        hot_seen=config.hot_seen, commit_interval=config.commit_interval,
+                        instrument=self.instrument)
 
     def bind(self) -> str:
         bind = self.config.bind
@@ -174,16 +181,79 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
         while not self._stop and not (until is not None and until()):
             now = time.monotonic()
             timeout = self._poll_timeout(now)
-            if poller.poll(math.ceil(timeout * 1000)):
-                with busy():
-                    self._drain()
-            with busy():  # the loop's work between two polls: its share of the wall clock
-                now = time.monotonic()
-                self._timers(now)
-                self._serve_dirty()
-                self._check_finished()
-                self.frontier.maybe_commit(now)
+            try:
+                if poller.poll(math.ceil(timeout * 1000)):
+                    with busy():
+                        self._drain()
+                with busy():  # the loop's work between two polls: its share of the wall clock
+                    now = time.monotonic()
+                    self._timers(now)
+                    self._serve_dirty()
+                    self._check_finished()
+                    self.frontier.maybe_commit(now)
+            except sqlite3.Error as exc:
+                if not diskfull.unwritable(exc):
+                    raise
+                self._store_unwritable(exc, poller)
         logger.info("Dispatcher stopping: committing the store")
+
+    def _store_unwritable(self, exc: sqlite3.Error, poller: zmq.Poller) -> None:
+        """The store cannot be written (a full disk): drop the open transaction, wait until it
+        can be written, then go on as a restarted dispatcher (a new epoch).
+
+        Nothing acked is lost: a request leaves the store only when its ack is committed, and
+        a page's pushes are committed no later than its ack; what the dropped transaction held
+        is resent by the nodes (their replay of the last pushes and acks) or served again.
+        """
+        logger.error("Dispatcher store: cannot write %s. Dropped the open transaction (at most "
+                     "%.1f s of pushes and acks: resent by the nodes or served again; nothing acked "
+                     "is lost). Not serving until the store can be written; retrying every %.0f s",
+                     diskfull.describe(self.frontier.path, exc), self.config.commit_interval,
+                     STORE_RETRY_SECONDS)
+        self.frontier.abandon()
+        attempts, dropped = 0, 0
+        logged = time.monotonic()
+        while not self._stop:
+            until = time.monotonic() + STORE_RETRY_SECONDS
+            while not self._stop and (left := until - time.monotonic()) > 0:
+                if poller.poll(math.ceil(min(left, POLL_MAX_SECONDS) * 1000)):
+                    dropped += self._discard()  # unanswered, as by a dispatcher not yet up
+            attempts += 1
+            try:
+                frontier = self._open_store()
+            except DispatcherError as err:
+                cause = err.__cause__ or err
+                if not diskfull.unwritable(cause):
+                    raise
+                if time.monotonic() - logged >= STORE_LOG_SECONDS:
+                    logged = time.monotonic()
+                    logger.error("Dispatcher store: still cannot write %s (%d attempts, %d messages "
+                                 "left unanswered)", diskfull.describe(self.frontier.path, cause),
+                                 attempts, dropped)
+                continue
+            break
+        else:
+            return
+        self.frontier = frontier
+        self.epoch = frontier.epoch
+        self._init_state()
+        self.counters["store_unwritable"] += 1
+        self.finished = False
+        self.hold_until = time.monotonic() + self.config.heartbeat_timeout
+        self._holding = True
+        logger.warning("Dispatcher store %s can be written again after %d attempts: serving as "
+                       "epoch %d (frontier %d, seen %d); nodes register again and resend their last "
+                       "pushes and acks", frontier.path, attempts, self.epoch, frontier.size,
+                       frontier.seen_count)
+
+    def _discard(self) -> int:
+        n = 0
+        while True:
+            try:
+                self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return n
+            n += 1
 
     def _poll_timeout(self, now: float) -> float:
         timeout = POLL_MAX_SECONDS
@@ -249,9 +319,10 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
     # -- timers ----------------------------------------------------------------------------------
 
     def _timers(self, now: float) -> None:
-        if self._holding and now >= self.hold_until:
+        min_nodes = self.config.min_nodes
+        if self._holding and now >= self.hold_until and (min_nodes <= 1 or self._alive() >= min_nodes):
             self._holding = False
-            logger.info("Restart hold over: assigning partitions to %d nodes", self._alive())
+            logger.info("Hold over: assigning partitions to %d nodes", self._alive())
             self._rebalance()
         if now >= self._next_dead_check:
             self._next_dead_check = now + min(self.config.heartbeat_interval / 2,

@@ -170,6 +170,9 @@ class DispatcherObserver(Instrument):
     def _sample(self, now: float, state: dict[str, Any]) -> None:
         interval, busy, cpu, stalled = self._readers["tick"].take(now)
         fresh, self._fresh = self._fresh, {}
+        for gone in self._node_prev.keys() - state["nodes"].keys():  # forgotten by the dispatcher
+            self._node_prev.pop(gone, None)
+            self._node_rate.pop(gone, None)
         nodes: dict[str, dict[str, Any]] = {}
         for name, node in state["nodes"].items():
             if not node["alive"] and name not in fresh:

@@ -36,6 +36,8 @@ from typing import Any
 from bson import json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 
+from crawlproj import diskfull
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "spill-"
@@ -231,14 +233,16 @@ class SpillWriter:
                 written = os.write(self.fd, view)
                 view = view[written:]
             os.fsync(self.fd)
-        except OSError:
+        except OSError as exc:
             # cut the partial append off (e.g. ENOSPC) so the file stays a sequence of records
             try:
                 os.ftruncate(self.fd, self.size)
                 os.fsync(self.fd)
             except OSError:
                 logger.exception("Could not truncate %s after a failed append", self.path)
-            raise
+            assert self.path is not None
+            raise SpillError(exc.errno, f"cannot append {len(data)} bytes to "
+                             f"{diskfull.describe(self.path, exc)}") from exc
         self.size += len(data)
         return len(data)
 

@@ -133,8 +133,6 @@ class Politeness:
 
     # -- robots.txt -----------------------------------------------------------------------------
 
-    # -- robots.txt -----------------------------------------------------------------------------
-
     async def robots_verdict(self, authority: str, count: bool = True) -> RobotsVerdict:
         """What the cache says about ``authority`` now; ``count`` adds it to robots/cache/*."""
         return await self.robots.verdict(authority, count)
@@ -218,6 +216,10 @@ class Politeness:
         logger.warning("import_state: skipping a %s row that does not decode (%s): %.200r", what, exc, raw)
 
     # -- lifecycle and stats --------------------------------------------------------------------
+
+    def sizes(self) -> dict[str, int]:
+        """Entries of the per-key and per-authority maps in memory (docs/bounds.md)."""
+        return {"keys": len(self._keys), "robots": self.robots.in_memory(), "store_pending": self.store.pending_rows()}
 
     def samplers(self) -> dict[str, LatencySampler]:
         """The timed operations of robots.txt and politeness, by operation name."""

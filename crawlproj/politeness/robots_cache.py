@@ -68,6 +68,10 @@ class RobotsCache:
         self.parse_ms = LatencySampler("robots/parse_ms")
         self.fetch_ms = LatencySampler("robots/fetch/latency_ms")
 
+    def in_memory(self) -> int:
+        """Authorities held in the LRU (at most ROBOTS_CACHE_MEMORY)."""
+        return len(self._lru)
+
     def forget(self, authority: str) -> None:
         self._lru.pop(authority)
 

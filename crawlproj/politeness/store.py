@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from crawlproj import diskfull
 from crawlproj.wire.urls import partition_of, stable_hash64
 
 from .robots import RobotsRow
@@ -31,6 +32,8 @@ SCHEMA_VERSION = 2
 #: Rows pending before the writer is woken early.
 FLUSH_BATCH_ROWS = 2000
 BUSY_TIMEOUT_MS = 5000
+#: Seconds between two log lines while the state file cannot be written.
+WRITE_ERROR_LOG_INTERVAL = 60.0
 #: The reader maps the file instead of copying pages through read(): about a quarter off a
 #: primary-key lookup at 1M rows (bench/bench_robots_cache.py).
 READER_MMAP_BYTES = 256 * 1024 * 1024
@@ -117,8 +120,8 @@ def _robots_tuple(row: RobotsRow) -> tuple[Any, ...]:
 
 
 def _key_tuple(row: KeyRow) -> tuple[Any, ...]:
-    return (row.key, row.last_start, row.last_done, json.dumps(row.crawl_delays, sort_keys=True),
-            _key_hash(row.key))
+    delays = json.dumps(row.crawl_delays, sort_keys=True) if row.crawl_delays else "{}"  # most keys: none
+    return (row.key, row.last_start, row.last_done, delays, _key_hash(row.key))
 
 
 def _robots_from(values: tuple[Any, ...]) -> RobotsRow:
@@ -165,6 +168,8 @@ class StateStore:
         self.write_ms = LatencySampler("robots/store/write_ms")
         self.rows_written = 0
         self.write_errors = 0
+        self._failing_since = 0  # write_errors when the current run of failures began (0: none)
+        self._error_logged_at = 0.0
         self._lock = threading.Lock()
         # newest value per primary key, waiting for the writer / being written by it; both are
         # only touched under the lock, except the writer reading its own in-flight map
@@ -233,6 +238,11 @@ class StateStore:
         if size >= FLUSH_BATCH_ROWS:
             self._wake.set()
 
+    def pending_rows(self) -> int:
+        """Rows waiting for the writer (the newest per primary key)."""
+        with self._lock:
+            return sum(len(rows) for rows in (*self._pending.values(), *self._inflight.values()))
+
     def _run(self) -> None:
         conn = _connect(self.path)
         try:
@@ -259,12 +269,14 @@ class StateStore:
             conn.executemany(_UPSERT_ROBOTS, inflight[ROBOTS].values())
             conn.executemany(_UPSERT_KEY, inflight[KEYS].values())
             conn.execute("COMMIT")
-        except sqlite3.Error:
-            logger.exception("Politeness state: writing %d rows to %s failed; will retry",
-                             rows, self.path)
+        except sqlite3.Error as exc:
             self.write_errors += 1
+            self._write_failed(rows, exc)
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite rolled back already
             with self._lock:  # back to pending unless a newer value arrived meanwhile
                 for table, rows_of in inflight.items():
                     for name, values in rows_of.items():
@@ -272,9 +284,31 @@ class StateStore:
         else:
             self.rows_written += rows
             self.write_ms.add((time.perf_counter() - started) * 1000.0)
+            if self._failing_since:
+                logger.warning("Politeness state: %s written again (%d rows) after %d failed attempts",
+                               self.path, rows, self.write_errors - self._failing_since + 1)
+                self._failing_since = 0
         finally:
             with self._lock:
                 self._inflight = _no_rows()
+
+    def _write_failed(self, rows: int, exc: sqlite3.Error) -> None:
+        """One line at the first failure of a run, then one every WRITE_ERROR_LOG_INTERVAL."""
+        now = time.monotonic()
+        first = not self._failing_since
+        if first:
+            self._failing_since = self.write_errors
+        elif now - self._error_logged_at < WRITE_ERROR_LOG_INTERVAL:
+            return
+        self._error_logged_at = now
+        if diskfull.unwritable(exc):
+            logger.error("Politeness state: cannot write %s; %d rows stay in memory and are written "
+                         "when it can be written again (retried every %g s, %d failed attempts)",
+                         diskfull.describe(self.path, exc), rows, self.flush_interval,
+                         self.write_errors - self._failing_since + 1)
+        else:
+            logger.error("Politeness state: writing %d rows to %s failed (%s); will retry", rows,
+                         self.path, exc, exc_info=first)
 
     def close(self) -> None:
         """Flush what is pending and stop the writer (blocks: call it off the reactor thread)."""
@@ -282,4 +316,9 @@ class StateStore:
             self._stopping = True
             self._wake.set()
             self._writer.join()
+            left = len(self._pending[ROBOTS]) + len(self._pending[KEYS])
+            if left:
+                logger.error("Politeness state: %d rows could not be written to %s before the close "
+                             "(they only cost a robots.txt refetch or a crawl delay waited again)",
+                             left, self.path)
         self._reader.close()

@@ -2,6 +2,10 @@
 
 Pure logic, no Scrapy: the scheduler asks for a request whose key is neither busy (one fetch in
 flight per key) nor inside its delay, so one slow domain never blocks the others.
+
+Bounded by what is queued, never by the keys ever served: a key's queue, ready time and heap
+entry go when its last item is taken; stale heap entries (a key rescheduled, emptied or removed)
+are dropped lazily and the heap is rebuilt when they outnumber the live ones (``sizes``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+#: The heap is rebuilt from the live keys when it holds more than 2x their number plus this.
+HEAP_SLACK = 1024
 
 
 class KeyQueues(Generic[T]):
@@ -35,8 +42,21 @@ class KeyQueues(Generic[T]):
     def keys(self) -> int:
         return len(self._queues)
 
+    def sizes(self) -> dict[str, int]:
+        """Entries of each internal map (docs/bounds.md): all bounded by the queued keys."""
+        return {"queues": len(self._queues), "ready_at": len(self._ready_at),
+                "busy": len(self._busy), "heap": len(self._heap), "items": self._size}
+
     def _schedule(self, key: str) -> None:
+        if len(self._heap) > 2 * len(self._queues) + HEAP_SLACK:
+            self._compact()
         heapq.heappush(self._heap, (self._ready_at.get(key, 0.0), next(self._seq), key))
+
+    def _compact(self) -> None:
+        """One live entry per waiting key (queued, not busy), at its ready time."""
+        ready_at = self._ready_at
+        self._heap = [(ready_at.get(k, 0.0), next(self._seq), k) for k in self._queues if k not in self._busy]
+        heapq.heapify(self._heap)
 
     def push(self, key: str, item: T, front: bool = False) -> None:
         queue = self._queues.get(key)

@@ -224,8 +224,12 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
         request.errback = getattr(self.spider, own_errback) if own_errback else None
         self._discover(request)
         self.stats.inc_value("dispatcher/redirected")
-        self.inflight.pop(lease_id, None)
+        # final through _lease_final (acked, out of inflight, a revoked partition handed off);
+        # popping inflight first skipped the handoff check, which kept a revoked partition
+        # waiting for DISPATCHER_HANDOFF_TIMEOUT when a redirect was its last request
         self.book.end(lease_id)
+        if self.inflight.pop(lease_id, None) is not None and self.revoking:
+            self._maybe_handoff()  # the book did not know it: not final through it
         return True
 
     def _discover(self, request: Request) -> bool:

@@ -29,10 +29,6 @@ def test_kill_9_of_a_node_and_of_the_dispatcher_and_a_mongodb_outage_lose_nothin
     assert not report.violations, "\n".join(report.violations[:30])
 
 
-@pytest.mark.xfail(reason="needs fenced ownership (issue 17, Build item 2: a node starts no fetch once it has "
-                          "not heard from the dispatcher within the fence), not on this branch: a node paused "
-                          "past the dead-node time-out wakes and fetches from its old queue keys it no longer owns",
-                   strict=False)
 def test_a_node_paused_past_the_dead_node_timeout_starts_no_fetch_on_keys_it_lost(tmp_path):
     run = ChaosRun(tmp_path, SPEC)
     report = run.run([Step("pause", at_pages=at(0.3), seconds=2 * DEAD_TIMEOUT)], timeout=TIMEOUT)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -113,17 +115,22 @@ class Nginx:
         self.port = port or free_port()
         self.access_log = self.workdir / "access.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        # robots.txt bodies where nginx's workers (user nobody when started as root) can read
+        # them: a private temp directory would answer 403, which RFC 9309 reads as "allow all"
+        self.public = Path(tempfile.mkdtemp(prefix="realhtml-robots-"))
+        self.public.chmod(0o755)
 
     def config(self) -> str:
         w = self.workdir
         servers = []
         for site in SITES:
             body = robots_body(site)
-            robots_file = w / f"{site.host}.robots.txt"
+            robots_file = self.public / f"{site.host}.robots.txt"
             if body is None:
                 robots = "location = /robots.txt { return 404; }"
             else:
                 robots_file.write_bytes(body)
+                robots_file.chmod(0o644)
                 serve = f"{{ default_type text/plain; alias {robots_file}; }}"
                 if site.robots == "redirect":
                     robots = ("location = /robots.txt { return 301 /robots-hop1.txt; }\n"
@@ -148,7 +155,8 @@ class Nginx:
     def __enter__(self) -> Nginx:
         conf = self.workdir / "nginx.conf"
         conf.write_text(self.config())
-        self.proc = subprocess.Popen([NGINX, "-p", str(self.workdir), "-c", str(conf)],
+        self.proc = subprocess.Popen([NGINX, "-p", str(self.workdir), "-e", str(self.workdir / "error.log"),
+                                      "-c", str(conf)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20
         while True:
@@ -170,6 +178,7 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        shutil.rmtree(self.public, ignore_errors=True)
 
     def seeds(self) -> list[str]:
         return [f"http://{s.host}:{self.port}{s.seed}" for s in SITES]

@@ -1,6 +1,6 @@
 """The benchmark suite: every system side by side on the same synthetic web, one run.
 
-    .venv/bin/python bench/bench_suite.py                  # everything (about 25 minutes)
+    .venv/bin/python bench/bench_suite.py                  # everything (about 60 minutes)
     .venv/bin/python bench/bench_suite.py --only cpu,politeness --long-pages 50000
 
 Sections (``--only`` picks some):
@@ -13,6 +13,9 @@ Sections (``--only`` picks some):
   long        200k pages (--long-pages) of a web of heavy-tailed hosts about 1.5x as big, 2 nodes:
               rate per 10% window of pages, hosts fetched per window, node RSS over time.
               --long-to-end crawls the whole web, its drain to the biggest hosts included.
+  realhtml    real HTML (Debian documentation on nginx, ~8,600 pages; bench/bench_realhtml.py,
+              sets itself up with apt-get): plain Scrapy defaults and with fast link extraction,
+              crawlproj 1 and 2 nodes; CPU ms per page, pages/s, the crawl against the ground truth.
   dispatcher  dispatcher capacity with simulated nodes (bench/bench_dispatcher.py).
 Writes bench/results/suite.json, bench/results/suite.md and PNG charts beside them.
 """
@@ -32,6 +35,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_foundation import bench_spec, plain_scrapy  # noqa: E402
+from bench_realhtml import markdown as realhtml_markdown  # noqa: E402
+from bench_realhtml import realhtml  # noqa: E402
 from common import RESULTS, child_cpu, save  # noqa: E402
 
 from crawlproj.tools.cluster import Cluster  # noqa: E402
@@ -331,6 +336,8 @@ def markdown(results: dict[str, Any]) -> str:
         for r in results["latency"].values():
             out.append(f"| {r['nodes']} | {r['pages_per_s']:.1f} | {r['x_one_node']:.2f} |")
         out.append("")
+    if "realhtml" in results:
+        out += ["## Real HTML (Debian documentation on nginx)", "", realhtml_markdown(results["realhtml"])]
     if "long" in results:
         r = results["long"]
         scope = "the whole web" if r.get("to_end") else "then stopped"
@@ -408,7 +415,7 @@ def charts(results: dict[str, Any]) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="cpu,politeness,latency,long,dispatcher")
+    parser.add_argument("--only", default="cpu,politeness,latency,long,realhtml,dispatcher")
     parser.add_argument("--hosts", type=int, default=200)
     parser.add_argument("--pages", type=int, default=100)
     parser.add_argument("--politeness-hosts", type=int, default=20)
@@ -419,6 +426,7 @@ def main() -> None:
     parser.add_argument("--long-to-end", action="store_true",
                         help="crawl the whole long-crawl web (its drain included), not --long-pages")
     args = parser.parse_args()
+    print("command: " + " ".join([sys.executable, *sys.argv]), flush=True)
     only = set(args.only.split(","))
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -428,6 +436,7 @@ def main() -> None:
             ("politeness", lambda d: politeness(d, args.politeness_hosts, args.politeness_delay, 40)),
             ("latency", lambda d: latency(d, [int(n) for n in args.latency_nodes.split(",")], 300, 20)),
             ("long", lambda d: long_crawl(d, args.long_pages, args.long_nodes, args.long_to_end)),
+            ("realhtml", realhtml),
         )
         for name, run in sections:
             if name in only:

@@ -5,7 +5,6 @@ ground truth, MongoDB and the access log (crawlproj_testing.chaos)."""
 
 from __future__ import annotations
 
-import pytest
 
 from crawlproj_testing.chaos import DEAD_TIMEOUT, ChaosRun, Step
 from crawlproj_testing.synthweb.model import Web, WebSpec

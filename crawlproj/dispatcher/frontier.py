@@ -17,9 +17,10 @@ without SQLite; a miss there is settled by the ``seen`` table, so dedup stays ex
 New fingerprints are not inserted into the ``seen`` index one by one: random 20-byte keys would
 dirty a different index page per row, and every commit (at most ``commit_interval`` apart) would
 rewrite thousands of pages (measured: commits grew to two thirds of the push path at one million
-URLs). They are appended to ``seen_log`` (sequential, cheap) and kept in an exact in-memory set;
-when the log holds ``merge_rows`` fingerprints it is merged into ``seen`` in key order, one
-sorted pass over the index for many rows.
+URLs). They are appended to ``seen_log``, one row per push holding its new fingerprints end to
+end (sequential and cheap; a store written when each row held one fingerprint reads the same),
+and kept in an exact in-memory set; when the log holds ``merge_rows`` fingerprints it is merged
+into ``seen`` in key order, one sorted pass over the index for many rows.
 
 Row ids are ``epoch << ID_EPOCH_SHIFT | sequence``: a run never reuses an id handed out by an
 earlier run, even one whose last transaction was lost in a crash, so a late ack can never delete
@@ -47,6 +48,7 @@ from typing import Any
 import msgpack
 
 from crawlproj import diskfull
+from crawlproj.wire.protocol import FINGERPRINT_BYTES
 
 from .errors import StoreError
 from .instrument import NO_INSTRUMENT, Instrument
@@ -67,6 +69,13 @@ WAL_AUTOCHECKPOINT_PAGES = 10_000  # ~40 MB of WAL between automatic checkpoints
 COMMIT_ROWS = 50_000  # rows written before a commit is due anyway
 SQLITE_BUSY_TIMEOUT = 30.0
 SLOW_COMMIT_SECONDS = 1.0  # a commit this slow is logged as a warning
+
+# seen_log rows cut into their fingerprints (offsets 0, 20, ... of every row), sorted, into seen.
+_MERGE_SQL = (
+    "WITH RECURSIVE o(i) AS (SELECT 0 UNION ALL SELECT i + ? FROM o "
+    "WHERE i + ? < (SELECT max(length(f)) FROM seen_log)) "
+    "INSERT OR IGNORE INTO seen (f) SELECT substr(l.f, o.i + 1, ?) FROM seen_log AS l "
+    "JOIN o ON o.i <= length(l.f) - ? ORDER BY 1")
 
 # (npr, id, blob): npr is the negated priority, so ascending (npr, id) is "priority, then FIFO".
 Row = tuple[int, int, bytes]
@@ -167,7 +176,8 @@ class Frontier:
         c.execute("UPDATE meta SET value=? WHERE key='epoch'", (self.epoch,))
         c.execute("COMMIT")
         self.seen_count = int(meta["seen"])
-        self._log = {f for (f,) in c.execute("SELECT f FROM seen_log")}
+        self._log = {blob[i:i + FINGERPRINT_BYTES] for (blob,) in c.execute("SELECT f FROM seen_log")
+                     for i in range(0, len(blob), FINGERPRINT_BYTES)}
         self._next_id = self.epoch << ID_EPOCH_SHIFT
         self.parts = [_Partition() for _ in range(partitions)]
         self.size = 0
@@ -236,10 +246,13 @@ class Frontier:
 
     def _log_new(self, fps: list[bytes]) -> None:
         """Record fingerprints not seen before (inside the open transaction)."""
-        self.conn.executemany("INSERT INTO seen_log (f) VALUES (?)", [(f,) for f in fps])
+        self.conn.execute("INSERT INTO seen_log (f) VALUES (?)", (b"".join(fps),))
         self._log.update(fps)
-        for f in fps:
-            self._remember(f)
+        young = self._young
+        young.update(fps)
+        if len(young) >= self._hot_half:  # the hot set's generations, a push at a time
+            self._old = young
+            self._young = set()
         self.seen_count += len(fps)
         self._txn_rows += len(fps)
 
@@ -425,7 +438,7 @@ class Frontier:
     def _merge_log(self) -> None:
         """Move seen_log into the seen index in key order (inside the open transaction)."""
         started = time.monotonic()
-        self.conn.execute("INSERT OR IGNORE INTO seen (f) SELECT f FROM seen_log ORDER BY f")
+        self.conn.execute(_MERGE_SQL, (FINGERPRINT_BYTES,) * 4)
         self.conn.execute("DELETE FROM seen_log")
         n = len(self._log)
         self._log = set()

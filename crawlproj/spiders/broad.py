@@ -21,7 +21,9 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import scrapy
+from lxml import etree
 from scrapy.http import Response, TextResponse
+from scrapy.utils.response import get_base_url
 
 from crawlproj.items import PageItem
 from crawlproj.linkfilter import RecentSet, recent_links
@@ -30,7 +32,7 @@ from crawlproj.middlewares.revisit import CURRENT, content_hash, history_item
 from crawlproj.refusals import RefusalCheck
 from crawlproj.setting_checks import HEADER_NAME, int_at_least, list_setting, parse_list
 from crawlproj.sitemaps import sitemap_requests
-from crawlproj.wire.urls import BadURL, canonicalize, host_of, registered_domain
+from crawlproj.wire.urls import BadURL, LinkJoiner, canonicalize, host_of, registered_domain
 
 if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SCOPES = ("domain", "allowed", "any")
+# Straight on lxml's tree (the one response.xpath parsed): plain strings, no Selector per link.
+_HREFS = etree.XPath("//a/@href", smart_strings=False)
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -128,6 +132,7 @@ class BroadSpider(scrapy.Spider):
     config: BroadConfig
     refusal_check: RefusalCheck
     _recent: RecentSet | None = None
+    _joiner: LinkJoiner | None = None
 
     def __init__(self, seeds: str | None = None, scope: str | None = None,
                  allowed_domains: str | None = None, allow: str | None = None,
@@ -207,9 +212,11 @@ class BroadSpider(scrapy.Spider):
     # -- pages ------------------------------------------------------------------------------------
 
     def in_scope(self, url: str, page_domain: str) -> bool:
+        return self._in_scope(host_of(url), page_domain)
+
+    def _in_scope(self, host: str, page_domain: str) -> bool:
         if self.config.scope == "any":
             return True
-        host = host_of(url)
         if self.config.scope == "domain" and registered_domain(host) == page_domain:
             return True
         return any(host == d or host.endswith("." + d) for d in self.config.scope_domains)
@@ -220,7 +227,9 @@ class BroadSpider(scrapy.Spider):
         return not any(r.search(url) for r in self.config.deny_res)
 
     def extract_links(self, response: TextResponse) -> list[str]:
-        return response.xpath("//a/@href").getall()
+        """Every ``a/@href`` of the page, as ``response.xpath("//a/@href").getall()`` gives them."""
+        root = response.selector.root
+        return _HREFS(root) if root is not None else []
 
     def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
         if response.meta.get(REVISIT_OUTCOME) in CURRENT:  # the stored copy is current: no parse
@@ -234,33 +243,49 @@ class BroadSpider(scrapy.Spider):
         yield self.make_item(response, len(links))
         if self.config.max_depth is not None and response.meta.get(DEPTH, 0) >= self.config.max_depth:
             return
-        page_domain = registered_domain(host_of(response.url)) if links else ""
-        stats = self.crawler.stats
-        recent = self.recent
+        if not links:
+            return
+        page_domain = registered_domain(host_of(response.url))
+        joiner = self._joiner
+        if joiner is None:
+            joiner = self._joiner = LinkJoiner()
+        # response.urljoin's base (the page URL or its <base href>), joined and canonicalized
+        # through the cache: most links were on the pages of the same directory before.
+        base = joiner.base(get_base_url(response))  # type: ignore[arg-type]
+        join = joiner.join
+        config = self.config
+        any_scope = config.scope == "any"
+        domain_scope = config.scope == "domain"
+        filtered = bool(config.allow_res or config.deny_res)
+        add_recent = self.recent.add
         invalid = out_of_scope = denied = repeated = 0
+        fresh: list[str] = []  # the whole page first, the Requests after
         for href in links:
-            try:
-                url = canonicalize(response.urljoin(href))
-            except (BadURL, ValueError):
+            joined = join(base, href)
+            if type(joined) is not tuple:
                 invalid += 1
                 continue
-            if not self.in_scope(url, page_domain):
+            url, host = joined
+            if not (any_scope or (domain_scope and registered_domain(host) == page_domain)
+                    or self._in_scope(host, page_domain)):
                 out_of_scope += 1
                 continue
-            if not self.wanted(url):
+            if filtered and not self.wanted(url):
                 denied += 1
                 continue
             # Most links were seen lately: drop them before they cost a Request (exact dedup
             # stays with the dupefilter or the dispatcher). Scope first: it depends on the page.
-            if not recent.add(url):
+            if not add_recent(url):
                 repeated += 1
                 continue
-            yield scrapy.Request(url, callback=self.parse, errback=self.on_error,
-                                 meta={CANONICAL: url})
+            fresh.append(url)
+        stats = self.crawler.stats
         for name, count in (("invalid", invalid), ("out_of_scope", out_of_scope),
                             ("denied", denied), ("recent", repeated)):
             if count:
                 stats.inc_value(f"broad/links/{name}", count)
+        for url in fresh:
+            yield scrapy.Request(url, callback=self.parse, errback=self.on_error, meta={CANONICAL: url})
 
     def parse_sitemap(self, response: Response, **kwargs: Any) -> Iterator[Any]:
         """robots.txt or a sitemap (crawlproj.sitemaps): requests for what it lists, in scope."""

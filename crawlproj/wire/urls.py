@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from functools import lru_cache
-from urllib.parse import urlsplit
+from typing import NamedTuple
+from urllib.parse import urljoin, urlparse, urlsplit
 
 import tldextract
 from w3lib.url import canonicalize_url as _w3lib_canonicalize
@@ -30,22 +32,115 @@ class BadURL(ValueError):
     """A URL that cannot be crawled (no scheme/host, unsupported scheme, unparsable)."""
 
 
-@lru_cache(maxsize=65536)  # links repeat: most of a page's links were on other pages too
+CANONICAL_CACHE = 1 << 16  # canonical forms kept (links repeat: most were on other pages too)
+JOIN_CACHE = 1 << 17  # (base directory, link) pairs kept by LinkJoiner
+
+
+def _canonical_or_error(url: str) -> str | BadURL:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        return BadURL(f"unparsable URL {url!r}: {exc}")
+    if parts.scheme not in ("http", "https"):
+        return BadURL(f"unsupported scheme in URL {url!r}")
+    if not host:
+        return BadURL(f"no host in URL {url!r}")
+    try:
+        return _w3lib_canonicalize(url)
+    except ValueError as exc:
+        return BadURL(f"unparsable URL {url!r}: {exc}")
+
+
+_canonical_cached = lru_cache(maxsize=CANONICAL_CACHE)(_canonical_or_error)
+
+
 def canonicalize(url: str) -> str:
     """The one canonical form of ``url``: lower-case scheme and host, sorted query, no fragment.
 
     Raises :class:`BadURL` for anything that is not an absolute http(s) URL with a host.
     """
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError as exc:
-        raise BadURL(f"unparsable URL {url!r}: {exc}") from exc
-    if parts.scheme not in ("http", "https"):
-        raise BadURL(f"unsupported scheme in URL {url!r}")
-    if not host:
-        raise BadURL(f"no host in URL {url!r}")
-    return _w3lib_canonicalize(url)
+    # The canonical form has no fragment, so "page#a" and "page#b" share one cache entry. Not
+    # when the part before "#" ends in a space or control character: w3lib strips those only at
+    # the very end of the URL, so cutting the fragment would change the path.
+    head, sep, _fragment = url.partition("#")
+    if sep and head and head[-1] > " ":
+        url = head
+    result = _canonical_cached(url)
+    if type(result) is str:
+        return result
+    raise BadURL(*result.args)  # a fresh one: the cached instance would pile up tracebacks
+
+
+# A link whose join depends only on its page's scheme, host and directory: no scheme (no ":"),
+# a path (not empty, not starting "?" or "#"), no params (";"), no backslash, no whitespace or
+# control characters (which urllib strips or removes before parsing).
+_DIRECTORY_RELATIVE = re.compile(r"[^\x00-\x20:;\\?#][^\x00-\x20:;\\]*").fullmatch
+
+
+class Base(NamedTuple):
+    """A page's base URL and the cache keys of the links that depend only on part of it."""
+
+    url: str
+    dir_key: str  # scheme, host and directory: for "x.html", "../y/", "z?q#f"
+    root_key: str  # scheme and host: for "/x.html"
+
+
+class LinkJoiner:
+    """Joins a page's links to its base URL and canonicalizes them, with a cache across pages.
+
+    ``join(base, href)`` equals ``canonicalize(urllib.parse.urljoin(base.url, href))`` (a
+    :class:`BadURL` for a link that cannot be crawled) and gives the canonical URL's host too.
+    Most links are relative to the page's directory ("../x.html", "y.html#z") and repeat on the
+    pages of that directory, so they are cached under (scheme, host, directory, link): urljoin's
+    result depends on nothing else for them (RFC 3986 5.2.2, as urllib implements it).
+    """
+
+    def __init__(self, size: int = JOIN_CACHE):
+        self.size = size
+        self.cache: dict[tuple[str, str], tuple[str, str] | BadURL] = {}
+
+    @staticmethod
+    def base(url: str) -> Base:
+        """The :class:`Base` of a page's base URL (its URL, or its ``<base href>``)."""
+        try:
+            scheme, netloc, path, _params, _query, _fragment = urlparse(url)
+        except ValueError:
+            return Base(url, "", "")  # no caching: every link takes the long way
+        segments = path.split("/")
+        if segments[-1] != "":
+            del segments[-1]
+        root = f"{scheme}://{netloc}"
+        return Base(url, root + "/".join(segments) + "\x00", root)
+
+    def join(self, base: Base, href: str) -> tuple[str, str] | BadURL:
+        """(canonical URL, host) of ``href`` on ``base``, or the BadURL it raises."""
+        if base.dir_key and _DIRECTORY_RELATIVE(href) is not None and href[:2] != "//":
+            # "/x" depends on the scheme and host only; "//x" names a host: not cached
+            key = (base.root_key if href[0] == "/" else base.dir_key, href)
+            cached = self.cache.get(key)
+            if cached is None:
+                cached = self._resolve(base.url, href)
+                if len(self.cache) >= self.size:
+                    self.cache.clear()
+                self.cache[key] = cached
+            return cached
+        return self._resolve(base.url, href)
+
+    @staticmethod
+    def _resolve(base: str, href: str) -> tuple[str, str] | BadURL:
+        try:
+            canonical = canonicalize(urljoin(base, href))
+            return canonical, _host_of_canonical(canonical)
+        except BadURL as exc:
+            return exc
+        except ValueError as exc:
+            return BadURL(f"cannot join {href!r} to {base!r}: {exc}")
+
+
+@lru_cache(maxsize=CANONICAL_CACHE)
+def _host_of_canonical(canonical: str) -> str:
+    return host_of(canonical)
 
 
 def fingerprint(url: str) -> bytes:

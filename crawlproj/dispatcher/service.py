@@ -32,6 +32,7 @@ from .instrument import NO_INSTRUMENT, Instrument
 from .leases import Leasing
 from .membership import Membership
 from .push import PushIntake
+from .revisits import RevisitSchedule
 from .seeds import RedisSeeds, read_seeds_file, wire_seed
 from .status import StatusReport
 
@@ -65,6 +66,7 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
         self.frontier = Frontier(config.store, config.partitions, readahead=config.readahead,
                                  hot_seen=config.hot_seen, commit_interval=config.commit_interval,
                                  instrument=instrument)
+        self.revisits = RevisitSchedule(self.frontier, config.revisit_share)
         self.epoch = self.frontier.epoch
         self._own_context = context is None
         self.ctx: zmq.Context[Any] = context if context is not None else zmq.Context()
@@ -260,6 +262,8 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
         self._expire(now)
         self._release_postponed(now)
         self._unfence(now)
+        for p in self.revisits.tick():
+            self._wake(p)
         self.instrument.tick(now)
         if now - self._summary_at >= SUMMARY_INTERVAL:
             self._log_summary(now)
@@ -300,7 +304,7 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
         if self.config.keep_alive:
             return
         done = (self.frontier.size == 0 and not self.leases and not self.pending
-                and not self.postponed and not self._holding)
+                and not self.postponed and not self._holding and not self.revisits.rows)
         if done and not self.finished:
             self.finished = True
             logger.info("Crawl finished: frontier empty, no lease open; telling %d nodes",

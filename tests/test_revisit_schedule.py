@@ -149,7 +149,11 @@ def _ack(fr: Frontier, sched: RevisitSchedule, req: dict[str, Any], outcome: Out
     if new:
         fr.add([req])
     p = req["p"]
-    row = fr.take(p)
+    others = []
+    while (row := fr.take(p)) is not None and msgpack.unpackb(row[2], raw=False)["f"] != req["f"]:
+        others.append(row)
+    for other in others:
+        fr.give_back(p, other)
     assert row is not None
     wire = {**outcome.to_wire(), "rp": rp}
     sched.acked([(row[1], p, row[2])], {row[1]: wire})
@@ -219,4 +223,22 @@ def test_a_gone_url_retires_and_an_ack_without_outcome_keeps_a_revisit_on_its_in
     fr.ack_leased([(row[1], req2["p"])])
     (p, nxt, ivl, fails, q), = sched.table().values()
     assert q == 0 and ivl == 60 and nxt >= (time.time() + 59) * 1000
+    fr.close()
+
+
+def test_adaptive_rows_shorten_when_the_page_changed_and_lengthen_when_not(tmp_path):
+    fr = Frontier(tmp_path, PARTITIONS)
+    sched = RevisitSchedule(fr)
+    rp = ["adaptive", 100, 10, 1000]
+    changed, same = _req("http://c.test/changes"), _req("http://c.test/steady")
+    _ack(fr, sched, changed, Outcome(200, None, None, None, b"a" * 20), rp, new=True)
+    _ack(fr, sched, same, Outcome(200, None, None, None, b"b" * 20), rp, new=True)
+    for n in range(3):
+        sched._next_tick = 0
+        sched.tick(time.time() + 10 ** 4)
+        _ack(fr, sched, changed, Outcome(200, True, None, None, bytes([n]) * 20), rp)
+        _ack(fr, sched, same, Outcome(304, False), rp)
+    intervals = {f: row[2] for f, row in sched.table().items()}
+    assert intervals[changed["f"]] == pytest.approx(10 + 90 / 8)  # (1 - 0.5) * I + 0.5 * min, 3 times
+    assert intervals[same["f"]] == pytest.approx(100 * 1.5 ** 3)
     fr.close()

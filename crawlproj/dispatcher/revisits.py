@@ -233,7 +233,6 @@ class RevisitSchedule:
         c = self.conn
         due = c.execute("SELECT f, etag, last_modified, hash, req FROM schedule WHERE p=? AND q=0 AND next<=?"
                         " ORDER BY next LIMIT ?", (p, _ms(now), room)).fetchall()
-        self.frontier.begin()
         requests = []
         for f, etag, last_modified, body_hash, blob in due:
             req = msgpack.unpackb(blob, raw=False)
@@ -246,6 +245,7 @@ class RevisitSchedule:
                 del req["meta"]
             requests.append(req)
         if requests:
+            self.frontier.begin()
             c.executemany("UPDATE schedule SET q=1 WHERE f=?", [(row[0],) for row in due])
             self.frontier.add_revisits(requests)
             self.queued[p] += len(requests)

@@ -141,3 +141,10 @@ SITEMAP_MAX_BYTES = 50 * 1024 * 1024  # bytes per sitemap file uncompressed (the
 # -- Long crawls: robots.txt that cannot decide yet (docs/politeness.md) --------------------------
 ROBOTS_FETCH_TIMEOUT = 20.0  # seconds a robots.txt fetch may take (not DOWNLOAD_TIMEOUT); longer: unreachable
 ROBOTS_POSTPONE_MAX = 7 * 86400.0  # dispatcher nodes postpone requests of an unreachable robots.txt until it has failed this long, then drop
+
+# -- Revisit schedule (docs/revisits.md: acks carry the outcome, the dispatcher schedules) -------
+REVISIT_POLICY = "none"  # none (one pass, no outcome in acks) | fixed (every REVISIT_INTERVAL) | adaptive
+REVISIT_INTERVAL = 86400.0  # seconds: fixed's interval, adaptive's first one
+REVISIT_MIN_INTERVAL = 3600.0  # adaptive: the interval never goes below this (seconds)
+REVISIT_MAX_INTERVAL = 30 * 86400.0  # adaptive: ... nor above this (seconds)
+REVISIT_KEY_POLICIES: dict[str, str] = {}  # {politeness key: none|fixed|adaptive}, overriding REVISIT_POLICY

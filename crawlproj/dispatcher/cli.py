@@ -35,6 +35,7 @@ from .config import (
     DEFAULT_SERIES_INTERVAL,
     DEFAULT_SERIES_POINTS,
     DEFAULT_STORE,
+    DEFAULT_REVISIT_SHARE,
     DEFAULT_TIMINGS_INTERVAL,
     ENV_PREFIX,
     KEY_BY,
@@ -129,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env("commit_interval", DEFAULT_COMMIT_INTERVAL, float),
                    help="longest time (s) writes stay uncommitted; a crash "
                         "loses nothing either way (at-least-once), only re-crawls more")
+    p.add_argument("--revisit-share", type=float,
+                   default=_env("revisit_share", DEFAULT_REVISIT_SHARE, float),
+                   help="most of a partition's waiting requests that may be revisits when new "
+                        "URLs wait too (docs/revisits.md)")
     p.add_argument("--restart-hold", type=float, default=_env("restart_hold", None, float),
                    help="seconds to wait for nodes to re-register before assigning partitions "
                         "when resuming a store (None: the heartbeat time-out)")
@@ -175,6 +180,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         curve_authorized_dir=args.curve_authorized_dir, http_port=args.http_port,
         http_host=args.http_host, series_interval=args.series_interval,
         series_points=args.series_points, timings_interval=args.timings_interval,
+        revisit_share=args.revisit_share,
     )
 
 

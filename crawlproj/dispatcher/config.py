@@ -27,6 +27,7 @@ DEFAULT_SEEDS_POLL = 1.0  # seconds between Redis seed polls
 DEFAULT_SERIES_INTERVAL = 1.0
 DEFAULT_SERIES_POINTS = 3600
 DEFAULT_TIMINGS_INTERVAL = 60.0
+DEFAULT_REVISIT_SHARE = 0.5  # docs/revisits.md
 KEY_BY = ("domain", "host")
 
 
@@ -67,6 +68,7 @@ class Config:
     series_interval: float = DEFAULT_SERIES_INTERVAL  # seconds between two points of the time series
     series_points: int = DEFAULT_SERIES_POINTS  # points kept (older ones thinned out, never dropped whole)
     timings_interval: float = DEFAULT_TIMINGS_INTERVAL  # seconds between TIMINGS lines in the log
+    revisit_share: float = DEFAULT_REVISIT_SHARE  # most of a partition's waiting rows that are revisits
 
     def __post_init__(self) -> None:
         self.validate()
@@ -115,3 +117,5 @@ class Config:
             raise _bad("min_nodes", self.min_nodes, "an integer >= 1")
         if self.series_points < 2:
             raise _bad("series_points", self.series_points, "an integer >= 2")
+        if not 0 <= self.revisit_share <= 1:
+            raise _bad("revisit_share", self.revisit_share, "a share between 0 and 1")

@@ -24,6 +24,7 @@ from .config import Config
 from .frontier import Frontier, Row
 from .instrument import Instrument
 from .partitions import Rendezvous
+from .revisits import RevisitSchedule
 
 logger = logging.getLogger("crawlproj.dispatcher")
 
@@ -66,6 +67,7 @@ class Core:
     config: Config
     P: int
     frontier: Frontier
+    revisits: RevisitSchedule
     instrument: Instrument
     sock: zmq.Socket[Any]
     curve: CurveServer | None

@@ -303,6 +303,20 @@ class Frontier:
                 st.db_more = True
         return n, touched
 
+    # -- revisits (crawlproj.dispatcher.revisits) -------------------------------------------------
+
+    def begin(self) -> None:
+        """Open the write transaction if none is: the revisit schedule writes in the same stream."""
+        self._begin()
+
+    def add_revisits(self, requests: list[dict[str, Any]]) -> tuple[int, list[int]]:
+        """Store requests due again, without asking the seen-set (their URLs are in it)."""
+        with self.instrument.timed("frontier_add"):
+            if not requests:
+                return 0, []
+            self._begin()
+            return self._store(requests)
+
     # -- serving -------------------------------------------------------------------------------
 
     def available(self, p: int) -> int:

@@ -178,12 +178,14 @@ class Leasing(Core):
         leases, nodes = self.leases, self.nodes
         known: list[tuple[int, int]] = []
         unknown = []
+        rows: list[tuple[int, int, bytes]] = []  # for the revisit schedule
         for rid in rids:
             lease = leases.pop(rid, None) if type(rid) is int else None
             if lease is None:
                 unknown.append(rid)
                 continue
             known.append((rid, lease[1]))
+            rows.append((rid, lease[1], lease[2][2]))
             holder = nodes.get(lease[0])
             if holder is not None:
                 holder.leases.discard(rid)
@@ -193,9 +195,14 @@ class Leasing(Core):
             unknown.remove(rid)
             entry = postponed.pop(rid)  # a copy fetched elsewhere (before a fence): done
             known.append((rid, entry[0]))
+            rows.append((rid, entry[0], entry[1][2]))
             self._unpostpone(entry[2])
+        outcomes = self.revisits.outcomes_of(msg)
+        self.revisits.acked(rows, outcomes)
         self.frontier.ack_leased(known)
         for rid in unknown:
+            if type(rid) is int and 0 <= rid <= MAX_ROW_ID:
+                self.revisits.acked_unknown(rid, outcomes.get(rid))
             if type(rid) is int and 0 <= rid <= MAX_ROW_ID and self.frontier.ack_unknown(rid):
                 late += 1
         self.counters["acked"] += len(known) + late

@@ -33,6 +33,7 @@ from .instrument import NO_INSTRUMENT, Instrument
 from .leases import Leasing
 from .membership import Membership
 from .push import PushIntake
+from .revisits import RevisitSchedule
 from .seeds import RedisSeeds, read_seeds_file, wire_seed
 from .status import StatusReport
 
@@ -66,6 +67,7 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
         self.started = time.time()
         self.started_mono = time.monotonic()
         self.frontier = self._open_store()
+        self.revisits = RevisitSchedule(self.frontier, config.revisit_share)
         self.epoch = self.frontier.epoch
         self._own_context = context is None
         self.ctx: zmq.Context[Any] = context if context is not None else zmq.Context()
@@ -235,6 +237,7 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
         else:
             return
         self.frontier = frontier
+        self.revisits = RevisitSchedule(frontier, self.config.revisit_share)
         self.epoch = frontier.epoch
         self._init_state()
         self.counters["store_unwritable"] += 1
@@ -331,6 +334,8 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
         self._expire(now)
         self._release_postponed(now)
         self._unfence(now)
+        for p in self.revisits.tick():
+            self._wake(p)
         self.instrument.tick(now)
         if now - self._summary_at >= SUMMARY_INTERVAL:
             self._log_summary(now)
@@ -371,7 +376,7 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
         if self.config.keep_alive:
             return
         done = (self.frontier.size == 0 and not self.leases and not self.pending
-                and not self.postponed and not self._holding)
+                and not self.postponed and not self._holding and not self.revisits.rows)
         if done and not self.finished:
             self.finished = True
             logger.info("Crawl finished: frontier empty, no lease open; telling %d nodes",

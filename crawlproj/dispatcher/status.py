@@ -65,7 +65,7 @@ class StatusReport(Core):
             "unowned_partitions": sum(1 for o in self.owner if o is None),
             "drain": drain(nodes), "counters": dict(self.counters), "bad_frames": dict(self.bad_frames),
             "messages": dict(self.messages), "nodes": nodes,
-            "store": fr["store"],
+            "store": fr["store"], "revisits": self.revisits.snapshot(),
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
             "security": self.curve.summary() if self.curve is not None else {"curve": False},
             "observability": self.instrument.summary(),

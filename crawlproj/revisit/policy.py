@@ -1,7 +1,7 @@
 """Revisit policies: the next fetch time of a URL from its row and a fetch's outcome.
 
-Pure functions of plain data, no I/O: the dispatcher's schedule table (docs/revisits.md,
-designed) will call :meth:`Policy.first` on the ack of a URL's first fetch and
+Pure functions of plain data, no I/O: the dispatcher's schedule table
+(crawlproj.dispatcher.revisits) calls :meth:`Policy.first` on the ack of a URL's first fetch and
 :meth:`Policy.update` on every later one; the node builds the :class:`Outcome` it acks with
 :func:`outcome_of`. Times are epoch seconds.
 
@@ -36,7 +36,7 @@ GONE = frozenset({404, 410})
 
 @dataclass(frozen=True)
 class Outcome:
-    """What an ack tells the schedule of one fetch (the proposed ack field of docs/revisits.md)."""
+    """What an ack tells the schedule of one fetch (``ack.outcomes``, docs/protocol.md)."""
 
     status: int  # 0: no answer
     changed: bool | None = None  # None: cannot tell (no stored hash, no 304)

@@ -28,8 +28,10 @@ from scrapy import Request, signals
 from scrapy.http import Response
 from twisted.python.failure import Failure
 
-from crawlproj.meta import LEASE, OWN_ERRBACK, PARENT
+from crawlproj.meta import KEY, LEASE, OWN_ERRBACK, PARENT
 from crawlproj.politeness.gate import Postponed
+from crawlproj.revisit.config import RevisitConfig
+from crawlproj.revisit.policy import Outcome, outcome_of
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -69,6 +71,10 @@ class LeaseBook:
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
         self.active: dict[int, _Lease] = {}
+        # What the revisit schedule needs of each final answer (docs/revisits.md): lease id ->
+        # ack outcome, taken by the scheduler with the ack; empty under REVISIT_POLICY none.
+        self.revisit = RevisitConfig.from_settings(crawler.settings)
+        self.outcomes: dict[int, dict[str, Any]] = {}
         for sig in (signals.item_scraped, signals.item_dropped, signals.item_error):
             crawler.signals.connect(self._item_settled, signal=sig)
 
@@ -113,6 +119,20 @@ class LeaseBook:
     def forget(self, lease_id: int) -> None:
         """The lease was given back unfinished: no ack will come from here."""
         self.active.pop(lease_id, None)
+        self.outcomes.pop(lease_id, None)
+
+    def answered(self, lease_id: int, response: Response | None, failure: Failure | None = None) -> None:
+        """Record the revisit outcome of a lease's final answer (or of its failure)."""
+        if not self.revisit.enabled:
+            return
+        if response is None:
+            response = getattr(failure.value, "response", None) if failure is not None else None
+        request = response.request if response is not None else getattr(failure, "request", None)
+        key = request.meta.get(KEY) if request is not None else None
+        outcome = outcome_of(response) if isinstance(response, Response) else Outcome(0)
+        wire = self.revisit.wire_outcome(key, outcome)
+        if wire is not None:
+            self.outcomes[lease_id] = wire
 
     def end(self, lease_id: int) -> None:
         """Final without output (redirected to another key, undecodable...)."""
@@ -155,6 +175,8 @@ class LeaseBook:
                 self.crawler.signals.send_catch_log(lease_postponed, lease_id=lease_id,
                                                     retry_in=exc.retry_in, why=exc.why)
                 return None  # not an error of the spider's: its errback does not see it
+            if lease_id is not None:
+                self.answered(lease_id, None, failure)
             own = failure.request.meta.get(OWN_ERRBACK) if hasattr(failure, "request") else None
             if own is None:
                 self.output_done(lease_id)
@@ -192,6 +214,7 @@ class LeaseTrackerMiddleware:
         lease_id = response.meta.get(LEASE) if response.request is not None else None
         if lease_id is None:
             return result
+        self.book.answered(lease_id, response)
         return self.book.track(lease_id, result)
 
     async def process_spider_output_async(self, response: Response,
@@ -201,10 +224,14 @@ class LeaseTrackerMiddleware:
             async for element in result:
                 yield element
             return
+        self.book.answered(lease_id, response)
         async for element in self.book.track_async(lease_id, result):
             yield element
 
     def process_spider_exception(self, response: Response, exception: Exception) -> None:
         # The callback raised and no middleware before us turned it into output: final.
         if response.request is not None:
-            self.book.output_done(response.meta.get(LEASE))
+            lease_id = response.meta.get(LEASE)
+            if lease_id is not None:
+                self.book.answered(lease_id, response)
+            self.book.output_done(lease_id)

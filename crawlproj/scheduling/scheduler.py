@@ -75,6 +75,7 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
         self.push_buffer: list[dict[str, Any]] = []
         self.replay_log: deque[tuple[float, str, list[Any]]] = deque()
         self.ack_buffer: list[int] = []
+        self.ack_outcomes: dict[int, dict[str, Any]] = {}  # lease id -> revisit outcome of its ack
         self.epoch: Any = None
         self.registered = False
         self.finished = False
@@ -341,6 +342,9 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
 
     def _lease_final(self, lease_id: int) -> None:
         self.ack_buffer.append(lease_id)
+        outcome = self.book.outcomes.pop(lease_id, None)
+        if outcome is not None:
+            self.ack_outcomes[lease_id] = outcome
         self.stats.inc_value("dispatcher/acked")
         self._lease_ended(lease_id)
         if len(self.ack_buffer) >= self.config.push_batch:

@@ -50,6 +50,7 @@ class DispatcherSession(NodeState):
     push_buffer: list[dict[str, Any]]
     replay_log: deque[tuple[float, str, list[Any]]]
     ack_buffer: list[int]
+    ack_outcomes: dict[int, dict[str, Any]]
     epoch: Any
     registered: bool
     finished: bool
@@ -162,12 +163,21 @@ class DispatcherSession(NodeState):
             self.stats.inc_value("dispatcher/pushed", len(batch))
         if self.ack_buffer:
             acks, self.ack_buffer = self.ack_buffer, []
-            self.link.send("ack", node=self.node, leases=acks)
-            self._sent("ack", acks)
+            fields = self._ack_outcomes(acks)
+            self.link.send("ack", node=self.node, leases=acks, **fields)
+            self._sent("ack", [acks, fields])
         while self.postpone_buffer:
             pairs = self.postpone_buffer[: self.config.push_batch]
             self.postpone_buffer = self.postpone_buffer[self.config.push_batch:]
             self.link.send("postpone", node=self.node, leases=pairs)
+
+    def _ack_outcomes(self, acks: list[int]) -> dict[str, Any]:
+        """The ack's optional ``outcomes`` (revisits, docs/protocol.md): {} when there are none."""
+        if not self.ack_outcomes:
+            return {}
+        pop = self.ack_outcomes.pop
+        pairs = [[rid, outcome] for rid in acks if (outcome := pop(rid, None)) is not None]
+        return {"outcomes": pairs} if pairs else {}
 
     def _sent(self, kind: str, payload: list[Any]) -> None:
         """Remember recent pushes and acks: a dispatcher killed before its commit loses the last
@@ -187,8 +197,9 @@ class DispatcherSession(NodeState):
                 self.link.send("push", node=self.node, requests=payload)
                 pushes += len(payload)
             else:
-                self.link.send("ack", node=self.node, leases=payload)
-                acks += len(payload)
+                leases, fields = payload
+                self.link.send("ack", node=self.node, leases=leases, **fields)
+                acks += len(leases)
         self.stats.inc_value("dispatcher/replayed", pushes + acks)
         logger.warning("Sent the last %.0f s again to the restarted dispatcher: %d pushed requests, "
                        "%d acks", self.config.replay_seconds, pushes, acks)

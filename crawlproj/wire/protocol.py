@@ -16,6 +16,7 @@ Messages (node -> dispatcher)
     pull       {node, credit}                         "I can take ``credit`` more requests"
     push       {node, requests: [wire request]}      discovered links (not yet deduplicated)
     ack        {node, leases: [lease id]}            these leased requests reached a final fate
+               (+ outcomes: [[lease id, outcome map]], for the revisit schedule; docs/protocol.md)
     release    {node, leases: [lease id]}            give these back unfetched (revoke, shutdown)
     postpone   {node, leases: [[lease id, seconds]]} give these back, serve them again after that
                                                       long (robots.txt unreachable for now)

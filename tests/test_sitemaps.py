@@ -166,7 +166,9 @@ def test_sitemaps_through_the_dispatcher(tmp_path, synthweb):
     seeds = tmp_path / "seeds.txt"
     seeds.write_text("\n".join(proc.seed_urls()) + "\n")
     settings = {**SYNTHWEB_SETTINGS, "SITEMAP_ENABLED": True, "DOWNLOAD_TIMEOUT": 10, "LOG_LEVEL": "INFO",
-                "ROBOTS_HOLD_TIME": 2, "ROBOTS_RETRY_DELAY": 1, "DISPATCHER_HEARTBEAT_INTERVAL": 0.5}
+                "ROBOTS_HOLD_TIME": 2, "ROBOTS_RETRY_DELAY": 1, "DISPATCHER_HEARTBEAT_INTERVAL": 0.5,
+                # the web's 5xx robots.txt never recovers: its postponed requests end after 5 s
+                "ROBOTS_POSTPONE_MAX": 5}
     cluster = Cluster(tmp_path / "cluster", seeds, settings=settings, dispatcher_args=("--partitions", "16"))
     with cluster:
         cluster.start_node("n1")

@@ -265,7 +265,8 @@ class Leasing(Core):
             self.frontier.give_back(entry[0], entry[1])
             self._wake(entry[0])
             back += 1
-        self.counters["returned_postponed"] += back
+        if back:  # no key for nothing: the counters are the state a peer sees
+            self.counters["returned_postponed"] += back
 
     def _unpostpone(self, key: str) -> None:
         left = self.postponed_keys[key] - 1

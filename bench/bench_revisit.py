@@ -23,6 +23,7 @@ and their ratio. Writes bench/results/revisit.json.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 import time
@@ -98,7 +99,7 @@ def crawl(workdir: Path, spec: WebSpec, scale: float, seconds: float, warmup: fl
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hosts", type=int, default=4)
     parser.add_argument("--pages", type=int, default=10, help="pages per host")
@@ -108,32 +109,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=10.0, help="adaptive's first interval (real s)")
     parser.add_argument("--min", type=float, default=2.0, help="adaptive's minimum interval (real s)")
     parser.add_argument("--max", type=float, default=80.0, help="adaptive's maximum interval (real s)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def command(argv: list[str]) -> str:
+    """The command line that runs this benchmark alone with ``argv``."""
+    return " ".join(shlex.quote(a) for a in [sys.executable, str(Path(__file__).resolve()), *argv])
+
+
+def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """The three crawls under ``root``, their figures and both ratios."""
     spec = spec_of(args)
-    with tempfile.TemporaryDirectory(prefix="bench-revisit-") as tmp:
-        root = Path(tmp)
-        adaptive = crawl(root / "adaptive", spec, args.scale, args.seconds, args.warmup, {
-            "REVISIT_POLICY": "adaptive", "REVISIT_INTERVAL": args.interval,
-            "REVISIT_MIN_INTERVAL": args.min, "REVISIT_MAX_INTERVAL": args.max})
-        interval = adaptive["revisit_span"] / (adaptive["revisits"] + adaptive["pages"] / 2)
-        fixed_settings = {"REVISIT_POLICY": "fixed", "REVISIT_INTERVAL": round(interval, 3)}
-        fixed = crawl(root / "fixed", spec, args.scale, args.seconds, args.warmup, fixed_settings)
-        plain = crawl(root / "fixed-no-conditional", spec, args.scale, args.seconds, args.warmup,
-                      {**fixed_settings, "REVISIT_CONDITIONAL_GET": False})
-    result = {
+    adaptive = crawl(root / "adaptive", spec, args.scale, args.seconds, args.warmup, {
+        "REVISIT_POLICY": "adaptive", "REVISIT_INTERVAL": args.interval,
+        "REVISIT_MIN_INTERVAL": args.min, "REVISIT_MAX_INTERVAL": args.max})
+    interval = adaptive["revisit_span"] / (adaptive["revisits"] + adaptive["pages"] / 2)
+    fixed_settings = {"REVISIT_POLICY": "fixed", "REVISIT_INTERVAL": round(interval, 3)}
+    fixed = crawl(root / "fixed", spec, args.scale, args.seconds, args.warmup, fixed_settings)
+    plain = crawl(root / "fixed-no-conditional", spec, args.scale, args.seconds, args.warmup,
+                  {**fixed_settings, "REVISIT_CONDITIONAL_GET": False})
+    return {
         "args": vars(args), "fixed_interval": interval, "adaptive": adaptive, "fixed": fixed,
         "fixed_without_conditional_get": plain,
         "freshness_ratio_adaptive_to_fixed": adaptive["freshness"] / fixed["freshness"],
         "bytes_ratio_conditional_to_plain": (fixed["response_bytes"] or 0) / (plain["response_bytes"] or 1),
     }
+
+
+def summary(result: dict[str, Any]) -> list[str]:
+    adaptive, fixed, plain = result["adaptive"], result["fixed"], result["fixed_without_conditional_get"]
+    return [
+        f"adaptive: freshness {adaptive['freshness']:.3f} (changing pages "
+        f"{adaptive['freshness_changing_pages']:.3f}), {adaptive['fetches']} fetches",
+        f"fixed {result['fixed_interval']:.2f} s: freshness {fixed['freshness']:.3f} (changing pages "
+        f"{fixed['freshness_changing_pages']:.3f}), {fixed['fetches']} fetches",
+        f"freshness adaptive / fixed = {result['freshness_ratio_adaptive_to_fixed']:.3f}",
+        f"bytes with / without conditional GET = {fixed['response_bytes']} / {plain['response_bytes']} = "
+        f"{result['bytes_ratio_conditional_to_plain']:.3f} ({fixed['not_modified']} answers 304)",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    print(f"command: {command(argv)}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-revisit-") as tmp:
+        result = run(args, Path(tmp))
+    result["command"] = command(argv)
     path = save("revisit", result)
-    print(f"adaptive: freshness {adaptive['freshness']:.3f} (changing pages "
-          f"{adaptive['freshness_changing_pages']:.3f}), {adaptive['fetches']} fetches")
-    print(f"fixed {interval:.2f} s: freshness {fixed['freshness']:.3f} (changing pages "
-          f"{fixed['freshness_changing_pages']:.3f}), {fixed['fetches']} fetches")
-    print(f"freshness adaptive / fixed = {result['freshness_ratio_adaptive_to_fixed']:.3f}")
-    print(f"bytes with / without conditional GET = {fixed['response_bytes']} / {plain['response_bytes']} = "
-          f"{result['bytes_ratio_conditional_to_plain']:.3f} ({fixed['not_modified']} answers 304)")
+    print("\n".join(summary(result)))
     print(f"results: {path}")
     return 0 if result["freshness_ratio_adaptive_to_fixed"] > 1 else 1
 

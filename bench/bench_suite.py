@@ -17,6 +17,9 @@ Sections (``--only`` picks some):
               sets itself up with apt-get): plain Scrapy defaults and with fast link extraction,
               crawlproj 1 and 2 nodes; CPU ms per page, pages/s, the crawl against the ground truth.
   dispatcher  dispatcher capacity with simulated nodes (bench/bench_dispatcher.py).
+  revisit     continuous crawling on the changing web (bench/bench_revisit.py; its own command is
+              printed): freshness of adaptive against fixed at the same fetch budget, bytes with
+              and without conditional GET. 3 crawls of --revisit-seconds each.
 Writes bench/results/suite.json, bench/results/suite.md and PNG charts beside them.
 """
 
@@ -37,6 +40,7 @@ sys.path.insert(0, str(HERE))
 from bench_foundation import bench_spec, plain_scrapy  # noqa: E402
 from bench_realhtml import markdown as realhtml_markdown  # noqa: E402
 from bench_realhtml import realhtml  # noqa: E402
+import bench_revisit  # noqa: E402
 from common import RESULTS, child_cpu, save  # noqa: E402
 
 from crawlproj.tools.cluster import Cluster  # noqa: E402
@@ -313,6 +317,20 @@ def dispatcher() -> dict[str, Any]:
     return json.loads((RESULTS / "dispatcher.json").read_text())
 
 
+# -- revisit ------------------------------------------------------------------------------------
+
+
+def revisit(workdir: Path, seconds: float) -> dict[str, Any]:
+    argv = ["--seconds", f"{seconds:g}"]
+    command = bench_revisit.command(argv)
+    print(f"  command: {command}", flush=True)
+    result = bench_revisit.run(bench_revisit.parser().parse_args(argv), workdir)
+    result["command"] = command
+    for line in bench_revisit.summary(result):
+        print(f"  {line}", flush=True)
+    return result
+
+
 # -- report -------------------------------------------------------------------------------------
 
 
@@ -349,6 +367,10 @@ def markdown(results: dict[str, Any]) -> str:
                 f"Last / first window: {r['last_over_first_window']:.2f}. Node RSS growth (second to last "
                 f"tenth of the run): "
                 + ", ".join(f"{k} {100 * v:+.1f}%" for k, v in r["rss_growth"].items()), ""]
+    if "revisit" in results:
+        r = results["revisit"]
+        out += ["## Revisits on the changing web", "", f"`{r['command']}`", "",
+                *(f"- {line}" for line in bench_revisit.summary(r)), ""]
     return "\n".join(out) + "\n"
 
 
@@ -415,7 +437,7 @@ def charts(results: dict[str, Any]) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="cpu,politeness,latency,long,realhtml,dispatcher")
+    parser.add_argument("--only", default="cpu,politeness,latency,long,realhtml,dispatcher,revisit")
     parser.add_argument("--hosts", type=int, default=200)
     parser.add_argument("--pages", type=int, default=100)
     parser.add_argument("--politeness-hosts", type=int, default=20)
@@ -425,6 +447,7 @@ def main() -> None:
     parser.add_argument("--long-nodes", type=int, default=2)
     parser.add_argument("--long-to-end", action="store_true",
                         help="crawl the whole long-crawl web (its drain included), not --long-pages")
+    parser.add_argument("--revisit-seconds", type=float, default=90.0, help="real seconds per revisit crawl")
     args = parser.parse_args()
     print("command: " + " ".join([sys.executable, *sys.argv]), flush=True)
     only = set(args.only.split(","))
@@ -437,6 +460,7 @@ def main() -> None:
             ("latency", lambda d: latency(d, [int(n) for n in args.latency_nodes.split(",")], 300, 20)),
             ("long", lambda d: long_crawl(d, args.long_pages, args.long_nodes, args.long_to_end)),
             ("realhtml", realhtml),
+            ("revisit", lambda d: revisit(d, args.revisit_seconds)),
         )
         for name, run in sections:
             if name in only:

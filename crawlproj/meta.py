@@ -44,12 +44,15 @@ CRAWLPROJ_KEYS = frozenset({LEASE, PARENT, KEY, PARTITION, WAKE, OWN_ERRBACK, CA
 REVISIT_ETAG = "revisit_etag"
 REVISIT_LAST_MODIFIED = "revisit_last_modified"  # as the server sent it (an HTTP date)
 REVISIT_CONTENT_HASH = "revisit_content_hash"  # SHA-1 hex of the body (PageItem.content_hash)
+#: 1 on a request the dispatcher's schedule hands out again (crawlproj.dispatcher.revisits): the
+#: node's per-key queues give revisits at most REVISIT_SHARE of a key's fetches.
+REVISIT = "revisit"
 #: <lastmod> of the sitemap entry that brought the URL, W3C datetime as written (crawlproj.sitemaps).
 SITEMAP_LASTMOD = "sitemap_lastmod"
 #: Sitemap index levels above a sitemap request (crawlproj.sitemaps caps the nesting).
 SITEMAP_NESTING = "sitemap_nesting"
 
-WIRE_KEYS = frozenset({REVISIT_ETAG, REVISIT_LAST_MODIFIED, REVISIT_CONTENT_HASH, SITEMAP_LASTMOD,
+WIRE_KEYS = frozenset({REVISIT, REVISIT_ETAG, REVISIT_LAST_MODIFIED, REVISIT_CONTENT_HASH, SITEMAP_LASTMOD,
                        SITEMAP_NESTING})
 
 # -- Scrapy's keys that crawlproj reads or sets ---------------------------------------------------

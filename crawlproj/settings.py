@@ -148,3 +148,6 @@ REVISIT_INTERVAL = 86400.0  # seconds: fixed's interval, adaptive's first one
 REVISIT_MIN_INTERVAL = 3600.0  # adaptive: the interval never goes below this (seconds)
 REVISIT_MAX_INTERVAL = 30 * 86400.0  # adaptive: ... nor above this (seconds)
 REVISIT_KEY_POLICIES: dict[str, str] = {}  # {politeness key: none|fixed|adaptive}, overriding REVISIT_POLICY
+REVISIT_SHARE = 0.5  # most of a key's fetches that are revisits while new URLs of the key wait (the node's per-key queues)
+REVISIT_RETRY_BASE = 60.0  # seconds: a 5xx / no answer is retried after this x 2^(failures-1), at most the interval
+REVISIT_RETIRE_AFTER = 3  # consecutive 404/410 answers after which a URL leaves the schedule (retires)

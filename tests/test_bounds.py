@@ -83,7 +83,8 @@ def test_a_million_keys_through_keyqueues_and_politeness_leave_bounded_maps(tmp_
           f"{pol_sizes} (largest keys {largest['keys']}, store pending {largest['store_pending']}); "
           f"recent links {len(recent)}; gate in flight {len(gate._in_flight)}; rows in the state file {rows}")
     # nothing queued: nothing kept per key
-    assert sizes == {"queues": 0, "ready_at": 0, "busy": 0, "heap": sizes["heap"], "items": 0}
+    assert sizes == {"queues": 0, "ready_at": 0, "busy": 0, "heap": sizes["heap"], "items": 0, "revisits": 0,
+                     "front": 0}
     assert sizes["heap"] <= HEAP_SLACK
     assert largest["queues"] <= QUEUED and largest["heap"] <= 2 * QUEUED + HEAP_SLACK + 1
     # the politeness state in memory is bounded by its settings, the rest is in the state file

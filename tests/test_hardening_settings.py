@@ -119,6 +119,18 @@ ROWS: list[Row] = [
     ("TIMINGS_LOG_SLOW_MS", "-1", None, {}),
     ("TIMINGS_LOG_FILE", "/dev/null/timings.jl", None, {}),
     ("BOT_CONTACT", "nobody", None, {}),
+    ("REVISIT_CONDITIONAL_GET", "perhaps", None, {}),
+    ("REVISIT_POLICY", "weekly", None, SCHEDULER),  # the node's lease book reads the schedule's settings
+    ("REVISIT_INTERVAL", "0", None, SCHEDULER),
+    ("REVISIT_INTERVAL", "1", None, {**SCHEDULER, "REVISIT_POLICY": "adaptive"}),  # below the minimum
+    ("REVISIT_MIN_INTERVAL", "-1", None, SCHEDULER),
+    ("REVISIT_MAX_INTERVAL", "never", None, SCHEDULER),
+    ("REVISIT_KEY_POLICIES", '{"a.test": "weekly"}', "weekly", SCHEDULER),
+    ("REVISIT_SHARE", "1.5", None, SCHEDULER),
+    ("REVISIT_SHARE", "-0.1", None, SCHEDULER),
+    ("REVISIT_RETRY_BASE", "0", None, SCHEDULER),
+    ("REVISIT_RETIRE_AFTER", "0", None, SCHEDULER),
+    ("REVISIT_RETIRE_AFTER", "2.5", None, SCHEDULER),
     # Scrapy's own settings, read by Scrapy's components: named by crawlproj's check
     ("CONCURRENT_REQUESTS", "lots", None, {}),
     ("DOWNLOAD_TIMEOUT", "soon", None, {}),
@@ -197,7 +209,7 @@ def test_the_table_covers_every_crawlproj_setting() -> None:
     import crawlproj.settings as module
 
     prefixes = ("BROAD_", "DISPATCHER_", "ROBOTS_", "MONGO_", "PROGRESS_", "SYNTHWEB_", "SSRF_", "TRAP_",
-                "TIMINGS_", "RECENT_LINKS_", "CRAWLPROJ_", "POLITENESS_", "BOT_")
+                "TIMINGS_", "RECENT_LINKS_", "CRAWLPROJ_", "POLITENESS_", "BOT_", "REVISIT_")
     ours = {k for k in dir(module) if k.startswith(prefixes)} - {"BOT_NAME"}  # Scrapy's
     assert ours - {row[0] for row in ROWS} == set()
 

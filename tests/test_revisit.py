@@ -1,7 +1,8 @@
 """Revisits: conditional GET against the changing synthetic web, and the page's history in MongoDB.
 
-The dispatcher's per-URL schedule does not hand out revisits yet (docs/revisits.md): here the
-second crawl's seed requests carry the stored validators themselves, as a revisit will.
+The dispatcher's per-URL schedule hands out revisits with the stored validators in their meta
+(docs/revisits.md; tests/test_revisit_schedule.py crawls through it). Here, without a dispatcher,
+the second crawl's seed requests carry the validators themselves, as the schedule's revisits do.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import pytest
 import scrapy
 from scrapy.utils.test import get_crawler
 
-from crawlproj.meta import REVISIT_CONTENT_HASH, REVISIT_ETAG, REVISIT_LAST_MODIFIED, REVISIT_OUTCOME, REVISIT_SENT
+from crawlproj.meta import (
+    REVISIT,
+    REVISIT_CONTENT_HASH,
+    REVISIT_ETAG,
+    REVISIT_LAST_MODIFIED,
+    REVISIT_OUTCOME,
+    REVISIT_SENT,
+)
 from crawlproj.middlewares.revisit import CHANGED, NOT_MODIFIED, UNCHANGED
 from crawlproj.pipelines.mongo.messages import Doc
 from crawlproj.pipelines.mongo.writer import HISTORY_FIELDS, OP_FIELD, history_update, merge_updates
@@ -41,7 +49,7 @@ from crawlproj.spiders.broad import BroadSpider
 
 
 class RevisitSpider(BroadSpider):
-    """The broad spider whose seeds carry meta, as the dispatcher's revisits will."""
+    """The broad spider whose seeds carry meta, as the dispatcher's revisits do."""
 
     name = "revisit"
 
@@ -80,7 +88,7 @@ def _crawl(tmp_path: Path, mongo_uri: str, db_name: str, seeds: list[dict[str, A
 
 
 def _revisit_of(doc: dict[str, Any]) -> dict[str, Any]:
-    """The seed of a revisit, from what the stored document knows (as the frontier will)."""
+    """The seed of a revisit, from what the stored document knows (as the frontier's schedule does)."""
     return {"url": doc["url"], "meta": {REVISIT_ETAG: doc["headers"]["ETag"],
                                         REVISIT_LAST_MODIFIED: doc["headers"]["Last-Modified"],
                                         REVISIT_CONTENT_HASH: doc["content_hash"]}}
@@ -160,7 +168,7 @@ class _Spider(scrapy.Spider):
 def test_revisit_meta_travels_on_the_wire_and_the_outcome_does_not():
     spider = _Spider()
     codec = WireCodec(spider, 16)
-    meta = {REVISIT_ETAG: '"abc"', REVISIT_LAST_MODIFIED: "Thu, 01 Jan 2026 00:00:00 GMT",
+    meta = {REVISIT: 1, REVISIT_ETAG: '"abc"', REVISIT_LAST_MODIFIED: "Thu, 01 Jan 2026 00:00:00 GMT",
             REVISIT_CONTENT_HASH: "0" * 40, REVISIT_OUTCOME: NOT_MODIFIED, REVISIT_SENT: (b"If-None-Match",)}
     request = scrapy.Request("http://a.test/p", meta=meta)
     canonical, fp, key, part = codec.route(request.url)

@@ -10,7 +10,12 @@ import scrapy
 from scrapy.http import HtmlResponse
 
 from crawlproj.meta import REVISIT_OUTCOME, SITEMAP_LASTMOD
+from scrapy.settings import Settings
+
+import crawlproj.settings
+from crawlproj.dispatcher.revisits import policy_of
 from crawlproj.middlewares.revisit import CHANGED, NOT_MODIFIED, content_hash
+from crawlproj.revisit.config import RevisitConfig
 from crawlproj.revisit.policy import Outcome, Policy, lastmod_time, outcome_of
 from crawlproj_testing.synthweb.changes import Changes
 from crawlproj_testing.synthweb.model import Web, WebSpec
@@ -102,6 +107,28 @@ def test_bad_policies_are_refused():
         Policy("sometimes")
     with pytest.raises(ValueError, match="min_interval <= interval"):
         Policy("fixed", interval=10.0, min_interval=60.0)
+    with pytest.raises(ValueError, match="retry_base > 0 and gone_after >= 1"):
+        Policy("fixed", gone_after=0)
+    with pytest.raises(ValueError, match="retry base, retire after"):
+        policy_of(["fixed", 60, 60, 60, 30.0, 1.5])
+
+
+def test_retry_base_and_retire_after_are_node_settings_sent_in_the_outcome():
+    settings = Settings()
+    settings.setmodule(crawlproj.settings)
+    assert RevisitConfig.from_settings(settings).policy == Policy()  # the defaults are Policy's
+    settings.setdict({"REVISIT_POLICY": "fixed", "REVISIT_INTERVAL": 600, "REVISIT_RETRY_BASE": 5,
+                      "REVISIT_RETIRE_AFTER": 1, "REVISIT_SHARE": 0.25, "REVISIT_KEY_POLICIES": {"b.test": "adaptive"}})
+    config = RevisitConfig.from_settings(settings)
+    assert config.share == 0.25
+    wire = config.wire_outcome("b.test", Outcome(404))
+    assert wire is not None and wire["rp"] == ["adaptive", 600.0, 600.0, 30 * DAY, 5.0, 1]
+    policy = policy_of(wire["rp"])
+    assert (policy.retry_base, policy.gone_after) == (5.0, 1)
+    row = policy.first(OK, 0.0)
+    assert policy.update(row, Outcome(503), DAY).next_fetch == DAY + 5.0
+    assert policy.update(row, Outcome(410), DAY) is None  # retired after one gone answer
+    assert policy_of(["fixed", 60, 60, 60]) == Policy("fixed", 60.0, 60.0, 60.0)  # a node before these settings
 
 
 def test_adaptive_follows_each_page_of_the_changing_web():

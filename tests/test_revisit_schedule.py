@@ -2,7 +2,8 @@
 
 ``fixed``: every URL is fetched again after its interval and never before, politely; ``none``:
 no schedule row, no outcome, the crawl ends as today; a kill -9 of the dispatcher keeps every
-row's next fetch time. Plus unit tests of the schedule table on a real store.
+row's next fetch time. Plus unit tests of the schedule table on a real store, and of the revisit
+share of a key in the node's per-key queues.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from politeness_checks import assert_polite
 
 from crawlproj.dispatcher.frontier import STORE_FILENAME, Frontier
 from crawlproj.dispatcher.revisits import RevisitSchedule
-from crawlproj.meta import REVISIT_CONTENT_HASH, REVISIT_ETAG
+from crawlproj.meta import REVISIT, REVISIT_CONTENT_HASH, REVISIT_ETAG
 from crawlproj.revisit.policy import Outcome
+from crawlproj.scheduling.keyqueue import KeyQueues
 from crawlproj.tools.cluster import Cluster
 from crawlproj.tools.runner import SYNTHWEB_SETTINGS
 from crawlproj.wire.protocol import routed_request
@@ -183,7 +185,7 @@ def test_schedule_rows_are_due_after_their_interval_and_carry_the_validators(tmp
     row = fr.take(req["p"])
     assert row is not None
     again = msgpack.unpackb(row[2], raw=False)
-    assert again["u"] == req["u"] and again["meta"][REVISIT_ETAG] == '"e1"'
+    assert again["u"] == req["u"] and again["meta"][REVISIT_ETAG] == '"e1"' and again["meta"][REVISIT] == 1
     assert again["meta"][REVISIT_CONTENT_HASH] == body_hash.hex()
     fr.commit()
     fr.close()
@@ -249,3 +251,55 @@ def test_adaptive_rows_shorten_when_the_page_changed_and_lengthen_when_not(tmp_p
     assert intervals[changed["f"]] == pytest.approx(10 + 90 / 8)  # (1 - 0.5) * I + 0.5 * min, 3 times
     assert intervals[same["f"]] == pytest.approx(100 * 1.5 ** 3)
     fr.close()
+
+
+# -- the revisit share of a key, on the node ---------------------------------------------------------
+
+
+def _queues(share: float, new: int, revisits: int, key: str = "a.test") -> KeyQueues[str]:
+    q: KeyQueues[str] = KeyQueues(lambda item: item.startswith("r"), share)
+    for i in range(max(new, revisits)):
+        if i < revisits:
+            q.push(key, f"r{i}")
+        if i < new:
+            q.push(key, f"n{i}")
+    return q
+
+
+def _picks(q: KeyQueues[str], n: int) -> list[str]:
+    """The next ``n`` items, each fetch of the key ended at once (no delay)."""
+    out = []
+    for _ in range(n):
+        popped = q.pop_ready(now=0.0)
+        assert popped is not None
+        out.append(popped[1])
+        q.release(popped[0], 0.0)
+    return out
+
+
+def test_a_key_gives_revisits_at_most_their_share_while_new_urls_wait():
+    q = _queues(0.5, new=4, revisits=6)
+    assert _picks(q, 10) == ["n0", "r0", "n1", "r1", "n2", "r2", "n3", "r3", "r4", "r5"]  # then revisits alone
+    assert len(q) == 0 and q.keys == 0 and not q._revisits and not q._credit and not q._front
+    q = _queues(0.25, new=40, revisits=40)
+    first = _picks(q, 40)
+    assert sum(item.startswith("r") for item in first) == 10  # exactly a quarter while both wait
+    assert _picks(q, 40)[-1] == "r39"
+    assert _picks(_queues(0.0, new=3, revisits=2), 5) == ["n0", "n1", "n2", "r0", "r1"]
+    assert _picks(_queues(1.0, new=2, revisits=3), 5) == ["r0", "r1", "r2", "n0", "n1"]
+    assert _picks(_queues(0.5, new=0, revisits=2), 2) == ["r0", "r1"]  # only revisits: all of the budget
+
+
+def test_an_item_pushed_to_the_front_comes_next_and_counts_for_no_pick():
+    q = _queues(0.5, new=3, revisits=3)
+    key, item = q.pop_ready(now=0.0)
+    assert item == "n0"
+    q.push(key, item, front=True)  # a wake-up (or a retry) puts it back: it is the next fetch
+    q.release(key, 0.0)
+    assert _picks(q, 6) == ["n0", "r0", "n1", "r1", "n2", "r2"]
+    q = _queues(0.5, new=2, revisits=2, key="b.test")
+    assert sorted(item for _, item in q.items()) == ["n0", "n1", "r0", "r1"] and len(q) == 4
+    assert sorted(q.remove(lambda key: key == "b.test")) == ["n0", "n1", "r0", "r1"]
+    assert len(q) == 0 and not q._revisits and not q._credit
+    with pytest.raises(ValueError, match="revisit_share"):
+        KeyQueues(revisit_share=1.5)

@@ -11,9 +11,10 @@ row was a revisit handed out (then it comes round again after the same interval)
 Serving: every ``TICK_SECONDS`` the rows whose time has come are moved, per partition and
 oldest first, into the ``frontier`` table as ordinary rows (``q = 1`` marks them queued, in the
 same transaction), so they are leased, renewed, expired and acked like any request, by the
-partition's owner, through its politeness gate. A partition takes revisits only up to its share
-(``revisit_share``) of the rows waiting in it when new URLs wait too; unused share goes to the
-new URLs, and all of it to revisits when none wait. RAM holds one float per partition (its
+partition's owner, through its politeness gate. A partition queues revisits only up to its share
+(``revisit_share``) of the rows waiting in it when new URLs wait too, and all of them when none
+wait; each key's fetches are shared on the node (``REVISIT_SHARE``: rows carry ``meta.revisit``,
+crawlproj.scheduling.keyqueue). RAM holds one float per partition (its
 earliest due time) and counters; the rows stay in SQLite (index ``schedule_due`` on
 ``(p, q, next)``) and are written in the frontier's transaction stream, so a kill -9 keeps
 every row as of the last commit, like the frontier itself.
@@ -30,7 +31,7 @@ from typing import Any
 
 import msgpack
 
-from crawlproj.meta import REVISIT_CONTENT_HASH, REVISIT_ETAG, REVISIT_LAST_MODIFIED
+from crawlproj.meta import REVISIT, REVISIT_CONTENT_HASH, REVISIT_ETAG, REVISIT_LAST_MODIFIED
 from crawlproj.revisit.policy import Outcome, Policy, ScheduleRow
 
 from .frontier import Frontier
@@ -41,7 +42,7 @@ TICK_SECONDS = 0.25  # how often due rows are looked for
 PROMOTE_MAX = 256  # revisits of one partition queued in the frontier at most
 DEFAULT_SHARE = 0.5
 NEVER = math.inf
-REVISIT_META = (REVISIT_ETAG, REVISIT_LAST_MODIFIED, REVISIT_CONTENT_HASH)
+REVISIT_META = (REVISIT, REVISIT_ETAG, REVISIT_LAST_MODIFIED, REVISIT_CONTENT_HASH)
 
 _COLUMNS = "next, ivl, last_fetch, last_change, fails, etag, last_modified, hash, q"
 
@@ -55,11 +56,15 @@ def _s(ms: int | None) -> float | None:
 
 
 def policy_of(wire: Any) -> Policy:
-    """The policy an outcome names: ``rp = [kind, interval, min, max]``; ValueError if bad."""
-    if not (isinstance(wire, list) and len(wire) == 4 and isinstance(wire[0], str)
-            and all(type(v) in (int, float) for v in wire[1:])):
-        raise ValueError(f"outcome policy {wire!r} is not [kind, interval, min, max]")
-    return Policy(wire[0], float(wire[1]), float(wire[2]), float(wire[3]))
+    """The policy an outcome names: ``rp = [kind, interval, min, max(, retry base, retire after)]``
+    (the last two absent from nodes before them: Policy's defaults); ValueError if bad."""
+    if not (isinstance(wire, list) and len(wire) in (4, 6) and isinstance(wire[0], str)
+            and all(type(v) in (int, float) for v in wire[1:]) and (len(wire) == 4 or type(wire[5]) is int)):
+        raise ValueError(f"outcome policy {wire!r} is not [kind, interval, min, max, retry base, retire after]")
+    if len(wire) == 4:
+        return Policy(wire[0], float(wire[1]), float(wire[2]), float(wire[3]))
+    return Policy(wire[0], float(wire[1]), float(wire[2]), float(wire[3]), retry_base=float(wire[4]),
+                  gone_after=wire[5])
 
 
 def outcome_from_wire(wire: Any) -> tuple[Outcome, Policy]:
@@ -237,12 +242,10 @@ class RevisitSchedule:
         for f, etag, last_modified, body_hash, blob in due:
             req = msgpack.unpackb(blob, raw=False)
             meta = req.setdefault("meta", {})
-            for key, value in ((REVISIT_ETAG, etag), (REVISIT_LAST_MODIFIED, last_modified),
+            for key, value in ((REVISIT, 1), (REVISIT_ETAG, etag), (REVISIT_LAST_MODIFIED, last_modified),
                                (REVISIT_CONTENT_HASH, body_hash.hex() if body_hash else None)):
                 if value is not None:
                     meta[key] = value
-            if not meta:
-                del req["meta"]
             requests.append(req)
         if requests:
             self.frontier.begin()

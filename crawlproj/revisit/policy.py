@@ -113,8 +113,8 @@ class Policy:
     inc_rate: float = 0.5
     dec_rate: float = 0.5
     sync_rate: float = 0.0
-    gone_after: int = 3
-    retry_base: float = 60.0
+    gone_after: int = 3  # REVISIT_RETIRE_AFTER
+    retry_base: float = 60.0  # REVISIT_RETRY_BASE, seconds
 
     def __post_init__(self) -> None:
         if self.kind not in POLICIES:
@@ -124,6 +124,9 @@ class Policy:
                              f"{self.min_interval}, {self.interval}, {self.max_interval}")
         if not (0 < self.inc_rate and 0 < self.dec_rate <= 1 and 0 <= self.sync_rate <= 1):
             raise ValueError("revisit policy: expected inc_rate > 0, 0 < dec_rate <= 1, 0 <= sync_rate <= 1")
+        if not (self.retry_base > 0 and self.gone_after >= 1):
+            raise ValueError(f"revisit policy: expected retry_base > 0 and gone_after >= 1, got "
+                             f"{self.retry_base}, {self.gone_after}")
 
     def clamp(self, interval: float) -> float:
         return min(self.max_interval, max(self.min_interval, interval))

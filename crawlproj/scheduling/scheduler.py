@@ -29,7 +29,7 @@ from scrapy.utils.reactor import is_asyncio_reactor_installed
 from twisted.internet.defer import Deferred
 
 from crawlproj.linkfilter import recent_links
-from crawlproj.meta import CANONICAL, KEY, LEASE, OWN_ERRBACK, PARENT, REDIRECT_URLS, WAKE
+from crawlproj.meta import CANONICAL, KEY, LEASE, OWN_ERRBACK, PARENT, REDIRECT_URLS, REVISIT, WAKE
 from crawlproj.meta import PARTITION as PART
 from crawlproj.observability.extension import timings_of
 from crawlproj.politeness.gate import PolitenessGate, fetch_ended
@@ -63,7 +63,8 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
         self.config = config
         self.node = config.node_name
         self.book = book
-        self.queues: KeyQueues[Request] = KeyQueues()
+        # revisits (handed out again by the dispatcher's schedule) get REVISIT_SHARE of a key's fetches
+        self.queues: KeyQueues[Request] = KeyQueues(lambda r: REVISIT in r.meta, book.revisit.share)
         self.recent = recent_links(crawler)
         self.partitions = 0  # P, from the dispatcher's welcome
         self.owned: set[int] = set()

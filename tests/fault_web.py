@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from crawlproj_testing.synthweb.model import ROBOTS_PATHS, Web, WebSpec
 from crawlproj_testing.synthweb.process import SynthWebProcess
 from crawlproj_testing.synthweb.render import Rendered, http_bytes
 from crawlproj_testing.synthweb.server import HTTPProtocol, SynthWeb
+from crawlproj_testing.synthweb.server import serve as synthweb_serve
 
 FAULT_PATH = "/_synthweb/fault"
 
@@ -81,19 +81,8 @@ class FaultyProtocol(HTTPProtocol):
 
 
 async def serve(web: Web, port: int, access_log: str | None) -> None:
-    log = open(access_log, "a", buffering=1, encoding="utf-8") if access_log else None
-    site = FaultySite(web, log, 2.0)
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: FaultyProtocol(site), "127.0.0.1", port, backlog=1024)
-    site.port = server.sockets[0].getsockname()[1]
-    print(f"SYNTHWEB LISTENING http://127.0.0.1:{site.port}", flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.close()
-    if log is not None:
-        log.close()
+    await synthweb_serve(web, "127.0.0.1", port, access_log, 2.0, site_class=FaultySite,
+                         protocol=FaultyProtocol)
 
 
 class FaultWeb(SynthWebProcess):

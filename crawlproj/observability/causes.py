@@ -232,7 +232,7 @@ def backlog(bins: list[Window], early: list[Window], late: list[Window]) -> list
             left = max(0.0, budget - max(v for _, v in points)) / pace
             unit = "items" if name == "items" else "bytes"
             lines.append(f"at this pace ({pace:.1f} {unit}/s) the {what} ({budget:.0f} {unit}) "
-                         f"is full in {_duration(left)}")
+                         f"is full in {duration(left)}")
     return lines
 
 
@@ -246,7 +246,8 @@ def _pace(points: list[tuple[float, float]]) -> float | None:
     return sum((t - mt) * (v - mv) for t, v in points) / var if var else None
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """A span as a person reads it: "40 s", "3 min", "1.5 h"."""
     if seconds >= 3600:
         return f"{seconds / 3600:.1f} h"
     if seconds >= 120:

@@ -96,7 +96,7 @@ class Diagnosis:
     def headline(self) -> str:
         parts = []
         if self.rate_change is not None and self.rate_change <= -RATE_FALL:
-            parts.append(f"rate fell {-100 * self.rate_change:.0f}% in {_duration(self.span_seconds)} "
+            parts.append(f"rate fell {-100 * self.rate_change:.0f}% in {causes.duration(self.span_seconds)} "
                          f"({self.rate_early:.1f} -> {self.rate_late:.1f} pages/s)")
         if self.findings:
             first = self.findings[0]
@@ -116,13 +116,6 @@ class Diagnosis:
             lines += [f"  - {e}" for e in f.evidence]
         return "\n".join(lines)
 
-
-def _duration(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    if seconds >= 120:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds:.0f} s"
 
 
 def _mean(values: list[float]) -> float | None:

@@ -290,11 +290,13 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def serve(web: Web, host: str, port: int, access_log: str | None, hold_seconds: float,
-                time_scale: float = 0.0) -> None:
+                time_scale: float = 0.0, site_class: type[SynthWeb] = SynthWeb,
+                protocol: type[HTTPProtocol] = HTTPProtocol) -> None:
+    """Serve ``web`` until SIGTERM or SIGINT (``site_class`` and ``protocol``: a test's variant)."""
     log = open(access_log, "a", buffering=1, encoding="utf-8") if access_log else None
-    site = SynthWeb(web, log, hold_seconds, time_scale=time_scale)
+    site = site_class(web, log, hold_seconds, time_scale=time_scale)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: HTTPProtocol(site), host, port, backlog=1024)
+    server = await loop.create_server(lambda: protocol(site), host, port, backlog=1024)
     site.port = server.sockets[0].getsockname()[1]
     # The fixture and the cluster runner read this line to learn the port.
     print(f"SYNTHWEB LISTENING http://{host}:{site.port}", flush=True)

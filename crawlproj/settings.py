@@ -148,3 +148,7 @@ REVISIT_INTERVAL = 86400.0  # seconds: fixed's interval, adaptive's first one
 REVISIT_MIN_INTERVAL = 3600.0  # adaptive: the interval never goes below this (seconds)
 REVISIT_MAX_INTERVAL = 30 * 86400.0  # adaptive: ... nor above this (seconds)
 REVISIT_KEY_POLICIES: dict[str, str] = {}  # {politeness key: none|fixed|adaptive}, overriding REVISIT_POLICY
+
+# -- Downloads (crawlproj.download: Scrapy's HTTP/1.1 handler reading big bodies in big reads) ----
+DOWNLOAD_HANDLERS = {"http": "crawlproj.download.HTTP11DownloadHandler", "https": "crawlproj.download.HTTP11DownloadHandler"}
+DOWNLOAD_READ_SIZE = 4 * 1024 * 1024  # bytes per socket read (Twisted's 64 KiB: one loop turn per 64 KiB of a body)

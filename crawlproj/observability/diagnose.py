@@ -286,7 +286,11 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
             store_finding = None
     # item store
     behind = causes.backlog(bins, early, late)
+    # parse is CPU only: when it grew as much, a starved interpreter slowed the writes too
+    parse_growth = growths["parse"].ratio if "parse" in growths else 0.0
     for g in grown:
+        if g.op in ITEM_OPS and behind is None and g.ratio <= parse_growth:
+            continue
         if g.op in ITEM_OPS and environment and fell and behind is None:
             # a starved machine or a stalled dispatcher slows the item pipelines too
             diag.findings[0].evidence.append(f"grown with it, likely knock-on: {g.describe()}")

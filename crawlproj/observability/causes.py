@@ -175,6 +175,9 @@ def evidence(resource: str, early: list[Window], late: list[Window], found: dict
         lines.append("robots.txt fetch p50 "
                      + _ms(op_mean(early, "robots_fetch", "p50"), op_mean(late, "robots_fetch", "p50")))
     elif resource in ("politeness", "lack_of_work"):
+        waits = [op_mean(phase, "politeness_wait", "p90") for phase in (early, late)]
+        if resource == "politeness" and waits[1] is not None:
+            lines.append(f"a request's wait in the node's key queues (politeness_wait) p90 {_ms(*waits)}")
         keys = [span_mean(phase, lambda b: float(b.distinct_keys) if b.fetches else None) for phase in (early, late)]
         if keys[0] is not None and keys[1] is not None:
             lines.append(f"politeness keys fetched per window {keys[0]:.0f} -> {keys[1]:.0f}")

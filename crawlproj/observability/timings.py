@@ -58,6 +58,8 @@ OPERATIONS = {
     "download_total": "a download from the request sent to its last byte",
     "robots_wait": "a request in the downloader middlewares before its slot (the wait for robots.txt)",
     "slot_wait": "a request in its downloader slot before its transfer (a key's delay waited out)",
+    "politeness_wait": "a leased request in the node's key queues, from queued to handed to Scrapy (its "
+                       "key's delay and the fetches ahead of it waited out; a full engine adds to it)",
     "parse": "a spider callback, from its first output to its last (link handling included)",
     "item_write": "an item, from the callback yielding it to the end of the item pipelines, its item_batch_wait "
                   "left out",

@@ -212,7 +212,7 @@ def test_drill_item_store_falls_behind_while_the_rate_holds(tmp_path: Path, dril
     proxy = DelayProxy(host, int(port))
     settings = {"MONGO_URI": f"mongodb://127.0.0.1:{proxy.port}/", "MONGO_DATABASE": f"behind{os.getpid()}",
                 "MONGO_BATCH_SIZE": batch, "MONGO_FLUSH_INTERVAL": 0.2, "MONGO_STATS_INTERVAL": 1.0,
-                "MONGO_BUFFER_MAX_ITEMS": 200_000, "MONGO_SPILL_MAX_BYTES": 50_000_000,
+                "MONGO_BUFFER_MAX_ITEMS": 5000, "MONGO_SPILL_MAX_BYTES": 50_000_000,
                 "MONGO_CONNECT_TIMEOUT": 5.0, "MONGO_SPILL_DIR": str(tmp_path / "spill"),
                 "MONGO_WRITE_CONCERN": {"w": 1},
                 # items waiting for MongoDB keep their leases: credit enough that the node still pulls
@@ -234,7 +234,7 @@ def test_drill_item_store_falls_behind_while_the_rate_holds(tmp_path: Path, dril
         proxy.close()
     text_ = result.text()
     assert result.cause == "item_store" and "the crawl rate holds" in text_, text_
-    assert "the buffer (200000 items) is full in" in text_, text_
+    assert "the buffer (5000 items) is full in" in text_, text_
 
 
 @pytest.mark.parametrize("shape", ["draining", "one huge key"])

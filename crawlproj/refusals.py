@@ -50,6 +50,10 @@ SOURCES: dict[str, tuple[str, str]] = {
     "traps/refused/host_cap": ("the trap guard (pages per host)", "TRAP_MAX_PAGES_PER_HOST"),
     "traps/refused/url_length": ("the trap guard (URL length)", "URLLENGTH_LIMIT"),
     "traps/refused/": ("the trap guard", "TRAP_GUARD_ENABLED=False"),
+    "robots/forbidden/unreachable": ("robots.txt unreachable (held ROBOTS_HOLD_TIME, postponed up to "
+                                     "ROBOTS_POSTPONE_MAX, then dropped)",
+                                     "a longer ROBOTS_POSTPONE_MAX (ROBOTS_HOLD_TIME without a dispatcher), "
+                                     "or sites whose robots.txt answers"),
     "robots/forbidden/": ("robots.txt", "ROBOTSTXT_OBEY=False (only for sites you run)"),
     "broad/seeds/invalid": ("bad seeds (not http(s) URLs)", "-a seeds=FILE|URL,URL with http(s) URLs"),
     "broad/seeds/out_of_scope": ("seeds outside BROAD_ALLOWED_DOMAINS",

@@ -4,7 +4,9 @@ start at run time (test-only; tests/ on PYTHONPATH), for the observability drill
 ``GET /_synthweb/fault?latency_ms=L&ramp_s=R`` (on any host): from now on every page answers up
 to L ms later, the extra growing linearly over R seconds (sites answering slower and slower).
 ``GET /_synthweb/fault?robots_ms=M``: a robots.txt of a host first asked from now on answers
-M ms late, every time (slow robots.txt on new hosts). Faults add up; nothing else changes.
+M ms late, every time (slow robots.txt on new hosts). ``GET /_synthweb/fault?robots_status=S``:
+a robots.txt of a host first asked from now on answers status S, every time (503: robots.txt
+unreachable on new hosts). Faults add up; nothing else changes.
 :class:`FaultWeb` starts it like crawlproj_testing's SynthWebProcess.
 """
 
@@ -38,6 +40,9 @@ class FaultySite(SynthWeb):
         self.robots_ms = 0.0
         self.robots_seen: set[str] = set()  # hosts asked for robots.txt before that fault
         self.slow_robots: set[str] = set()  # hosts first asked after
+        self.robots_status = 0
+        self.answered_robots: set[str] = set()  # hosts asked for robots.txt before that fault
+        self.failing_robots: set[str] = set()  # hosts first asked after
 
     def control(self, path: str, target: str) -> tuple[int, bytes]:
         if path != FAULT_PATH:
@@ -49,7 +54,22 @@ class FaultySite(SynthWeb):
             self.slow_since = time.monotonic()
         if "robots_ms" in query:
             self.robots_ms = float(query["robots_ms"][0])
+        if "robots_status" in query:
+            self.robots_status = int(query["robots_status"][0])
         return 200, http_bytes(Rendered(200, (), b"ok"))
+
+    def failed_robots(self, host: str, path: str) -> bytes | None:
+        """The answer of a failing robots.txt, or None (the web's own answer)."""
+        if path not in ROBOTS_PATHS:
+            return None
+        if not self.robots_status:
+            self.answered_robots.add(host)
+            return None
+        if host not in self.answered_robots:
+            self.failing_robots.add(host)
+        if host not in self.failing_robots:
+            return None
+        return http_bytes(Rendered(self.robots_status, (("Content-Type", "text/plain"),), b"try later"))
 
     def extra_delay(self, host: str, path: str) -> float:
         """Seconds the fault adds to this answer."""
@@ -71,6 +91,8 @@ class FaultyProtocol(HTTPProtocol):
 
     def _send(self, data: bytes, start: float, host: str, path: str, status: int, node: str,
               delayed: bool = False) -> None:
+        if not delayed and (failed := self.site.failed_robots(host, path)) is not None:
+            data, status = failed, self.site.robots_status
         extra = 0.0 if delayed else self.site.extra_delay(host, path)
         if extra > 0:
             self.busy = True

@@ -596,8 +596,10 @@ def test_fault_drill_diagnose_names_the_planted_cause(drill: str, tmp_path: Path
         stats = cluster.node_stats("n1")
     assert stats.get("finish_reason") == "closespider_timeout", stats.get("finish_reason")
     assert stats.get("timing/download/p50", 0) > 0 and "timing/parse/p99" in stats
+    assert "timing/politeness_wait/p90" in stats  # the scheduler's key queues, an operation too
     obs = read_logs([workdir])
     assert {"n1", "dispatcher"} <= set(obs.sources)
+    assert any("politeness_wait" in (w.get("ops") or {}) for w in obs.sources["n1"].windows)
     result = diagnose(obs, window=2.0)
     rates = [round(b.rate or 0) for b in windows(obs, 2.0)]
     print(f"\n[{drill}] rates per 2 s {rates}\n{result.text()}")

@@ -171,6 +171,74 @@ def test_drill_item_store_slows_down(tmp_path: Path, drill_env: None, mongo_uri:
     assert result.cause == "item_store", result.text()
 
 
+def test_drill_crawl_ends_by_dropping_urls(tmp_path: Path, drill_env: None) -> None:
+    """robots.txt of every host first asked from 20-30% on answers 5xx: the requests of those hosts
+    are held, postponed up to ROBOTS_POSTPONE_MAX and dropped. Not a normal end: diagnose says so
+    first, with the reason and its setting."""
+    rng = _rng()
+    # earlier than the other faults: most of the crawl's requests then come after it (a clear share)
+    params = {"status": rng.choice([500, 502, 503]), "postpone_max_s": round(rng.uniform(0.5, 2.0), 1),
+              "at": round(rng.uniform(0.2, 0.3), 2)}
+    settings = {"ROBOTS_HOLD_TIME": 0.5, "ROBOTS_POSTPONE_MAX": params["postpone_max_s"],
+                "ROBOTS_RETRY_DELAY": 0.5, "ROBOTS_RETRY_MAX_DELAY": 1.0}
+    with _fault_web(tmp_path, MANY) as web:
+        with _cluster(tmp_path, web, settings, web.seed_urls()[:40]) as cluster:
+            started = _crawling(cluster)
+            _at(cluster, started, params["at"])
+            web.fault(robots_status=params["status"])
+            result = _diagnosis(tmp_path, cluster, "crawl ends by dropping URLs", params)
+    text_ = result.text()
+    assert result.cause == "dropped" and result.findings[0].fault, text_
+    assert "[robots/forbidden/unreachable]; to allow them: a longer ROBOTS_POSTPONE_MAX" in text_, text_
+
+
+def _items_per_second(cluster: Cluster, since: float) -> float:
+    """The node's items per second from ``since`` (monotonic) on, by its latest stats report."""
+    items = sum((n.get("stats") or {}).get("item_scraped_count", 0) for n in cluster.status()["nodes"].values())
+    return items / max(time.monotonic() - since, 1e-9)
+
+
+BEHIND_SECONDS = 30
+
+
+def test_drill_item_store_falls_behind_while_the_rate_holds(tmp_path: Path, drill_env: None,
+                                                            mongo_uri: str) -> None:
+    """MongoDB writes a share of the crawl's item rate (a delaying proxy, one batch per answer):
+    the buffer grows (MONGO_BUFFER_MAX_ITEMS raised, leases and scraper room enough for the waiting
+    items) while
+    the crawl rate holds, and diagnose warns with the time left before the buffer is full."""
+    rng = _rng()
+    params = {"share": round(rng.uniform(0.3, 0.5), 2), "at": round(rng.uniform(*FAULT_AT), 2)}
+    batch = 10
+    host, port = mongo_uri.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    proxy = DelayProxy(host, int(port))
+    settings = {"MONGO_URI": f"mongodb://127.0.0.1:{proxy.port}/", "MONGO_DATABASE": f"behind{os.getpid()}",
+                "MONGO_BATCH_SIZE": batch, "MONGO_FLUSH_INTERVAL": 0.2, "MONGO_STATS_INTERVAL": 1.0,
+                "MONGO_BUFFER_MAX_ITEMS": 5000, "MONGO_SPILL_MAX_BYTES": 50_000_000,
+                "MONGO_CONNECT_TIMEOUT": 5.0, "MONGO_SPILL_DIR": str(tmp_path / "spill"),
+                "MONGO_WRITE_CONCERN": {"w": 1},
+                # items waiting for MongoDB keep their leases: credit enough that the node still pulls
+                "DISPATCHER_QUEUE_TARGET": 4000,
+                # ... and their responses: Scrapy's scraper backs out at 5 MB of them (~300 pages)
+                "SCRAPER_SLOT_MAX_ACTIVE_SIZE": 100_000_000,
+                # long enough for the oldest item to wait seconds before the crawl ends
+                "CLOSESPIDER_TIMEOUT": BEHIND_SECONDS}
+    try:
+        with _fault_web(tmp_path, WIDE) as web, _cluster(tmp_path, web, settings) as cluster:
+            started = _crawling(cluster)
+            cluster.wait(max(0.0, started + params["at"] * BEHIND_SECONDS - time.monotonic()))
+            rate = _items_per_second(cluster, started)
+            params["items_per_s"] = round(rate, 1)
+            params["answer_ms"] = round(1000.0 * batch / max(params["share"] * rate, 1.0))
+            proxy.slow_down(params["answer_ms"], 0.0)
+            result = _diagnosis(tmp_path, cluster, "item store falls behind", params)
+    finally:
+        proxy.close()
+    text_ = result.text()
+    assert result.cause == "item_store" and "the crawl rate holds" in text_, text_
+    assert "the buffer (5000 items) is full in" in text_, text_
+
+
 @pytest.mark.parametrize("shape", ["draining", "one huge key"])
 def test_drill_crawl_shape_is_no_fault(shape: str, tmp_path: Path, drill_env: None) -> None:
     spec = DRAIN if shape == "draining" else HUGE
@@ -282,6 +350,28 @@ def test_backlog_warns_with_the_time_left(tmp_path: Path) -> None:
     assert "the crawl rate holds" in text_ and "the buffer (1000 items) is full in" in text_, text_
 
 
+def test_backlog_warns_with_the_time_left_in_the_spill_budget(tmp_path: Path) -> None:
+    """MongoDB failing: the buffer stays at its bound and the spill grows; the time left before
+    the spill budget is full, at the spill's pace (the buffer, not growing, gets no such line)."""
+    start = time.mktime((2026, 3, 1, 0, 0, 0, 0, 0, -1))
+    lines = []
+    for i in range(1, 13):
+        spill = 2_000_000 * i  # 200 kB/s
+        record = {"t": start + 10 * i, "node": "n1", "interval": 10, "pages": 500 * i, "cpu": 0.3,
+                  "keys": {"distinct": 50, "fetches": 500, "top": "a.test", "top_n": 12},
+                  "ops": {"item_write": {"n": 500, "p50": 300.0, "p90": 400.0, "p99": 500.0, "sum": 150000}},
+                  "account": {"backlog": {"items": 1000, "items_max": 1000, "spill_bytes": spill,
+                                          "spill_max": 100_000_000, "oldest_s": 5.0}}}
+        lines.append(json.dumps(record))
+    (tmp_path / "n1.jl").write_text("\n".join(lines) + "\n")
+    result = diagnose(read_logs([tmp_path]), window=10.0)
+    text_ = result.text()
+    assert result.cause == "item_store" and "the crawl rate holds" in text_, text_
+    # 76 MB left of the budget at 200 kB/s: 380 s
+    assert "at this pace (200000.0 bytes/s) the spill budget (100000000 bytes) is full in 6 min" in text_, text_
+    assert "the buffer (1000 items)" not in text_, text_
+
+
 def test_logs_and_diagnose_refuse_a_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from crawlproj.tools.cli import main as crawlproj_main
 
@@ -289,3 +379,58 @@ def test_logs_and_diagnose_refuse_a_missing_path(tmp_path: Path, capsys: pytest.
         assert crawlproj_main([command, str(tmp_path / "nothing")]) == 2
         err = capsys.readouterr().err.strip()
         assert err == f"crawlproj {command}: no such file or directory: {tmp_path / 'nothing'}"
+
+
+def _scrapy_log(start: float, counts: list[tuple[int, int]], final: dict[str, Any]) -> str:
+    """A node's Scrapy log: LogStats lines at (seconds, pages) and the final stats dump."""
+    def stamp(t: float) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start + t))
+
+    lines = [f"{stamp(t)} [scrapy.extensions.logstats] INFO: Crawled {pages} pages (at 0 pages/min), "
+             f"scraped {pages} items (at 0 items/min)" for t, pages in counts]
+    dump = ",\n ".join(f"{key!r}: {value!r}" for key, value in sorted(final.items()))
+    lines.append(f"{stamp(counts[-1][0] + 1)} [scrapy.statscollectors] INFO: Dumping Scrapy stats:\n{{{dump}}}")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_crawl_that_ends_by_dropping_urls_says_so_first(tmp_path: Path) -> None:
+    """The issue's crawl: 84k of 109k requests ended as robots/forbidden/unreachable (and some by
+    the guards), 24.5k pages crawled at a steady rate: no normal end, the reason and its setting first."""
+    start = time.mktime((2026, 3, 1, 0, 0, 0, 0, 0, -1))
+    dropped = {"robots/forbidden/unreachable": 80_000, "traps/refused/host_cap": 3000,
+               "ssrf/refused/private": 1000}
+    counts = [(60 * i, 500 * i) for i in range(50)]
+    # response_received_count counts the robots.txt fetches too: 500 of them
+    final = {"response_received_count": 25_000, "finish_reason": "finished", "robots/forbidden": 80_000,
+             "robots/fetch/status/200": 100, "robots/fetch/status/500": 400, **dropped}
+    (tmp_path / "n1.log").write_text(_scrapy_log(start, counts, final))
+    result = diagnose(read_logs([tmp_path]))
+    text_ = result.text()
+    assert result.cause == "dropped" and result.findings[0].fault, text_
+    assert text_.splitlines()[0].startswith("the crawl ended by dropping requests"), text_
+    assert "84000 of 108500 (77%) ended without a fetch" in text_, text_
+    assert "[robots/forbidden/unreachable]; to allow them: a longer ROBOTS_POSTPONE_MAX" in text_, text_
+    assert "3000 by the trap guard (pages per host) [traps/refused/host_cap]; to allow them: " \
+           "TRAP_MAX_PAGES_PER_HOST" in text_, text_
+    print(text_)
+
+    # the same crawl live, from the dispatcher's series: the nodes' reports carry the counts
+    from crawlproj.observability.analysis import from_series
+    from crawlproj.observability.timings import Timings, parse_report
+
+    points = []
+    for i in range(1, 13):
+        timings = Timings()
+        timings.open_reader("report")
+        timings.refused = {key: n * i // 12 for key, n in dropped.items()}
+        report = parse_report(timings.report())
+        assert report["refused"] == timings.refused
+        points.append({"t": start + 10 * i, "interval": 10, "busy": 0.05, "stalled": 0.0, "available": 0,
+                       "nodes": {"n1": {"pages": 2000 * i, "report": report}}})
+    live = diagnose(from_series(points))
+    assert live.cause == "dropped" and "84000 of 108000 (78%)" in live.text(), live.text()
+
+    # a few refusals among many pages are a normal end
+    final = {"response_received_count": 24_500, "robots/forbidden/rules": 300, "traps/refused/depth": 20}
+    (tmp_path / "n1.log").write_text(_scrapy_log(start, counts, final))
+    assert diagnose(read_logs([tmp_path])).healthy

@@ -151,6 +151,15 @@ def backlog_of(stats: Any, budgets: dict[str, int]) -> dict[str, float]:
     return backlog
 
 
+ROBOTS_FETCH_STATUS = "robots/fetch/status/"  # RobotsThrottleMiddleware: robots.txt fetches by status
+
+
+def robots_fetches(stats: Any) -> int:
+    """robots.txt fetches among a stats dict's responses (``response_received_count`` counts them)."""
+    return int(sum(v for k, v in stats.items() if isinstance(k, str) and k.startswith(ROBOTS_FETCH_STATUS)
+                   and isinstance(v, (int, float))))
+
+
 def flatten(account: dict[str, Any], prefix: str = "acct") -> dict[str, float]:
     """``{"slots": {"download": 0.1}}`` -> ``{"acct/slots/download": 0.1}`` (numbers only)."""
     flat: dict[str, float] = {}

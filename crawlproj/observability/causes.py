@@ -22,14 +22,22 @@ quarter of the rest: grown), so neither noise on a tiny figure nor a small relat
 large one counts. Of the grown figures the one that rose most is the
 cause; a crawl whose keys run out (few keys left, the frontier empty) is draining, which is
 not a fault of the crawler.
+
+:func:`dropped`: a crawl that "ends" by dropping what it was given (robots.txt unreachable, the
+trap or SSRF guards) is not a normal end; what the nodes ended without a fetch, by refusal stats
+key (:mod:`crawlproj.refusals`), against the pages they fetched.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .analysis import Window
+from crawlproj.refusals import refusals, source_of
+
+from .account import robots_fetches
+from .analysis import Observations, Window
 
 GROWTH_RATIO = 1.5
 DRAIN_KEYS_RATIO = 0.5  # keys fetched per window late / early at or below this: draining
@@ -37,6 +45,8 @@ DRAIN_KEYS_FELL = 0.8  # ... or at or below this while the frontier is nearly em
 DRAIN_FRONTIER = 1000  # ... and at most this many requests left to lease in the frontier
 BACKLOG_OLDEST_S = 5.0  # an item waiting this long in the store's buffer is falling behind ...
 BACKLOG_GROWTH = 2.0  # ... when the buffer also grew this many times (or when the spill grows)
+DROPPED_SHARE = 0.25  # of the requests the nodes ended, this share ended without a fetch: said first
+DROPPED_MIN = 10  # ... and at least this many
 
 
 def span_mean(bins: list[Window], value: Callable[[Window], float | None]) -> float | None:
@@ -165,6 +175,9 @@ def evidence(resource: str, early: list[Window], late: list[Window], found: dict
         lines.append("robots.txt fetch p50 "
                      + _ms(op_mean(early, "robots_fetch", "p50"), op_mean(late, "robots_fetch", "p50")))
     elif resource in ("politeness", "lack_of_work"):
+        waits = [op_mean(phase, "politeness_wait", "p90") for phase in (early, late)]
+        if resource == "politeness" and waits[1] is not None:
+            lines.append(f"a request's wait in the node's key queues (politeness_wait) p90 {_ms(*waits)}")
         keys = [span_mean(phase, lambda b: float(b.distinct_keys) if b.fetches else None) for phase in (early, late)]
         if keys[0] is not None and keys[1] is not None:
             lines.append(f"politeness keys fetched per window {keys[0]:.0f} -> {keys[1]:.0f}")
@@ -253,3 +266,58 @@ def duration(seconds: float) -> str:
     if seconds >= 120:
         return f"{seconds / 60:.0f} min"
     return f"{seconds:.0f} s"
+
+
+@dataclass
+class Dropped:
+    """What the nodes ended without fetching, against what they fetched."""
+
+    pages: int
+    by_key: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_key.values())
+
+    @property
+    def share(self) -> float:
+        ended = self.total + self.pages
+        return self.total / ended if ended else 0.0
+
+    def summary(self) -> str:
+        top = max(self.by_key, key=lambda k: self.by_key[k])
+        what, allow = source_of(top) or (top, "?")
+        return (f"the crawl ended by dropping requests, not by fetching them: {self.total} of "
+                f"{self.total + self.pages} ({100 * self.share:.0f}%) ended without a fetch, most by "
+                f"{what} [{top}]; to allow them: {allow}")
+
+    def evidence(self) -> list[str]:
+        lines = [f"{self.pages} pages fetched, {self.total} requests refused or dropped"]
+        for key, count in sorted(self.by_key.items(), key=lambda kv: -kv[1]):
+            what, allow = source_of(key) or (key, "?")
+            lines.append(f"{count} by {what} [{key}]; to allow them: {allow}")
+        return lines
+
+
+def dropped(obs: Observations) -> Dropped | None:
+    """The requests the nodes ended without a fetch (their final stats, or the latest counts of
+    their TIMINGS records and reports), when they are a large share of what the nodes ended."""
+    pages = 0
+    by_key: Counter[str] = Counter()
+    for src in obs.nodes():
+        counts = Counter(refusals(src.final_stats))
+        robots = robots_fetches(src.final_stats)  # responses, not pages
+        for w in src.windows:
+            for key, n in (w.get("refused") or {}).items():
+                if isinstance(n, (int, float)) and source_of(key) is not None:
+                    counts[key] = max(counts[key], int(n))  # cumulative: the latest is the largest
+            if isinstance(w.get("robots_fetches"), (int, float)):
+                robots = max(robots, int(w["robots_fetches"]))
+        by_key.update(counts)
+        final = src.final_stats.get("response_received_count")
+        logged = max((n for _, n in src.pages), default=0.0)
+        pages += max(0, int(max(final if isinstance(final, (int, float)) else 0, logged)) - robots)
+    result = Dropped(pages, dict(by_key))
+    if result.total < DROPPED_MIN or result.share < DROPPED_SHARE:
+        return None
+    return result

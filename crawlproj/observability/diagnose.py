@@ -8,8 +8,11 @@ third, each figure a mean weighted by the windows' length (latencies by their co
 crawl rate fell, the cause is the resource whose share of the time grew most (the remote sites,
 this machine's CPU, the dispatcher, robots.txt, the item store, politeness, lack of work), from
 the nodes' time account (:mod:`crawlproj.observability.causes`); saturations seen directly
-come first:
+come first, and before them a crawl that ended by dropping its requests:
 
+- dropped: the nodes ended a large share of their requests without a fetch (robots.txt
+  unreachable or forbidding, the trap or SSRF guards), named with the setting that would allow
+  them, from their refusal stats (crawlproj.refusals) against the pages fetched;
 - this machine's CPU: the reactor thread waited for a CPU much more than before (another
   process took it), told apart from a heavy parse by the CPU each page took;
 - dispatcher saturated: its loop busy most of the time (or, without its log, nodes' round trips
@@ -65,8 +68,8 @@ STORE_OPS = ("robots_lookup", "robots_store_write")
 
 @dataclass
 class Finding:
-    cause: str  # machine_cpu, dispatcher, cpu, robots_store, item_store, remote_sites, robots,
-    # held, lack_of_work, politeness, drain, rate
+    cause: str  # dropped, machine_cpu, dispatcher, cpu, robots_store, item_store, remote_sites,
+    # robots, held, lack_of_work, politeness, drain, rate
     summary: str
     evidence: list[str] = field(default_factory=list)
     fault: bool = True  # False: the crawl is bound by its own shape (politeness, draining)
@@ -116,6 +119,11 @@ class Diagnosis:
             lines += [f"  - {e}" for e in f.evidence]
         return "\n".join(lines)
 
+
+def _lead(diag: Diagnosis) -> Finding:
+    """The first finding of the account's rules (after a "dropped" one; or that one, whose
+    knock-ons are the emptied slots): knock-ons go there."""
+    return next((f for f in diag.findings if f.cause != "dropped"), diag.findings[0])
 
 
 def _mean(values: list[float]) -> float | None:
@@ -188,12 +196,15 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
     bins = windows(obs, window)
     span = obs.span()
     length = span[1] - span[0] if span else 0.0
+    # a crawl that "ends" by dropping what it was given is no normal end, whatever its rate did
+    drops = causes.dropped(obs)
+    ended = [] if drops is None else [Finding("dropped", drops.summary(), drops.evidence())]
     if not bins:
-        return Diagnosis(0, length, None, None, None)
+        return Diagnosis(0, length, None, None, None, ended)
     early, late = _phases(bins)
     r_early, r_late = _rate(early), _rate(late)
     change = (r_late - r_early) / r_early if r_early and r_late is not None else None
-    diag = Diagnosis(len(bins), length, r_early, r_late, change)
+    diag = Diagnosis(len(bins), length, r_early, r_late, change, ended)
     growths = _growths(early, late)
     grown = sorted((g for g in growths.values() if g.grown), key=lambda g: -g.ratio)
     flat = [g for g in growths.values() if not g.grown]
@@ -288,23 +299,22 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
     behind = causes.backlog(bins, early, late)
     # parse is CPU only: when it grew as much, a starved interpreter slowed the writes too
     parse_growth = growths["parse"].ratio if "parse" in growths else 0.0
-    for g in grown:
-        if g.op in ITEM_OPS and behind is None and g.ratio <= parse_growth:
-            continue
-        if g.op in ITEM_OPS and environment and fell and behind is None:
-            # a starved machine or a stalled dispatcher slows the item pipelines too
-            diag.findings[0].evidence.append(f"grown with it, likely knock-on: {g.describe()}")
-            break
-        if g.op in ITEM_OPS:
-            add("item_store", f"item write latency grew {g.ratio:.0f}x while "
-                f"{others(ITEM_OPS + ('download', 'dispatcher_rtt', 'download_total'))}: the item "
-                "store is the bottleneck, check its indexes (an upsert that scans), its disk and "
-                "its load", [g.describe()] + (behind or []))
-            break
+    write = next((g for g in grown if g.op in ITEM_OPS
+                  and (behind is not None or g.ratio > parse_growth)), None)
+    if write is not None and environment and fell and behind is None:
+        # a starved machine or a stalled dispatcher slows the item pipelines too
+        _lead(diag).evidence.append(f"grown with it, likely knock-on: {write.describe()}")
+    elif write is not None and (fell or behind is None):
+        add("item_store", f"item write latency grew {write.ratio:.0f}x while "
+            f"{others(ITEM_OPS + ('download', 'dispatcher_rtt', 'download_total'))}: the item "
+            "store is the bottleneck, check its indexes (an upsert that scans), its disk and "
+            "its load", [write.describe()] + (behind or []))
     if behind is not None and "item_store" not in named:
+        # the rate holds so far (the buffer takes the difference): a warning with the time left
         add("item_store", "the item store falls behind: items wait longer and longer for it "
             f"(the crawl rate {'fell' if fell else 'holds'}); check its load, indexes and disk "
-            "before the spill budget is full (MONGO_SPILL_MAX_BYTES)", behind)
+            "before the spill budget is full (MONGO_SPILL_MAX_BYTES)",
+            ([] if write is None else [write.describe()]) + behind)
     if store_finding is not None:
         diag.findings.append(store_finding)
         named.add("robots_store")
@@ -327,7 +337,7 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
             add(s_.resource, ACCOUNT_SUMMARIES[s_.resource],
                 causes.evidence(s_.resource, early, late, found))
         if knock_on:
-            diag.findings[0].evidence.append("grown with it, likely knock-on: " + ", ".join(knock_on))
+            _lead(diag).evidence.append("grown with it, likely knock-on: " + ", ".join(knock_on))
     # politeness-bound
     keyed = [b for b in late if b.fetches >= MIN_FETCHES]
     hot = _mean([b.top_share for b in keyed if b.top_share is not None])

@@ -10,8 +10,8 @@ downloader middlewares before it (``slot_wait``, ``robots_wait``: the downloader
 the outermost downloader middleware's stamp) and the politeness key of every response, ends
 the item timings (``item_*`` signals), adopts the politeness state's samplers (store lookups
 and writes, robots.txt fetches and parsing), probes the download slots, the scheduler and the
-item store's backlog every ``PROBE_INTERVAL`` for the time account
-(:mod:`crawlproj.observability.account`), writes a TIMINGS summary line every
+item store's backlog (and the refused requests: crawlproj.refusals) every ``PROBE_INTERVAL``
+for the time account (:mod:`crawlproj.observability.account`), writes a TIMINGS summary line every
 ``TIMINGS_LOG_INTERVAL`` and the whole-crawl ``timing/<op>/*`` stats. The spider middleware,
 innermost, times each callback's output with one ``perf_counter`` pair per response and stamps
 the items it yields. All are off with ``TIMINGS_ENABLED = False``.
@@ -37,9 +37,10 @@ from crawlproj.meta import DOWNLOAD_LATENCY, ROBOTS_FETCH
 from crawlproj.meta import KEY as POLITENESS_KEY_META
 from crawlproj.nodeid import node_name
 from crawlproj.politeness.gate import PolitenessGate
+from crawlproj.refusals import refusals
 from crawlproj.setting_checks import bool_setting, file_setting, positive_float, typed_setting
 
-from .account import PROBE_INTERVAL, backlog_of
+from .account import PROBE_INTERVAL, backlog_of, robots_fetches
 from .timings import NullTimings, TimingLog, Timings
 
 if TYPE_CHECKING:
@@ -194,6 +195,12 @@ class TimingsExtension:
             budgets = {"items_max": settings.getint("MONGO_BUFFER_MAX_ITEMS"),
                        "spill_max": settings.getint("MONGO_SPILL_MAX_BYTES")} if settings.get("MONGO_URI") else {}
             self.timings.backlog = backlog_of(self.crawler.stats, budgets)
+            self._refusals()
+
+    def _refusals(self) -> None:
+        stats = self.crawler.stats.get_stats()
+        self.timings.refused = refusals(stats)
+        self.timings.robots_fetches = robots_fetches(stats)
 
     def _response_received(self, response: Response, request: Request) -> None:
         meta = request.meta
@@ -209,6 +216,7 @@ class TimingsExtension:
 
     def _tick(self) -> None:
         stats = self.crawler.stats
+        self._refusals()
         window = self.timings.window("log")
         record = {"t": round(time.time(), 3), "node": self.config.node,
                   "pages": stats.get_value("response_received_count", 0),

@@ -15,11 +15,14 @@ Log records are JSON after a fixed tag, so they are stable to parse whatever the
     TIMINGS {"t": ..., "node": "n1", "interval": 60.0, "pages": 5120, "items": 5101,
              "cpu": 0.42, "keys": {"distinct": 38, "fetches": 900, "top": "a.test", "top_n": 40},
              "ops": {"item_write": {"n": 899, "sum": ..., "max": ..., "p50": ..., "p90": ..., "p99": ...}},
-             "account": {"slots": {...}, "reactor": {...}, "machine": {...}, "backlog": {...}}}
+             "account": {"slots": {...}, "reactor": {...}, "machine": {...}, "backlog": {...}},
+             "refused": {"robots/forbidden/unreachable": 12}}
 
-(the account: :mod:`crawlproj.observability.account`). A single duration is logged when it is
-every k-th of its operation (``TIMINGS_LOG_SAMPLE_RATE``) or slow: at least
-``TIMINGS_LOG_SLOW_MS`` *and* :data:`SLOW_OVER_TYPICAL` times the operation's typical duration
+(the account: :mod:`crawlproj.observability.account`; ``refused``: the requests ended without a
+fetch so far, by refusal stats key, :mod:`crawlproj.refusals`, when there are any, with
+``robots_fetches``: how many of the pages were robots.txt fetches). A single
+duration is logged when it is every k-th of its operation (``TIMINGS_LOG_SAMPLE_RATE``) or
+slow: at least ``TIMINGS_LOG_SLOW_MS`` *and* :data:`SLOW_OVER_TYPICAL` times the operation's typical duration
 (an operation slow by design, such as a write that waits for its batch, floods nothing), at
 most one slow line per operation every :data:`SLOW_LOG_EVERY` seconds (with the count of the
 others since).
@@ -55,6 +58,8 @@ OPERATIONS = {
     "download_total": "a download from the request sent to its last byte",
     "robots_wait": "a request in the downloader middlewares before its slot (the wait for robots.txt)",
     "slot_wait": "a request in its downloader slot before its transfer (a key's delay waited out)",
+    "politeness_wait": "a leased request in the node's key queues, from queued to handed to Scrapy (its "
+                       "key's delay and the fetches ahead of it waited out; a full engine adds to it)",
     "parse": "a spider callback, from its first output to its last (link handling included)",
     "item_write": "an item, from the callback yielding it to the end of the item pipelines, its item_batch_wait "
                   "left out",
@@ -77,6 +82,8 @@ DISPATCHER_OPERATIONS = {
 
 _REPORT_TIMING = STATS_PREFIX + "/"
 _REPORT_TOP_KEY = "keys/top/"
+_REPORT_REFUSED = "refused/"
+_REPORT_ROBOTS_FETCHES = "node/robots_fetches"
 _ITEM_STARTS_MAX = 100_000  # items in flight whose start is remembered (a leak bound)
 #: Waits by configuration: sampled like any operation, never a "slow" TIMING line.
 NEVER_SLOW = frozenset({"item_batch_wait"})
@@ -169,6 +176,9 @@ class Timings:
         self._clocks: dict[str, Clocks] = {}
         self.slots = SlotAccount()  # probed by the TimingsExtension
         self.backlog: dict[str, float] = {}  # the item store's, as last probed
+        # requests ended without a fetch, by refusal stats key (crawlproj.refusals), as last probed
+        self.refused: dict[str, int] = {}
+        self.robots_fetches = 0  # responses that were robots.txt fetches, as last probed
 
     # -- recording ------------------------------------------------------------------------------
 
@@ -257,7 +267,7 @@ class Timings:
         account: dict[str, Any] = {"slots": slots, "reactor": reactor, "machine": machine}
         if self.backlog:
             account["backlog"] = dict(self.backlog)
-        return {
+        window: dict[str, Any] = {
             "interval": round(interval, 3),
             "cpu": round((cpu_now - cpu_then) / interval, 3),
             "keys": {"distinct": len(keys), "fetches": sum(keys.values()),
@@ -265,12 +275,17 @@ class Timings:
             "ops": ops,
             "account": account,
         }
+        if self.refused:
+            window["refused"] = dict(self.refused)  # cumulative, since the crawl's start
+            window["robots_fetches"] = self.robots_fetches  # of the responses, cumulative
+        return window
 
     def report(self) -> dict[str, float]:
         """The ``"report"`` window as flat numeric stats for the dispatcher's "stats" message:
         ``timing/<op>/{n,sum,max,p50,p90,p99}``, ``node/cpu``, ``node/interval``,
         ``keys/distinct``, ``keys/fetches``, ``keys/top/<key>`` (fetches of the busiest key),
-        ``acct/<part>/<figure>`` (the time account)."""
+        ``acct/<part>/<figure>`` (the time account), ``refused/<refusal stats key>`` and
+        ``node/robots_fetches`` (cumulative)."""
         window = self.window("report")
         flat: dict[str, float] = {"node/cpu": window["cpu"], "node/interval": window["interval"]}
         flat.update(flatten(window["account"]))
@@ -282,6 +297,10 @@ class Timings:
         for op, summary in window["ops"].items():
             for field, value in summary.items():
                 flat[f"{STATS_PREFIX}/{op}/{field}"] = value
+        for key, count in window.get("refused", {}).items():
+            flat[_REPORT_REFUSED + key] = count
+        if "robots_fetches" in window:
+            flat[_REPORT_ROBOTS_FETCHES] = window["robots_fetches"]
         return flat
 
     def publish(self, stats: StatsLike) -> None:
@@ -334,8 +353,10 @@ class NullTimings(Timings):
 
 def parse_report(stats: dict[str, Any]) -> dict[str, Any]:
     """A node's flat report (:meth:`Timings.report`, as the dispatcher stores it) as a window:
-    ``{"interval", "cpu", "keys": {...}, "ops": {op: {"n", "p50", ...}}, "account": {...}}``."""
+    ``{"interval", "cpu", "keys": {...}, "ops": {op: {"n", "p50", ...}}, "account": {...}}``
+    (and ``"refused": {stats key: count}`` when the node refused requests)."""
     ops: dict[str, dict[str, float]] = {}
+    refused: dict[str, int] = {}
     top, top_n = None, 0
     for name, value in stats.items():
         if not isinstance(name, str) or not isinstance(value, (int, float)):
@@ -346,13 +367,19 @@ def parse_report(stats: dict[str, Any]) -> dict[str, Any]:
                 ops.setdefault(op, {})[field] = value
         elif name.startswith(_REPORT_TOP_KEY) and value >= top_n:
             top, top_n = name[len(_REPORT_TOP_KEY):], value
-    return {
+        elif name.startswith(_REPORT_REFUSED):
+            refused[name[len(_REPORT_REFUSED):]] = int(value)
+    report: dict[str, Any] = {
         "interval": stats.get("node/interval"), "cpu": stats.get("node/cpu"),
         "keys": {"distinct": stats.get("keys/distinct", 0), "fetches": stats.get("keys/fetches", 0),
                  "top": top, "top_n": top_n},
         "ops": {op: s for op, s in ops.items() if s.get("n")},
         "account": unflatten(stats),
     }
+    if refused:
+        report["refused"] = refused
+        report["robots_fetches"] = stats.get(_REPORT_ROBOTS_FETCHES, 0)
+    return report
 
 
 def _cpu_seconds() -> float:

@@ -9,7 +9,8 @@ flight, its delay past, on the gate's one clock. Its session with the dispatcher
 crawlproj.scheduling.session, partition handoff in crawlproj.scheduling.handoff. Discovered requests are filtered through
 a bounded recently-sent set and pushed in batches; a leased request is acked when its fate is
 final (crawlproj.scheduling.leases), postponed when the downloader middlewares say it cannot
-start yet (its robots.txt unreachable, or the fence passed), and renewed while held. On revoke
+start yet (its robots.txt unreachable, or the fence passed), and renewed while held. A request's
+time from queued to handed to Scrapy is the ``politeness_wait`` operation (its timings). On revoke
 it releases what it has not started, finishes what it has, and hands the partitions'
 politeness state over.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +67,8 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
         self.book = book
         # revisits (handed out again by the dispatcher's schedule) get REVISIT_SHARE of a key's fetches
         self.queues: KeyQueues[Request] = KeyQueues(lambda r: REVISIT in r.meta, book.revisit.share)
+        # when each queued request was queued: its politeness_wait ends when Scrapy takes it
+        self.queued_at: weakref.WeakKeyDictionary[Request, float] = weakref.WeakKeyDictionary()
         self.recent = recent_links(crawler)
         self.partitions = 0  # P, from the dispatcher's welcome
         self.owned: set[int] = set()
@@ -269,6 +273,7 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
         waits for the gate's (a fetch lately, before a restart, or by the node that handed it over)."""
         fresh = key not in self.queues
         self.queues.push(key, request, front=front)
+        self.queued_at[request] = time.monotonic()
         if fresh and self.gate is not None:
             since = self.fenced_at.get(request.meta[PART])
             if since is not None and self.gate.last_fetch(key) < since:
@@ -285,6 +290,9 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
             self._pull()
             return None
         key, request = popped
+        queued = self.queued_at.pop(request, None)
+        if queued is not None:
+            self.timings.record("politeness_wait", (now - queued) * 1000.0)
         lease_id = request.meta[LEASE]
         self.busy_by[key] = lease_id
         self.inflight[lease_id] = (key, request.meta[PART])

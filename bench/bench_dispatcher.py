@@ -206,10 +206,10 @@ def run_service(nodes: int, dup: float, seconds: float, workdir: Path) -> dict[s
     }
 
 
-def micro(workdir: Path) -> dict[str, Any]:
+def micro(workdir: Path, urls: int = MICRO_URLS) -> dict[str, Any]:
     """The push path on one core, in-process: handle() of push frames, then commit."""
     space = UrlSpace("micro")
-    reqs = [space.new() for _ in range(MICRO_URLS)]
+    reqs = [space.new() for _ in range(urls)]
     frames = [encode("push", node="n", requests=reqs[i:i + PUSH_CHUNK])
               for i in range(0, len(reqs), PUSH_CHUNK)]
     # with the instrument the service runs with (crawlproj dispatcher): its timings are in the path
@@ -223,16 +223,15 @@ def micro(workdir: Path) -> dict[str, Any]:
             disp._handle([b"n", f])
             disp.frontier.maybe_commit()
         disp.frontier.commit()
-        return MICRO_URLS / (time.process_time() - c)
+        return urls / (time.process_time() - c)
 
-    out: dict[str, Any] = {"urls": MICRO_URLS}
+    out: dict[str, Any] = {"urls": urls}
     out["all_new_per_cpu_s"] = round(run())
     out["all_dup_hot_per_cpu_s"] = round(run())
-    disp.frontier._young.clear()
-    disp.frontier._old.clear()
+    disp.frontier.seen.clear_hot()
     out["all_dup_sqlite_per_cpu_s"] = round(run())
     # Where the time of the all-new path goes.
-    reqs = [space.new() for _ in range(MICRO_URLS)]
+    reqs = [space.new() for _ in range(urls)]
     frames = [encode("push", node="n", requests=reqs[i:i + PUSH_CHUNK])
               for i in range(0, len(reqs), PUSH_CHUNK)]
     prof = cProfile.Profile()
@@ -255,10 +254,12 @@ def main() -> int:
     ap.add_argument("--nodes", default="1,8,64")
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--dup", default="0.9,0.0", help="shares of pushed links already seen")
+    ap.add_argument("--micro-urls", type=int, default=MICRO_URLS,
+                    help="URLs of the in-process push path (each of its passes)")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-dispatcher-"))
     print("push path in-process (one core) ...", flush=True)
-    m = micro(workdir)
+    m = micro(workdir, args.micro_urls)
     print(f"  all new            {m['all_new_per_cpu_s']:>10,} URLs per CPU-second")
     print(f"  all dup (hot set)  {m['all_dup_hot_per_cpu_s']:>10,} URLs per CPU-second")
     print(f"  all dup (SQLite)   {m['all_dup_sqlite_per_cpu_s']:>10,} URLs per CPU-second")

@@ -134,7 +134,9 @@ def test_frontier_priority_fifo_bounded_readahead_and_dedup(tmp_path: Path) -> N
 
     new, touched = fr.add([wire(i) for i in range(10)] + [wire(3), wire(4)])
     assert (new, touched) == (10, [1])
-    assert fr.memory_rows() == 3  # the rest waits in SQLite
+    assert fr.pending_rows() == 10  # in memory until the commit writes them, as one row
+    fr.commit()
+    assert fr.pending_rows() == 0 and fr.memory_rows() == 3  # the rest waits in SQLite
     fr.add([wire(100, pr=5)])  # jumps the queue
     fr.commit()
     # Hot set rotated away: the seen table settles these, exactly.
@@ -148,14 +150,98 @@ def test_frontier_priority_fifo_bounded_readahead_and_dedup(tmp_path: Path) -> N
     assert order[1] == order[2] == "http://x.test/0"
     assert order[3:] == [f"http://x.test/{i}" for i in range(1, 10)]
     assert fr.size == 11 and fr.available(1) == 0
-    assert fr.merges == 1  # the first ten went through seen_log into the seen index
+    assert fr.merges == 1  # the first ten went through seen_log into the seen buckets
     assert fr.add_forced([wire(0)])[0] == 1 and fr.seen_count == 11  # dont_filter: stored again
     fr.close()
     again = Frontier(tmp_path / "s", 4)
     assert again.epoch == 2 and again.size == 12 and again.seen_count == 11
-    # Exact after a restart, whether a fingerprint sits in the seen index or still in seen_log.
+    # Exact after a restart, whether a fingerprint sits in the seen buckets or still in seen_log.
     assert again.add([wire(5), wire(100)]) == (0, [])
     assert again.add([wire(11)])[0] == 1
+    again.close()
+
+
+def _wire(i: int, p: int = 0) -> dict[str, Any]:
+    url = f"http://x.test/{i}"
+    return {"u": url, "f": fingerprint(url), "k": "x.test", "p": p}
+
+
+def _url(row: Any) -> str:
+    return msgpack.unpackb(row[2])["u"]
+
+
+def test_frontier_rows_and_partial_acks_survive_a_restart_exactly(tmp_path: Path) -> None:
+    fr = Frontier(tmp_path / "s", 2, readahead=4)
+    fr.add([_wire(i) for i in range(10)] + [_wire(100 + i, p=1) for i in range(3)])
+    fr.commit()
+    # one row per partition for the whole push
+    assert fr.conn.execute("SELECT p, n FROM frontier_rows ORDER BY p").fetchall() == [(0, 10), (1, 3)]
+    taken = [fr.take(0) for _ in range(6)]
+    assert [_url(row) for row in taken] == [f"http://x.test/{i}" for i in range(6)]
+    fr.ack_leased([(row[1], 0) for row in taken[:3]])
+    fr.give_back(0, taken[3])
+    fr.commit()
+    fr.ack_leased([(taken[5][1], 0)])  # never committed: lost with the process
+    fr.abandon()  # what a kill -9 leaves: the last commit
+    again = Frontier(tmp_path / "s", 2, readahead=4)
+    assert again.size == 10 and again.available(0) == 7
+    rows = []
+    while (row := again.take(0)) is not None:
+        rows.append(row)
+    assert [_url(row) for row in rows] == [f"http://x.test/{i}" for i in range(3, 10)]
+    assert [row[1] for row in rows] == [row[1] for row in taken[3:]] + [rows[3][1] + i for i in range(4)]
+    # A late ack of a lease of the first run acks the request, also while it is leased again;
+    # a second ack of it changes nothing.
+    assert again.ack_unknown(taken[4][1]) and not again.ack_unknown(taken[4][1])
+    again.ack_leased([(row[1], 0) for row in rows])
+    assert again.size == 3 and again.available(0) == 0
+    again.commit()
+    assert again.conn.execute("SELECT p FROM frontier_rows").fetchall() == [(1,)]  # done: deleted
+    again.close()
+    last = Frontier(tmp_path / "s", 2)
+    assert last.size == 3 and last.take(0) is None and last.available(1) == 3
+    last.close()
+
+
+def test_a_pending_request_of_higher_priority_is_written_and_served_first(tmp_path: Path) -> None:
+    fr = Frontier(tmp_path / "s", 1, readahead=2)
+    fr.add([_wire(i) for i in range(5)])
+    fr.commit()
+    fr.add([{**_wire(50), "pr": 3}, _wire(51)])  # not committed yet
+    assert fr.pending_rows() == 2
+    order = [_url(row) for row in iter(lambda: fr.take(0), None)]
+    assert order == ["http://x.test/50"] + [f"http://x.test/{i}" for i in (0, 1, 2, 3, 4, 51)]
+    assert fr.pending_rows() == 0 and fr.size == 7
+    fr.close()
+
+
+def test_a_schema_1_store_is_read_as_rows_of_one(tmp_path: Path) -> None:
+    import sqlite3
+
+    from crawlproj.dispatcher.frontier import STORE_FILENAME
+
+    (tmp_path / "s").mkdir()
+    conn = sqlite3.connect(tmp_path / "s" / STORE_FILENAME)
+    conn.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value);"
+        "CREATE TABLE seen (f BLOB PRIMARY KEY) WITHOUT ROWID; CREATE TABLE seen_log (f BLOB NOT NULL);"
+        "CREATE TABLE frontier (id INTEGER PRIMARY KEY, p INTEGER NOT NULL, npr INTEGER NOT NULL,"
+        " req BLOB NOT NULL); CREATE INDEX frontier_order ON frontier (p, npr, id);")
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", [("schema", 1), ("partitions", 1), ("epoch", 3),
+                                                        ("seen", 3)])
+    conn.executemany("INSERT INTO seen_log VALUES (?)", [(_wire(i)["f"],) for i in range(3)])
+    conn.executemany("INSERT INTO frontier VALUES (?, 0, ?, ?)",
+                     [((3 << 40) + i, -i, msgpack.packb(_wire(i))) for i in range(3)])
+    conn.commit()
+    conn.close()
+    fr = Frontier(tmp_path / "s", 1)
+    assert fr.epoch == 4 and fr.size == 3 and fr.add([_wire(i) for i in range(4)])[0] == 1
+    rows = [fr.take(0) for _ in range(3)]
+    assert [(row[1], _url(row)) for row in rows] == [((3 << 40) + i, f"http://x.test/{i}") for i in (2, 1, 0)]
+    fr.ack_leased([(rows[0][1], 0)])
+    fr.close()
+    again = Frontier(tmp_path / "s", 1)
+    assert again.size == 3  # two old ones and the new one
     again.close()
 
 

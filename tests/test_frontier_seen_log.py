@@ -7,7 +7,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from crawlproj.dispatcher.frontier import STORE_FILENAME, Frontier
+from crawlproj.dispatcher.seen import SeenFilter
 from crawlproj.wire.urls import fingerprint
 
 
@@ -28,14 +31,14 @@ def test_pushes_are_one_row_each_and_dedup_stays_exact_across_restart_and_merge(
     again = Frontier(tmp_path / "s", 1, hot_seen=2, merge_rows=60)
     assert again.hot_seen_size() >= 70  # the log is back in memory, exactly
     assert again.add([wire(i) for i in range(75)])[0] == 5
-    again.commit()  # 75 logged >= merge_rows: merged into the seen index
+    again.commit()  # 75 logged >= merge_rows: merged into the seen buckets
     assert again.merges == 1
-    assert again.conn.execute("SELECT count(*) FROM seen").fetchone() == (75,)
+    assert again.seen.stored() == 75
     assert again.conn.execute("SELECT count(*) FROM seen_log").fetchone() == (0,)
     again.close()
 
     last = Frontier(tmp_path / "s", 1, hot_seen=2)
-    assert last.add([wire(i) for i in range(80)])[0] == 5  # settled by the seen index
+    assert last.add([wire(i) for i in range(80)])[0] == 5  # settled by the seen buckets
     assert last.seen_count == 80
     last.close()
 
@@ -51,5 +54,24 @@ def test_a_log_of_one_fingerprint_per_row_reads_the_same(tmp_path: Path) -> None
     assert again.add([wire(i) for i in range(12)])[0] == 2
     again.commit()
     assert again.merges == 1
-    assert again.conn.execute("SELECT count(*) FROM seen").fetchone() == (12,)
+    assert again.seen.stored() == 12
     again.close()
+
+
+def test_the_filter_never_forgets_and_its_false_positives_cost_lookups_not_urls(tmp_path: Path) -> None:
+    flt = SeenFilter(1)
+    fps = [fingerprint(f"http://y.test/{i}") for i in range(20_000)]
+    flt.add(b"".join(fps))
+    assert flt.may_hold(b"".join(fps)).all()
+    others = [fingerprint(f"http://z.test/{i}") for i in range(20_000)]
+    assert flt.may_hold(b"".join(others)).sum() < 20  # about 1e-6 of them at this fill
+
+    fr = Frontier(tmp_path / "s", 1, hot_seen=2, merge_rows=10)
+    assert fr.add([wire(i) for i in range(30)])[0] == 30
+    fr.commit()  # merged: the index and the filter hold them
+    assert fr.merges == 1
+    fr.seen.clear_hot()
+    assert fr.add([wire(i) for i in range(30)]) == (0, [])  # the filter's "maybe" settled by the index
+    fr.seen.filter.words[:] = ~np.uint64(0)  # a filter that answers "maybe" to everything
+    assert fr.add([wire(i) for i in range(25, 40)])[0] == 10
+    fr.close()

@@ -44,6 +44,7 @@ from .config import (
 from .errors import ConfigError, DispatcherError
 from .frontier import DEFAULT_COMMIT_INTERVAL, DEFAULT_HOT_SEEN, DEFAULT_READAHEAD
 from .seeds import check_seeds_file, seed_urls
+from .seen import DEFAULT_FILTER_MIB
 from .service import Dispatcher
 
 logger = logging.getLogger("crawlproj.dispatcher")
@@ -126,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests per partition kept in memory")
     p.add_argument("--hot-seen", type=int, default=_env("hot_seen", DEFAULT_HOT_SEEN, int),
                    help="recent fingerprints kept in memory before asking SQLite")
+    p.add_argument("--seen-filter-mib", type=int,
+                   default=_env("seen_filter_mib", DEFAULT_FILTER_MIB, int),
+                   help="MiB of RAM for the Bloom filter that spares new URLs a seen-index lookup")
     p.add_argument("--commit-interval", type=float,
                    default=_env("commit_interval", DEFAULT_COMMIT_INTERVAL, float),
                    help="longest time (s) writes stay uncommitted; a crash "
@@ -175,7 +179,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         lease_timeout=args.lease_timeout, fence=args.fence, keep_alive=args.keep_alive, seeds=seeds,
         seeds_file=args.seeds_file, seeds_redis=args.seeds_redis, seeds_key=args.seeds_key,
         seeds_poll_interval=args.seeds_poll_interval, key_by=args.key_by,
-        readahead=args.readahead, hot_seen=args.hot_seen, commit_interval=args.commit_interval,
+        readahead=args.readahead, hot_seen=args.hot_seen,
+        seen_filter_mib=args.seen_filter_mib, commit_interval=args.commit_interval,
         restart_hold=args.restart_hold, min_nodes=args.min_nodes, curve_secret_key=args.curve_secret_key,
         curve_authorized_dir=args.curve_authorized_dir, http_port=args.http_port,
         http_host=args.http_host, series_interval=args.series_interval,

@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .frontier import DEFAULT_COMMIT_INTERVAL, DEFAULT_HOT_SEEN, DEFAULT_READAHEAD
+from .seen import DEFAULT_FILTER_MIB, FILTER_MIB_MAX
 
 ENV_PREFIX = "CRAWLPROJ_DISPATCHER_"
 DEFAULT_BIND = "tcp://127.0.0.1:5570"
@@ -58,6 +59,7 @@ class Config:
     key_by: str = "domain"
     readahead: int = DEFAULT_READAHEAD
     hot_seen: int = DEFAULT_HOT_SEEN
+    seen_filter_mib: int = DEFAULT_FILTER_MIB  # Bloom filter of the seen index (crawlproj.dispatcher.seen)
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
     restart_hold: float | None = None  # None: heartbeat_timeout when resuming a store
     min_nodes: int = 1  # no partition is assigned before this many nodes are alive
@@ -113,6 +115,8 @@ class Config:
                               f"{self.curve_authorized_dir!r})")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise _bad("http_port", self.http_port, "a port number (0: a free one)")
+        if not 1 <= self.seen_filter_mib <= FILTER_MIB_MAX:
+            raise _bad("seen_filter_mib", self.seen_filter_mib, f"MiB between 1 and {FILTER_MIB_MAX}")
         if self.min_nodes < 1:
             raise _bad("min_nodes", self.min_nodes, "an integer >= 1")
         if self.series_points < 2:

@@ -1,30 +1,26 @@
 """The durable frontier and the exact seen-set, in one SQLite file (WAL).
 
-(Over 400 lines on purpose: the in-memory read-ahead and the SQLite tables share one invariant,
-"every unleased row with a key <= bound is in memory", which every method below keeps.)
+(Over 400 lines on purpose: the in-memory read-ahead, the requests not yet written and the
+SQLite rows share one invariant, "every unleased, unacked stored request with a key <= bound is
+in memory", which every method below keeps.)
 
-Tables: ``seen`` (every fingerprint ever accepted, the exact dedup set), ``frontier`` (every
-request not yet acked: row id, partition, negated priority, msgpack wire request) and ``meta``
-(partition count, run epoch, seen count). A request stays in ``frontier`` until it is acked, so
-leases can live in memory: after a crash every unacked row is simply served again.
+Tables: ``frontier_rows`` (every request not yet acked, in rows of up to
+:data:`~.rows.ROW_MAX` requests of one partition and priority, :mod:`.rows`), ``acked`` (acks
+of rows not yet done), ``seen`` + ``seen_log`` (the exact dedup set, :mod:`.seen`) and ``meta``
+(schema, partition count, run epoch, seen count). A request stays stored until it is acked, so
+leases can live in memory: after a crash every unacked request is simply served again.
 
-RAM stays bounded whatever the frontier size: per partition only a read-ahead of at most
-``readahead`` rows (the next ones in priority-then-FIFO order) and the rows given back by
-released or expired leases are held in memory; the rest is read from the index when needed.
-A bounded two-generation "hot" set of recent fingerprints answers most duplicate checks
-without SQLite; a miss there is settled by the ``seen`` table, so dedup stays exact.
+A request's key is (negated priority, id): ascending keys are "priority, then FIFO". Ids are
+``epoch << ID_EPOCH_SHIFT | sequence``, given when a request is written: a run never reuses an
+id handed out by an earlier run, even one whose last transaction was lost in a crash, so a late
+ack can never ack another request. New requests wait in memory per partition and priority until
+the commit writes them, one row per partition and priority (or until the partition must serve
+one of them first: then that partition's are written at once).
 
-New fingerprints are not inserted into the ``seen`` index one by one: random 20-byte keys would
-dirty a different index page per row, and every commit (at most ``commit_interval`` apart) would
-rewrite thousands of pages (measured: commits grew to two thirds of the push path at one million
-URLs). They are appended to ``seen_log``, one row per push holding its new fingerprints end to
-end (sequential and cheap; a store written when each row held one fingerprint reads the same),
-and kept in an exact in-memory set; when the log holds ``merge_rows`` fingerprints it is merged
-into ``seen`` in key order, one sorted pass over the index for many rows.
-
-Row ids are ``epoch << ID_EPOCH_SHIFT | sequence``: a run never reuses an id handed out by an
-earlier run, even one whose last transaction was lost in a crash, so a late ack can never delete
-another request's row.
+RAM stays bounded whatever the frontier size: per partition a read-ahead of about ``readahead``
+requests (whole rows; the next ones in key order), the requests given back by released or
+expired leases, and at most ``COMMIT_ROWS`` unwritten requests in all; the rest is read from the
+index when needed. The seen-set's bounds are in :mod:`.seen`.
 
 Writes are batched: the caller commits with :meth:`Frontier.maybe_commit` (``commit_interval``
 or ``COMMIT_ROWS``, whichever comes first). Adds, acks and commits are timed through the
@@ -41,56 +37,55 @@ import os
 import sqlite3
 import time
 from bisect import insort
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from crawlproj import diskfull
-from crawlproj.wire.protocol import FINGERPRINT_BYTES
 
 from .errors import StoreError
 from .instrument import NO_INSTRUMENT, Instrument
+from .rows import ROW_MAX, RowPacker, RowState, decode_acks, encode_acks, split
+from .seen import DEFAULT_FILTER_MIB, DEFAULT_HOT_SEEN, DEFAULT_MERGE_ROWS, SQL_IN_CHUNK, SeenSet
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: one request per row in table "frontier" (migrated when opened)
 STORE_FILENAME = "frontier.sqlite"
-#: Row ids are epoch << ID_EPOCH_SHIFT | sequence: 2**40 rows per run, 2**23 runs.
+#: Ids are epoch << ID_EPOCH_SHIFT | sequence: 2**40 requests per run, 2**23 runs.
 ID_EPOCH_SHIFT = 40
-DEFAULT_READAHEAD = 64  # rows per partition held in memory
-DEFAULT_HOT_SEEN = 1_000_000  # fingerprints in the in-memory hot set (~100 MB at most)
-DEFAULT_MERGE_ROWS = 200_000  # seen_log rows merged into the seen index at once (~20 MB in RAM)
+DEFAULT_READAHEAD = 64  # requests per partition held in memory (whole rows: up to ROW_MAX more)
 DEFAULT_CACHE_KIB = 64 * 1024  # SQLite page cache
-SQL_IN_CHUNK = 500  # fingerprints per "SELECT ... IN (...)"
 DEFAULT_COMMIT_INTERVAL = 0.1  # seconds an open transaction may stay uncommitted
 WAL_AUTOCHECKPOINT_PAGES = 10_000  # ~40 MB of WAL between automatic checkpoints
-COMMIT_ROWS = 50_000  # rows written before a commit is due anyway
+COMMIT_ROWS = 50_000  # requests written before a commit is due anyway
+ACK_LOG_MIN = 100_000  # acks logged before the ack log is rewritten from memory
 SQLITE_BUSY_TIMEOUT = 30.0
 SLOW_COMMIT_SECONDS = 1.0  # a commit this slow is logged as a warning
 
-# seen_log rows cut into their fingerprints (offsets 0, 20, ... of every row), sorted, into seen.
-_MERGE_SQL = (
-    "WITH RECURSIVE o(i) AS (SELECT 0 UNION ALL SELECT i + ? FROM o "
-    "WHERE i + ? < (SELECT max(length(f)) FROM seen_log)) "
-    "INSERT OR IGNORE INTO seen (f) SELECT substr(l.f, o.i + 1, ?) FROM seen_log AS l "
-    "JOIN o ON o.i <= length(l.f) - ? ORDER BY 1")
-
-# (npr, id, blob): npr is the negated priority, so ascending (npr, id) is "priority, then FIFO".
-Row = tuple[int, int, bytes]
+# (npr, id, blob, row id): npr is the negated priority; blob one msgpack wire request.
+Row = tuple[int, int, bytes, int]
 
 
 class _Partition:
-    __slots__ = ("buf", "returned", "bound", "db_more", "count", "avail")
+    __slots__ = ("buf", "returned", "bound", "db_more", "count", "avail", "zero", "prio")
 
     def __init__(self) -> None:
-        self.buf: deque[Row] = deque()  # next rows in (npr, id) order, all with key <= bound
+        self.buf: deque[Row] = deque()  # next stored requests in key order, all with key <= bound
         self.returned: deque[Row] = deque()  # released/expired leases: served first
-        self.bound: tuple[int, int] | None = None  # unleased rows with key <= bound are in memory
-        self.db_more = False  # rows with key > bound may exist in the table
-        self.count = 0  # unacked rows (leased or not)
-        self.avail = 0  # unacked rows not leased: what can be served
+        self.bound: tuple[int, int] | None = None  # unleased stored keys <= bound are in memory
+        self.db_more = False  # stored requests with key > bound may exist
+        self.count = 0  # unacked requests (leased or not, written or not)
+        self.avail = 0  # unacked requests not leased: what can be served
+        self.zero: list[dict[str, Any]] = []  # requests of priority 0 not written yet
+        self.prio: dict[int, list[dict[str, Any]]] = {}  # npr -> other ones not written yet
+
+    def pending_first(self) -> int | None:
+        """The smallest npr of the requests not written yet (None: there are none)."""
+        if self.prio:
+            return min(self.prio) if not self.zero else min(0, min(self.prio))
+        return 0 if self.zero else None
 
 
 class Frontier:
@@ -100,7 +95,7 @@ class Frontier:
                  readahead: int = DEFAULT_READAHEAD, hot_seen: int = DEFAULT_HOT_SEEN,
                  cache_kib: int = DEFAULT_CACHE_KIB,
                  commit_interval: float = DEFAULT_COMMIT_INTERVAL,
-                 merge_rows: int = DEFAULT_MERGE_ROWS,
+                 merge_rows: int = DEFAULT_MERGE_ROWS, filter_mib: int = DEFAULT_FILTER_MIB,
                  instrument: Instrument = NO_INSTRUMENT) -> None:
         if partitions < 1:
             raise StoreError(f"partitions must be >= 1, got {partitions}")
@@ -115,22 +110,20 @@ class Frontier:
         self.instrument = instrument
         self.readahead = max(1, readahead)
         self.commit_interval = commit_interval
-        self.merge_rows = max(1, merge_rows)
-        self._log: set[bytes] = set()  # exactly the fingerprints in seen_log
-        self.merges = 0
-        self._hot_half = max(1, hot_seen // 2)
-        self._young: set[bytes] = set()
-        self._old: set[bytes] = set()
-        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._packer = RowPacker()
         self._in_txn = False
         self._txn_started = 0.0
         self._txn_rows = 0
         self._returned_ids: set[int] = set()
-        self._leased: set[int] = set()
+        self._leased: dict[int, int] = {}  # leased request id -> its row's id
+        self._rows: dict[int, RowState] = {}  # rows with requests in memory or acked
+        self._unwritten: set[int] = set()  # partitions with pending requests
+        self._acks_logged = 0
+        self._ack_log_limit = ACK_LOG_MIN
         self.timings: dict[str, float] = {"commit_seconds": 0.0, "commit_max_seconds": 0.0}
         self.commits = 0
         try:
-            self._open(partitions, cache_kib)
+            self._open_store(partitions, cache_kib, hot_seen, merge_rows, filter_mib)
         except sqlite3.Error as exc:
             self.conn.close()
             detail = diskfull.describe(self.path, exc) if diskfull.unwritable(exc) else f"{self.path}: {exc}"
@@ -138,7 +131,8 @@ class Frontier:
 
     # -- setup ---------------------------------------------------------------------------------
 
-    def _open(self, partitions: int, cache_kib: int) -> None:
+    def _open_store(self, partitions: int, cache_kib: int, hot_seen: int, merge_rows: int,
+                    filter_mib: int) -> None:
         c = self.conn
         c.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a process kill (what -9 does); only power loss may lose
@@ -151,16 +145,14 @@ class Frontier:
         c.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         c.execute("BEGIN IMMEDIATE")
         c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
-        c.execute("CREATE TABLE IF NOT EXISTS seen (f BLOB PRIMARY KEY) WITHOUT ROWID")
-        c.execute("CREATE TABLE IF NOT EXISTS seen_log (f BLOB NOT NULL)")
-        c.execute("CREATE TABLE IF NOT EXISTS frontier (id INTEGER PRIMARY KEY, p INTEGER NOT NULL,"
-                  " npr INTEGER NOT NULL, req BLOB NOT NULL)")
-        c.execute("CREATE INDEX IF NOT EXISTS frontier_order ON frontier (p, npr, id)")
+        SeenSet.create(c)
         meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
         if not meta:
             meta = {"schema": SCHEMA_VERSION, "partitions": partitions, "epoch": 0, "seen": 0}
             c.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
-        if meta.get("schema") != SCHEMA_VERSION:
+        if meta.get("schema") == 1:
+            self._migrate_v1()
+        elif meta.get("schema") != SCHEMA_VERSION:
             c.execute("ROLLBACK")
             raise StoreError(f"store {self.path} has schema {meta.get('schema')!r}, "
                              f"this dispatcher reads {SCHEMA_VERSION}")
@@ -170,33 +162,80 @@ class Frontier:
                 f"store {self.path} belongs to a crawl with {meta['partitions']} partitions; "
                 f"--partitions {partitions} differs (P is fixed for the life of a crawl: use "
                 f"--partitions {meta['partitions']} or a new --store)")
+        c.execute("CREATE TABLE IF NOT EXISTS frontier_rows (id INTEGER PRIMARY KEY, p INTEGER NOT NULL,"
+                  " npr INTEGER NOT NULL, n INTEGER NOT NULL, reqs BLOB NOT NULL)")
+        c.execute("CREATE INDEX IF NOT EXISTS frontier_rows_order ON frontier_rows (p, npr, id)")
+        c.execute("CREATE TABLE IF NOT EXISTS acked (x BLOB NOT NULL)")
         self.partitions = partitions
         self.epoch = int(meta["epoch"]) + 1
         self.resumed = self.epoch > 1
         c.execute("UPDATE meta SET value=? WHERE key='epoch'", (self.epoch,))
-        c.execute("COMMIT")
-        self.seen_count = int(meta["seen"])
-        self._log = {blob[i:i + FINGERPRINT_BYTES] for (blob,) in c.execute("SELECT f FROM seen_log")
-                     for i in range(0, len(blob), FINGERPRINT_BYTES)}
-        self._next_id = self.epoch << ID_EPOCH_SHIFT
         self.parts = [_Partition() for _ in range(partitions)]
+        self._zeros = [st.zero for st in self.parts]
         self.size = 0
-        for p, n in c.execute("SELECT p, count(*) FROM frontier GROUP BY p"):
+        for p, n in c.execute("SELECT p, sum(n) FROM frontier_rows GROUP BY p"):
             st = self.parts[p]
             st.count = st.avail = n
             st.db_more = True
             self.size += n
-        in_q = ",".join("?" * SQL_IN_CHUNK)
-        self._in_sql = f"SELECT f FROM seen WHERE f IN ({in_q})"
+        self._load_acks()
+        c.execute("COMMIT")
+        self.seen = SeenSet(c, int(meta["seen"]), hot_seen=hot_seen, merge_rows=merge_rows,
+                            filter_mib=filter_mib)
+        self._next_id = self.epoch << ID_EPOCH_SHIFT
+
+    def _migrate_v1(self) -> None:
+        c = self.conn
+        c.execute("CREATE TABLE frontier_rows (id INTEGER PRIMARY KEY, p INTEGER NOT NULL,"
+                  " npr INTEGER NOT NULL, n INTEGER NOT NULL, reqs BLOB NOT NULL)")
+        c.execute("INSERT INTO frontier_rows (id, p, npr, n, reqs) SELECT id, p, npr, 1, req FROM frontier")
+        c.execute("DROP TABLE frontier")
+        c.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
+        logger.info("Store %s: schema 1 rows moved to schema %d", self.path, SCHEMA_VERSION)
+
+    def _load_acks(self) -> None:
+        """Partial acks back into memory, the log rewritten with only what is still live."""
+        c = self.conn
+        masks: dict[int, int] = {}
+        for (blob,) in c.execute("SELECT x FROM acked"):
+            for rid, off in decode_acks(blob):
+                masks[rid] = masks.get(rid, 0) | (1 << off)
+        rids = list(masks)
+        for start in range(0, len(rids), SQL_IN_CHUNK):
+            chunk = rids[start:start + SQL_IN_CHUNK]
+            for rid, p, n in c.execute(f"SELECT id, p, n FROM frontier_rows WHERE id IN "
+                                       f"({','.join('?' * len(chunk))})", chunk):
+                state = self._rows[rid] = RowState(p, n)
+                state.acked = masks[rid]
+                done = state.acked.bit_count()
+                state.left -= done
+                st = self.parts[p]
+                st.count -= done
+                st.avail -= done
+                self.size -= done
+        c.execute("DELETE FROM acked")
+        self._acks_logged = 0
+        self._log_live_acks()
+
+    def _log_live_acks(self) -> None:
+        pairs = [v for rid, state in self._rows.items() if state.acked
+                 for off in range(state.n) if state.acked >> off & 1 for v in (rid, off)]
+        if pairs:
+            self.conn.execute("INSERT INTO acked (x) VALUES (?)", (encode_acks(pairs),))
+        self._acks_logged = len(pairs) // 2
+        self._ack_log_limit = max(ACK_LOG_MIN, 4 * self._acks_logged)
+
+    # -- seen-set (crawlproj.dispatcher.seen) -----------------------------------------------------
+
+    @property
+    def seen_count(self) -> int:
+        return self.seen.count
+
+    @property
+    def merges(self) -> int:
+        return self.seen.merges
 
     # -- dedup + insert ------------------------------------------------------------------------
-
-    def _remember(self, fp: bytes) -> None:
-        young = self._young
-        young.add(fp)
-        if len(young) >= self._hot_half:
-            self._old = young
-            self._young = set()
 
     def _begin(self) -> None:
         if not self._in_txn:
@@ -213,48 +252,20 @@ class Frontier:
             return self._add(requests)
 
     def _add(self, requests: list[dict[str, Any]]) -> tuple[int, list[int]]:
-        # Set algebra in C instead of a Python loop: most pushed links are duplicates.
         by_fp = {r["f"]: r for r in requests}
-        unknown = by_fp.keys() - self._young
-        unknown -= self._old
-        unknown -= self._log
+        unknown = self.seen.unknown(by_fp.keys())
         if not unknown:
             return 0, []
         self._begin()
-        execute = self.conn.execute
-        keys = list(unknown)
-        for start in range(0, len(keys), SQL_IN_CHUNK):
-            chunk = keys[start:start + SQL_IN_CHUNK]
-            if len(chunk) == SQL_IN_CHUNK:
-                cur = execute(self._in_sql, chunk)
-            else:
-                cur = execute(f"SELECT f FROM seen WHERE f IN ({','.join('?' * len(chunk))})", chunk)
-            for (f,) in cur:
-                unknown.discard(f)
-                self._remember(f)
-        if not unknown:
-            return 0, []
         # In push order, so that a partition stays first-in first-out.
-        fresh = [r for f, r in by_fp.items() if f in unknown]
-        self._log_new([r["f"] for r in fresh])
+        if len(unknown) == len(by_fp):
+            fresh = list(by_fp.values())
+            self.seen.record(list(by_fp))
+        else:
+            fresh = [r for f, r in by_fp.items() if f in unknown]
+            self.seen.record([r["f"] for r in fresh])
+        self._txn_rows += len(fresh)
         return self._store(fresh)
-
-    def _known(self, f: bytes) -> bool:
-        if f in self._young or f in self._old or f in self._log:
-            return True
-        return self.conn.execute("SELECT 1 FROM seen WHERE f=?", (f,)).fetchone() is not None
-
-    def _log_new(self, fps: list[bytes]) -> None:
-        """Record fingerprints not seen before (inside the open transaction)."""
-        self.conn.execute("INSERT INTO seen_log (f) VALUES (?)", (b"".join(fps),))
-        self._log.update(fps)
-        young = self._young
-        young.update(fps)
-        if len(young) >= self._hot_half:  # the hot set's generations, a push at a time
-            self._old = young
-            self._young = set()
-        self.seen_count += len(fps)
-        self._txn_rows += len(fps)
 
     def add_forced(self, requests: list[dict[str, Any]]) -> tuple[int, list[int]]:
         """Store requests even if seen before (Scrapy's ``dont_filter``); same return as add()."""
@@ -262,46 +273,96 @@ class Frontier:
             if not requests:
                 return 0, []
             self._begin()
-            fresh = list({r["f"]: None for r in requests if not self._known(r["f"])})
+            fresh = list({r["f"]: None for r in requests if not self.seen.known(r["f"])})
             if fresh:
-                self._log_new(fresh)
+                self.seen.record(fresh)
+                self._txn_rows += len(fresh)
             return self._store(requests)
 
     def _store(self, requests: list[dict[str, Any]]) -> tuple[int, list[int]]:
-        pack = self._pack
-        rows: list[tuple[int, int, int, bytes]] = []
-        nid = self._next_id
-        for r in requests:
-            rows.append((nid, r["p"], -r.get("pr", 0), pack(r)))
-            nid += 1
-        self._next_id = nid
-        self.conn.executemany("INSERT INTO frontier (id, p, npr, req) VALUES (?, ?, ?, ?)", rows)
-        n = len(rows)
+        """Queue requests in memory, per partition and priority, until they are written."""
+        parts = self.parts
+        ps = [r["p"] for r in requests]
+        if any("pr" in r for r in requests):
+            for r, p in zip(requests, ps):
+                npr = -r["pr"] if "pr" in r else 0
+                if npr:
+                    parts[p].prio.setdefault(npr, []).append(r)
+                else:
+                    parts[p].zero.append(r)
+        else:  # the common case, one C-level pass for the partition counts
+            zeros = self._zeros
+            for r, p in zip(requests, ps):
+                zeros[p].append(r)
+        touched: list[int] = []
+        for p, n in Counter(ps).items():
+            st = parts[p]
+            if not st.avail:
+                touched.append(p)
+            st.count += n
+            st.avail += n
+        self._unwritten.update(ps)
+        n = len(requests)
         self.size += n
         self._txn_rows += n
-        touched: list[int] = []
-        parts = self.parts
-        limit = self.readahead
-        for nid, p, npr, blob in rows:
-            st = parts[p]
-            st.count += 1
-            st.avail += 1
-            if st.avail == 1:
-                touched.append(p)
-            key = (npr, nid)
-            bound = st.bound
-            if bound is not None and key <= bound:
-                insort(st.buf, (npr, nid, blob))
-                if len(st.buf) > limit:
-                    st.buf.pop()  # stays in the table, after the new bound
-                    st.bound = st.buf[-1][:2]
-                    st.db_more = True
-            elif not st.db_more and len(st.buf) < limit:
-                st.buf.append((npr, nid, blob))
-                st.bound = key
-            else:
-                st.db_more = True
         return n, touched
+
+    def _write(self, p: int, st: _Partition) -> Iterator[tuple[int, int, int, int, bytes]]:
+        """The rows of partition ``p``'s pending requests, placed in memory as the bound says."""
+        pack = self._packer.pack
+        groups = sorted(st.prio.items())
+        if st.zero:
+            groups.append((0, st.zero))
+            groups.sort(key=lambda item: item[0])
+        for npr, group in groups:
+            for start in range(0, len(group), ROW_MAX):
+                chunk = group[start:start + ROW_MAX]
+                n = len(chunk)
+                rid = self._next_id
+                self._next_id = rid + n
+                blob = pack(chunk)
+                self._place(p, st, npr, rid, n, blob)
+                yield rid, p, npr, n, blob
+        st.prio.clear()
+        st.zero.clear()  # the same list object: self._zeros holds it
+
+    def _place(self, p: int, st: _Partition, npr: int, rid: int, n: int, blob: bytes) -> None:
+        bound, buf, limit = st.bound, st.buf, self.readahead
+        # The row's ids are above every stored id: its keys are above the bound unless its
+        # priority is higher than the bound's.
+        if bound is None or npr >= bound[0]:
+            if st.db_more or len(buf) >= limit:
+                st.db_more = True
+                return
+            fit = min(n, limit - len(buf))
+            self._rows[rid] = RowState(p, n)
+            for i, part in enumerate(split(blob, n)[:fit]):
+                buf.append((npr, rid + i, part, rid))
+            st.bound = (npr, rid + fit - 1)
+            if fit < n:
+                st.db_more = True
+            return
+        self._rows[rid] = RowState(p, n)
+        for i, part in enumerate(split(blob, n)):
+            insort(buf, (npr, rid + i, part, rid))
+            if len(buf) > limit:
+                buf.pop()  # stays stored, after the new bound
+                st.bound = buf[-1][:2]
+                st.db_more = True
+
+    def _write_partition(self, p: int) -> None:
+        self._begin()
+        self.conn.executemany("INSERT INTO frontier_rows (id, p, npr, n, reqs) VALUES (?, ?, ?, ?, ?)",
+                              list(self._write(p, self.parts[p])))
+        self._unwritten.discard(p)
+
+    def _write_all(self) -> None:
+        parts = self.parts
+        rows = [row for p in sorted(self._unwritten) for row in self._write(p, parts[p])]
+        self._unwritten.clear()
+        if rows:
+            self.conn.executemany("INSERT INTO frontier_rows (id, p, npr, n, reqs) VALUES (?, ?, ?, ?, ?)",
+                                  rows)
 
     # -- revisits (crawlproj.dispatcher.revisits) -------------------------------------------------
 
@@ -317,6 +378,14 @@ class Frontier:
             self._begin()
             return self._store(requests)
 
+    def stored(self, rid: int) -> tuple[int, bytes] | None:
+        """(partition, wire request) of the unacked stored request ``rid``, or None."""
+        found = self._find(rid)
+        if found is None:
+            return None
+        row, p, n, blob = found
+        return p, split(blob, n)[rid - row]
+
     # -- serving -------------------------------------------------------------------------------
 
     def available(self, p: int) -> int:
@@ -331,84 +400,156 @@ class Frontier:
             row = st.returned.popleft()
             self._returned_ids.discard(row[1])
         else:
-            if not st.buf:
+            if not st.buf and st.db_more:
                 self._refill(p, st)
-                if not st.buf:
-                    logger.error("partition %d counts %d available rows but has none; resyncing",
-                                 p, st.avail)
-                    st.avail = 0
-                    return None
+            first = st.pending_first()
+            if first is not None and (not st.buf or first < st.buf[0][0]):
+                self._write_partition(p)  # a pending request comes next: it needs its id now
+            if not st.buf:
+                logger.error("partition %d counts %d available requests but has none; resyncing",
+                             p, st.avail)
+                st.avail = 0
+                return None
             row = st.buf.popleft()
         st.avail -= 1
-        self._leased.add(row[1])
+        self._leased[row[1]] = row[3]
         return row
 
     def _refill(self, p: int, st: _Partition) -> None:
         started = time.monotonic()
+        leased, returned, opened, limit = self._leased, self._returned_ids, self._rows, self.readahead
         while not st.buf and st.db_more:
             if st.bound is None:
-                cur = self.conn.execute("SELECT npr, id, req FROM frontier WHERE p=? "
-                                        "ORDER BY npr, id LIMIT ?", (p, self.readahead))
-            else:
-                cur = self.conn.execute("SELECT npr, id, req FROM frontier WHERE p=? "
+                cur = self.conn.execute("SELECT id, npr, n, reqs FROM frontier_rows WHERE p=? "
+                                        "ORDER BY npr, id LIMIT ?", (p, limit))
+            else:  # from the row that may hold the bound on
+                cur = self.conn.execute("SELECT id, npr, n, reqs FROM frontier_rows WHERE p=? "
                                         "AND (npr, id) > (?, ?) ORDER BY npr, id LIMIT ?",
-                                        (p, st.bound[0], st.bound[1], self.readahead))
-            rows = cur.fetchall()
-            if len(rows) < self.readahead:
-                st.db_more = False
-            for npr, rid, blob in rows:
-                st.bound = (npr, rid)
-                # The bound moves back when a high-priority insert overflows the read-ahead,
-                # so rows already leased or given back can come round again: skip them.
-                if rid in self._leased or rid in self._returned_ids:
-                    continue
-                st.buf.append((npr, rid, blob))
+                                        (p, st.bound[0], st.bound[1] - ROW_MAX, limit))
+            got = 0
+            for rid, npr, n, blob in cur:
+                got += 1
+                state = opened.get(rid)
+                if state is None:
+                    state = opened[rid] = RowState(p, n)
+                acked = state.acked
+                bound = st.bound
+                for i, part in enumerate(split(blob, n)):
+                    key = (npr, rid + i)
+                    if bound is not None and key <= bound:
+                        continue
+                    st.bound = key
+                    # The bound moves back when a high-priority insert overflows the read-ahead,
+                    # so requests already leased or given back can come round again: skip them.
+                    if acked >> i & 1 or rid + i in leased or rid + i in returned:
+                        continue
+                    st.buf.append((npr, rid + i, part, rid))
+                if len(st.buf) >= limit:
+                    break
+            else:
+                if got < limit:
+                    st.db_more = False
         self.timings["refill_seconds"] = self.timings.get("refill_seconds", 0.0) + (
             time.monotonic() - started)
 
     def give_back(self, p: int, row: Row) -> None:
         """A released or expired lease: the request goes to the front of its partition."""
+        rid = row[1]
+        self._leased.pop(rid, None)
+        state = self._rows.get(row[3])
+        if state is None or state.acked >> (rid - row[3]) & 1:
+            return  # acked meanwhile (a late ack of an earlier lease of it)
         st = self.parts[p]
-        self._leased.discard(row[1])
         st.returned.append(row)
-        self._returned_ids.add(row[1])
+        self._returned_ids.add(rid)
         st.avail += 1
 
     # -- acks ----------------------------------------------------------------------------------
 
     def ack_leased(self, acked: list[tuple[int, int]]) -> None:
-        """Delete acked rows whose lease is known: (row id, partition) pairs."""
+        """Ack requests whose lease is known: (request id, partition) pairs."""
         with self.instrument.timed("frontier_ack"):
             if not acked:
                 return
             self._begin()
-            self.conn.executemany("DELETE FROM frontier WHERE id=?", [(rid,) for rid, _ in acked])
-            parts = self.parts
-            leased = self._leased
-            for rid, p in acked:
-                parts[p].count -= 1
-                leased.discard(rid)
-            self.size -= len(acked)
+            leased, opened = self._leased, self._rows
+            logged: list[tuple[int, int]] = []
+            for rid, _ in acked:
+                row = leased.pop(rid, None)
+                if row is None:
+                    row = self._ack_unknown(rid)
+                    if row is not None:
+                        logged.append((row, rid))
+                elif self._mark(row, opened[row], rid):
+                    logged.append((row, rid))
+            self._log_acks(logged)
             self._txn_rows += len(acked)
 
     def ack_unknown(self, rid: int) -> bool:
-        """Delete a row acked without a known lease (e.g. leased before a restart)."""
+        """Ack a request without a known lease (e.g. leased before a restart)."""
         self._begin()
-        row = self.conn.execute("DELETE FROM frontier WHERE id=? RETURNING p", (rid,)).fetchone()
         self._txn_rows += 1
-        if row is None:
+        found = self._find(rid)
+        if found is None:
             return False
-        st = self.parts[row[0]]
-        st.count -= 1
-        st.avail -= 1
-        self.size -= 1
-        for q in (st.buf, st.returned):
-            for item in q:
-                if item[1] == rid:
-                    q.remove(item)
-                    self._returned_ids.discard(rid)
-                    return True
+        row = self._ack_unknown(rid, found)
+        if row is not None:
+            self._log_acks([(row, rid)])
         return True
+
+    def _ack_unknown(self, rid: int, found: tuple[int, int, int, bytes] | None = None) -> int | None:
+        """Ack ``rid`` found in the store; its row if that lives on (the ack must be logged)."""
+        if found is None:
+            found = self._find(rid)
+            if found is None:
+                return None
+        row, p, n, _ = found
+        state = self._rows.get(row)
+        if state is None:
+            state = self._rows[row] = RowState(p, n)
+        st = self.parts[p]
+        if self._leased.pop(rid, None) is None:  # else leased again: that lease ends with it
+            st.avail -= 1
+            if rid in self._returned_ids:
+                self._returned_ids.discard(rid)
+                st.returned = deque(item for item in st.returned if item[1] != rid)
+            else:
+                st.buf = deque(item for item in st.buf if item[1] != rid)
+        return row if self._mark(row, state, rid) else None
+
+    def _mark(self, row: int, state: RowState, rid: int) -> bool:
+        """Ack ``rid`` of ``row``; True if the row lives on (the ack must be logged)."""
+        bit = 1 << (rid - row)
+        if state.acked & bit:
+            return False
+        state.acked |= bit
+        state.left -= 1
+        self.parts[state.p].count -= 1
+        self.size -= 1
+        if state.left:
+            return True
+        del self._rows[row]
+        self.conn.execute("DELETE FROM frontier_rows WHERE id=?", (row,))
+        return False
+
+    def _log_acks(self, acks: list[tuple[int, int]]) -> None:
+        """Log acks of rows that live on (a row deleted meanwhile needs none)."""
+        opened = self._rows
+        pairs = [v for row, rid in acks if row in opened for v in (row, rid - row)]
+        if pairs:
+            self.conn.execute("INSERT INTO acked (x) VALUES (?)", (encode_acks(pairs),))
+            self._acks_logged += len(pairs) // 2
+
+    def _find(self, rid: int) -> tuple[int, int, int, bytes] | None:
+        """(row id, partition, n, requests) of the stored row holding unacked ``rid``, or None."""
+        found = self.conn.execute("SELECT id, p, n, reqs FROM frontier_rows WHERE id <= ? AND id > ? "
+                                  "ORDER BY id DESC LIMIT 1", (rid, rid - ROW_MAX)).fetchone()
+        if found is None or rid >= found[0] + found[2]:
+            return None
+        state = self._rows.get(found[0])
+        if state is not None and state.acked >> (rid - found[0]) & 1:
+            return None
+        return found
 
     # -- transactions --------------------------------------------------------------------------
 
@@ -435,10 +576,14 @@ class Frontier:
             self._commit()
 
     def _commit(self) -> None:
-        if len(self._log) >= self.merge_rows:
-            self._merge_log()
         started = time.monotonic()
-        self.conn.execute("UPDATE meta SET value=? WHERE key='seen'", (self.seen_count,))
+        self._write_all()
+        if self.seen.merge_due():
+            self.seen.merge()
+        if self._acks_logged > self._ack_log_limit:
+            self.conn.execute("DELETE FROM acked")
+            self._log_live_acks()
+        self.conn.execute("UPDATE meta SET value=? WHERE key='seen'", (self.seen.count,))
         self.conn.execute("COMMIT")
         self._in_txn = False
         rows, self._txn_rows = self._txn_rows, 0
@@ -448,19 +593,6 @@ class Frontier:
         self.commits += 1
         self.timings["commit_seconds"] += took
         self.timings["commit_max_seconds"] = max(self.timings["commit_max_seconds"], took)
-
-    def _merge_log(self) -> None:
-        """Move seen_log into the seen index in key order (inside the open transaction)."""
-        started = time.monotonic()
-        self.conn.execute(_MERGE_SQL, (FINGERPRINT_BYTES,) * 4)
-        self.conn.execute("DELETE FROM seen_log")
-        n = len(self._log)
-        self._log = set()
-        took = time.monotonic() - started
-        self.merges += 1
-        self.timings["merge_seconds"] = self.timings.get("merge_seconds", 0.0) + took
-        self.timings["merge_max_seconds"] = max(self.timings.get("merge_max_seconds", 0.0), took)
-        logger.info("Merged %d new fingerprints into the seen index in %.3f s", n, took)
 
     def close(self) -> None:
         try:
@@ -484,21 +616,27 @@ class Frontier:
     # -- introspection ---------------------------------------------------------------------------
 
     def memory_rows(self) -> int:
-        """Rows held in memory (read-ahead + given back): bounded by P * readahead + leases."""
-        return sum(len(st.buf) + len(st.returned) for st in self.parts)
+        """Requests held in memory: read-ahead + given back + not yet written (all bounded)."""
+        return sum(len(st.buf) + len(st.returned) for st in self.parts) + self.pending_rows()
+
+    def pending_rows(self) -> int:
+        """Requests not written yet (at most COMMIT_ROWS: a commit writes them)."""
+        return sum(len(self.parts[p].zero) + sum(len(group) for group in self.parts[p].prio.values())
+                   for p in self._unwritten)
 
     def hot_seen_size(self) -> int:
-        return len(self._young) + len(self._old) + len(self._log)
+        return self.seen.hot_size()
 
     def available_total(self) -> int:
-        """Rows that can be served now (unacked, not leased), over every partition."""
+        """Requests that can be served now (unacked, not leased), over every partition."""
         return sum(st.avail for st in self.parts)
 
     def snapshot(self) -> dict[str, Any]:
         """The frontier's part of the dispatcher's "state" (sizes, store path, commit timings)."""
         return {
             "frontier": self.size, "available": self.available_total(),
-            "memory_rows": self.memory_rows(), "seen": self.seen_count,
+            "memory_rows": self.memory_rows(), "seen": self.seen.count,
             "hot_seen": self.hot_seen_size(),
-            "store": {"path": str(self.path), "commits": self.commits, **self.timings},
+            "store": {"path": str(self.path), "commits": self.commits, "open_rows": len(self._rows),
+                      **self.timings, **self.seen.timings},
         }

@@ -9,7 +9,7 @@ updates the row with :class:`~crawlproj.revisit.policy.Policy`; a URL that is go
 row was a revisit handed out (then it comes round again after the same interval).
 
 Serving: every ``TICK_SECONDS`` the rows whose time has come are moved, per partition and
-oldest first, into the ``frontier`` table as ordinary rows (``q = 1`` marks them queued, in the
+oldest first, into the frontier as ordinary requests (``q = 1`` marks them queued, in the
 same transaction), so they are leased, renewed, expired and acked like any request, by the
 partition's owner, through its politeness gate. A partition queues revisits only up to its share
 (``revisit_share``) of the rows waiting in it when new URLs wait too, and all of them when none
@@ -135,7 +135,7 @@ class RevisitSchedule:
         """An ack without a known lease (leased before a restart): its row, if still stored."""
         if outcome is None and not self.rows:
             return
-        row = self.conn.execute("SELECT p, req FROM frontier WHERE id=?", (rid,)).fetchone()
+        row = self.frontier.stored(rid)
         if row is not None:
             self._acked_one(row[0], row[1], outcome, time.time())
 

@@ -111,7 +111,8 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
     def _open_store(self) -> Frontier:
         config = self.config
         return Frontier(config.store, config.partitions, readahead=config.readahead,
-                        hot_seen=config.hot_seen, commit_interval=config.commit_interval,
+                        hot_seen=config.hot_seen, filter_mib=config.seen_filter_mib,
+                        commit_interval=config.commit_interval,
                         instrument=self.instrument)
 
     def bind(self) -> str:

@@ -1,0 +1,75 @@
+"""How the frontier stores requests: rows of up to ROW_MAX requests, and the log of partial acks.
+
+A row holds requests of one partition and one priority with consecutive ids ``id, id + 1, ...,
+id + n - 1`` (``id`` is the row's key): their msgpack wire requests end to end, each exactly the
+bytes a "batch" frame splices in. One row per partition and priority is written per commit (or
+when the partition must serve it sooner), so a push of a thousand new URLs costs tens of rows,
+not a thousand. A store of schema 1 (one request per row) reads as rows with ``n = 1``.
+
+A row is deleted when its last request is acked. Acks of a row not yet done are appended to
+``acked``, one row per ack message (msgpack ``[row id, offset, row id, offset, ...]``), and held
+in memory as one bit mask per row (:class:`RowState`); the log is rewritten from memory when it
+grew well past what is still live.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+ROW_MAX = 64  # requests in one row at most (a row is read whole when a partition refills)
+
+
+class RowState:
+    """A row some of whose requests are in memory or acked: its partition, size and acks."""
+
+    __slots__ = ("p", "n", "left", "acked")
+
+    def __init__(self, p: int, n: int) -> None:
+        self.p = p
+        self.n = n
+        self.left = n  # requests not acked
+        self.acked = 0  # bit i set: request id + i is acked
+
+
+class RowPacker:
+    """Requests end to end for a row (one msgpack call for the lot) and back into requests."""
+
+    def __init__(self) -> None:
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+
+    def pack(self, requests: list[dict[str, Any]]) -> bytes:
+        n = len(requests)
+        blob = self._pack(requests)
+        return blob[1 if n < 16 else 3 if n < 65536 else 5:]  # without the array header
+
+    def pack_one(self, request: dict[str, Any]) -> bytes:
+        return self._pack(request)
+
+
+def split(blob: bytes, n: int) -> list[bytes]:
+    """A row's ``n`` requests, each its own msgpack bytes (nothing decoded)."""
+    if n == 1:
+        return [blob]
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(blob)
+    skip, tell = unpacker.skip, unpacker.tell
+    out = []
+    start = 0
+    for _ in range(n):
+        skip()
+        end = tell()
+        out.append(blob[start:end])
+        start = end
+    return out
+
+
+def encode_acks(pairs: list[int]) -> bytes:
+    """An ``acked`` log row: ``[row id, offset, ...]``."""
+    return msgpack.packb(pairs)
+
+
+def decode_acks(blob: bytes) -> list[tuple[int, int]]:
+    flat = msgpack.unpackb(blob)
+    return list(zip(flat[::2], flat[1::2]))

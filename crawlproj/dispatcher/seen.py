@@ -1,0 +1,249 @@
+"""The exact seen-set of the frontier: every fingerprint ever accepted, in the frontier's SQLite file.
+
+Three layers answer "seen before?", cheapest first; together they are exact:
+
+- a bounded two-generation hot set of recent fingerprints (most duplicates stop here);
+- ``seen_log``: fingerprints not yet in the buckets, one row per push holding its new
+  fingerprints end to end (sequential and cheap; a store written when each row held one
+  fingerprint reads the same), kept in an exact in-memory set;
+- ``seen_buckets``: every older fingerprint, by bucket (its first 12 bits, BUCKETS of them),
+  each bucket a few rows of fingerprints end to end. When the log holds ``merge_rows``
+  fingerprints it is cut by bucket (numpy) into one row per bucket, a few thousand sequential
+  rows for many fingerprints: an index entry per fingerprint (measured ~4 us each on the
+  project's machine, the whole budget of a new URL) is never written. Each merge also rewrites
+  one bucket in COMPACT_EVERY into a single row, so a bucket has at most COMPACT_EVERY + 1 rows.
+  A lookup reads its bucket's rows and searches them (bytes.find, 20-byte aligned).
+- A Bloom filter of the buckets' fingerprints in RAM (fixed size, ``filter_mib``): a fingerprint
+  the filter does not hold is surely not in the buckets, so a new URL costs no lookup; one it
+  may hold is looked up. Its false positives cost lookups, never a URL: dedup is exact whatever
+  its fill. It is built from the buckets when the store opens (one scan) and extended at every
+  merge.
+
+Fingerprints are SHA-1 digests, uniform already: the filter's word and its k = 4 bits within it
+are the fingerprint's five 32-bit words (masked), computed with numpy for a whole push at once.
+A store whose fingerprints are in the ``seen`` index of earlier versions has them moved into
+buckets when opened. Writes happen inside the frontier's open transaction (the caller's).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Set
+
+import numpy as np
+
+from crawlproj.wire.protocol import FINGERPRINT_BYTES
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOT_SEEN = 1_000_000  # fingerprints in the in-memory hot set (~100 MB at most)
+DEFAULT_MERGE_ROWS = 200_000  # seen_log fingerprints moved into the buckets at once (~20 MB)
+DEFAULT_FILTER_MIB = 32  # Bloom filter of the buckets: ~2% false positives up to ~28M URLs
+FILTER_MIB_MAX = 4096  # 2**29 words of 64 bits: addressed by a 32-bit word
+BUCKET_BITS = 12
+BUCKETS = 1 << BUCKET_BITS
+COMPACT_EVERY = 8  # a bucket is rewritten into one row every this many merges
+SQL_IN_CHUNK = 500  # values per "... IN (...)"
+SCAN_CHUNK = 1000  # bucket rows read at a time while building the filter
+_WORDS = FINGERPRINT_BYTES // 4  # k: 32-bit words per fingerprint, one filter bit each
+
+
+def bucket_of(f: bytes) -> int:
+    return (f[0] << 4) | (f[1] >> 4)
+
+
+def holds(blob: bytes, f: bytes) -> bool:
+    """Whether fingerprints end to end in ``blob`` include ``f`` (aligned matches only)."""
+    i = blob.find(f)
+    while i >= 0:
+        if i % FINGERPRINT_BYTES == 0:
+            return True
+        i = blob.find(f, i + 1)
+    return False
+
+
+class SeenFilter:
+    """A Bloom filter over fingerprints (no false negatives), blocked by 64-bit word: a
+    fingerprint's k = 4 bits all lie in one word, so adding or testing it touches one word."""
+
+    def __init__(self, mib: int) -> None:
+        if not 1 <= mib <= FILTER_MIB_MAX:
+            raise ValueError(f"seen filter size {mib} MiB outside 1..{FILTER_MIB_MAX}")
+        nwords = mib << 17
+        self.words = np.zeros(nwords, dtype=np.uint64)
+        self.mask = np.uint32(nwords - 1)
+        self.added = 0
+
+    def _positions(self, joined: bytes) -> tuple[np.ndarray, np.ndarray]:
+        words = np.frombuffer(joined, dtype=np.uint32).reshape(-1, _WORDS)
+        shifts = (words[:, 1:] & np.uint32(63)).astype(np.uint64)
+        return words[:, 0] & self.mask, np.bitwise_or.reduce(np.uint64(1) << shifts, axis=1)
+
+    def add(self, joined: bytes) -> None:
+        """Add fingerprints given end to end."""
+        index, bits = self._positions(joined)
+        np.bitwise_or.at(self.words, index, bits)
+        self.added += len(joined) // FINGERPRINT_BYTES
+
+    def may_hold(self, joined: bytes) -> np.ndarray:
+        """For fingerprints given end to end: False where surely absent."""
+        index, bits = self._positions(joined)
+        return (self.words[index] & bits) == bits
+
+
+class SeenSet:
+    """The exact seen-set of one store; shares the frontier's connection and transactions."""
+
+    def __init__(self, conn: sqlite3.Connection, count: int, hot_seen: int = DEFAULT_HOT_SEEN,
+                 merge_rows: int = DEFAULT_MERGE_ROWS, filter_mib: int = DEFAULT_FILTER_MIB) -> None:
+        self.conn = conn
+        self.count = count  # fingerprints ever accepted (the caller persists it)
+        self.merge_rows = max(1, merge_rows)
+        self.merges = 0
+        self.timings: dict[str, float] = {}
+        self._hot_half = max(1, hot_seen // 2)
+        self._young: set[bytes] = set()
+        self._old: set[bytes] = set()
+        self.filter = SeenFilter(filter_mib)
+        self._log = {blob[i:i + FINGERPRINT_BYTES] for (blob,) in conn.execute("SELECT f FROM seen_log")
+                     for i in range(0, len(blob), FINGERPRINT_BYTES)}  # exactly seen_log's
+        self._build_filter()
+
+    @staticmethod
+    def create(conn: sqlite3.Connection) -> None:
+        """Create the tables, and move an earlier version's ``seen`` index into buckets (inside
+        the caller's transaction)."""
+        conn.execute("CREATE TABLE IF NOT EXISTS seen_log (f BLOB NOT NULL)")
+        conn.execute("CREATE TABLE IF NOT EXISTS seen_buckets (b INTEGER NOT NULL, fps BLOB NOT NULL)")
+        conn.execute("CREATE INDEX IF NOT EXISTS seen_buckets_b ON seen_buckets (b)")
+        old = conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='seen'").fetchone()
+        if old:
+            fps = [f for (f,) in conn.execute("SELECT f FROM seen")]
+            if fps:
+                _insert_buckets(conn, b"".join(fps))
+                logger.info("Moved %d fingerprints of the seen index into buckets", len(fps))
+            conn.execute("DROP TABLE seen")
+
+    def _build_filter(self) -> None:
+        started = time.monotonic()
+        cur = self.conn.execute("SELECT fps FROM seen_buckets")
+        while rows := cur.fetchmany(SCAN_CHUNK):
+            self.filter.add(b"".join([blob for (blob,) in rows]))
+        if self.filter.added:
+            logger.info("Seen filter built from %d fingerprints in %.2f s", self.filter.added,
+                        time.monotonic() - started)
+
+    # -- lookups ---------------------------------------------------------------------------------
+
+    def unknown(self, fps: Set[bytes]) -> set[bytes]:
+        """The fingerprints of ``fps`` (a set or a dict's keys) never seen before (exact)."""
+        # Set algebra in C instead of a Python loop: most pushed links are duplicates.
+        unknown = fps - self._young
+        if not unknown:
+            return unknown
+        unknown -= self._old
+        unknown -= self._log
+        if not unknown:
+            return unknown
+        keys = list(unknown)
+        maybe = self.filter.may_hold(b"".join(keys))
+        if maybe.any():
+            self._settle(unknown, [f for f, m in zip(keys, maybe.tolist()) if m])
+        return unknown
+
+    def _settle(self, unknown: set[bytes], keys: list[bytes]) -> None:
+        """Look ``keys`` up in their buckets: drop those found from ``unknown``."""
+        wanted: dict[int, list[bytes]] = {}
+        for f in keys:
+            wanted.setdefault(bucket_of(f), []).append(f)
+        buckets = list(wanted)
+        found = []
+        for start in range(0, len(buckets), SQL_IN_CHUNK):
+            chunk = buckets[start:start + SQL_IN_CHUNK]
+            for b, blob in self.conn.execute(
+                    f"SELECT b, fps FROM seen_buckets WHERE b IN ({','.join('?' * len(chunk))})", chunk):
+                for f in wanted[b]:
+                    if f in unknown and holds(blob, f):
+                        unknown.discard(f)
+                        found.append(f)
+        self._remember(found)
+
+    def known(self, f: bytes) -> bool:
+        return not self.unknown({f})
+
+    def hot_size(self) -> int:
+        return len(self._young) + len(self._old) + len(self._log)
+
+    def clear_hot(self) -> None:
+        """Forget the hot set (it is a cache; benchmarks and tests use this)."""
+        self._young = set()
+        self._old = set()
+
+    def stored(self) -> int:
+        """Fingerprints in the buckets (tests, tools)."""
+        return (self.conn.execute("SELECT sum(length(fps)) FROM seen_buckets").fetchone()[0] or 0) \
+            // FINGERPRINT_BYTES
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def _remember(self, fps: Iterable[bytes]) -> None:
+        young = self._young
+        young.update(fps)
+        if len(young) >= self._hot_half:  # the hot set's generations, a push at a time
+            self._old = young
+            self._young = set()
+
+    def record(self, fps: list[bytes]) -> None:
+        """Record fingerprints not seen before (inside the open transaction)."""
+        self.conn.execute("INSERT INTO seen_log (f) VALUES (?)", (b"".join(fps),))
+        self._log.update(fps)
+        self._remember(fps)
+        self.count += len(fps)
+
+    def merge_due(self) -> bool:
+        return len(self._log) >= self.merge_rows
+
+    def merge(self) -> None:
+        """Move seen_log into the buckets (inside the open transaction)."""
+        started = time.monotonic()
+        joined = b"".join(self._log)  # the in-memory set is exactly seen_log
+        _insert_buckets(self.conn, joined)
+        self.conn.execute("DELETE FROM seen_log")
+        self.filter.add(joined)
+        n = len(self._log)
+        self._log = set()
+        self._compact(self.merges % COMPACT_EVERY)
+        took = time.monotonic() - started
+        self.merges += 1
+        self.timings["merge_seconds"] = self.timings.get("merge_seconds", 0.0) + took
+        self.timings["merge_max_seconds"] = max(self.timings.get("merge_max_seconds", 0.0), took)
+        logger.info("Merged %d new fingerprints into the seen buckets in %.3f s", n, took)
+
+    def _compact(self, turn: int) -> None:
+        """Rewrite every COMPACT_EVERY-th bucket (from ``turn``) into one row."""
+        c = self.conn
+        buckets = list(range(turn, BUCKETS, COMPACT_EVERY))
+        rows: dict[int, list[bytes]] = {}
+        for start in range(0, len(buckets), SQL_IN_CHUNK):
+            chunk = buckets[start:start + SQL_IN_CHUNK]
+            for b, blob in c.execute(f"SELECT b, fps FROM seen_buckets WHERE b IN "
+                                     f"({','.join('?' * len(chunk))})", chunk):
+                rows.setdefault(b, []).append(blob)
+        many = [(b, blobs) for b, blobs in rows.items() if len(blobs) > 1]
+        c.executemany("DELETE FROM seen_buckets WHERE b=?", [(b,) for b, _ in many])
+        c.executemany("INSERT INTO seen_buckets (b, fps) VALUES (?, ?)",
+                      [(b, b"".join(blobs)) for b, blobs in many])
+
+
+def _insert_buckets(conn: sqlite3.Connection, joined: bytes) -> None:
+    """Fingerprints end to end, cut by bucket into one row per bucket."""
+    fps = np.frombuffer(joined, dtype=np.uint8).reshape(-1, FINGERPRINT_BYTES)
+    bucket = (fps[:, 0].astype(np.uint16) << 4) | (fps[:, 1] >> 4)
+    order = np.argsort(bucket, kind="stable")
+    data = fps[order].tobytes()
+    ends = (np.cumsum(np.bincount(bucket, minlength=BUCKETS)) * FINGERPRINT_BYTES).tolist()
+    starts = [0, *ends[:-1]]
+    conn.executemany("INSERT INTO seen_buckets (b, fps) VALUES (?, ?)",
+                     [(b, data[s:e]) for b, (s, e) in enumerate(zip(starts, ends)) if e > s])

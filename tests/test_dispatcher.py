@@ -203,7 +203,7 @@ def test_frontier_rows_and_partial_acks_survive_a_restart_exactly(tmp_path: Path
     last.close()
 
 
-def test_a_pending_request_of_higher_priority_is_written_and_served_first(tmp_path: Path) -> None:
+def test_a_request_not_written_yet_is_served_in_key_order(tmp_path: Path) -> None:
     fr = Frontier(tmp_path / "s", 1, readahead=2)
     fr.add([_wire(i) for i in range(5)])
     fr.commit()
@@ -211,7 +211,9 @@ def test_a_pending_request_of_higher_priority_is_written_and_served_first(tmp_pa
     assert fr.pending_rows() == 2
     order = [_url(row) for row in iter(lambda: fr.take(0), None)]
     assert order == ["http://x.test/50"] + [f"http://x.test/{i}" for i in (0, 1, 2, 3, 4, 51)]
-    assert fr.pending_rows() == 0 and fr.size == 7
+    assert fr.pending_rows() == 2 and fr.size == 7  # served before they were written
+    fr.commit()
+    assert fr.pending_rows() == 0 and fr.conn.execute("SELECT count(*) FROM frontier_rows").fetchone() == (3,)
     fr.close()
 
 

@@ -1,26 +1,26 @@
 """The durable frontier and the exact seen-set, in one SQLite file (WAL).
 
-(Over 400 lines on purpose: the in-memory read-ahead, the requests not yet written and the
-SQLite rows share one invariant, "every unleased, unacked stored request with a key <= bound is
-in memory", which every method below keeps.)
+(Over 400 lines on purpose: the in-memory read-ahead, the blocks not written yet and the
+SQLite rows share one invariant, "every unleased, unacked request with a key <= bound is in
+memory", which every method below keeps.)
 
 Tables: ``frontier_rows`` (every request not yet acked, in rows of up to
 :data:`~.rows.ROW_MAX` requests of one partition and priority, :mod:`.rows`), ``acked`` (acks
-of rows not yet done), ``seen`` + ``seen_log`` (the exact dedup set, :mod:`.seen`) and ``meta``
+of rows not yet done), ``seen_log`` + ``seen_buckets`` (the exact dedup set, :mod:`.seen`) and ``meta``
 (schema, partition count, run epoch, seen count). A request stays stored until it is acked, so
 leases can live in memory: after a crash every unacked request is simply served again.
 
 A request's key is (negated priority, id): ascending keys are "priority, then FIFO". Ids are
-``epoch << ID_EPOCH_SHIFT | sequence``, given when a request is written: a run never reuses an
-id handed out by an earlier run, even one whose last transaction was lost in a crash, so a late
-ack can never ack another request. New requests wait in memory per partition and priority until
-the commit writes them, one row per partition and priority (or until the partition must serve
-one of them first: then that partition's are written at once).
+``epoch << ID_EPOCH_SHIFT | sequence``: a run never reuses an id handed out by an earlier run,
+even one whose last transaction was lost in a crash, so a late ack can never ack another
+request. A new request gets its id at once, in a block of ROW_MAX ids its partition and
+priority reserve (so it can be leased at once); the commit writes each block as one row, so a
+push of a thousand new URLs costs tens of rows, not a thousand.
 
 RAM stays bounded whatever the frontier size: per partition a read-ahead of about ``readahead``
 requests (whole rows; the next ones in key order), the requests given back by released or
-expired leases, and at most ``COMMIT_ROWS`` unwritten requests in all; the rest is read from the
-index when needed. The seen-set's bounds are in :mod:`.seen`.
+expired leases, and the blocks not written yet (at most ``COMMIT_ROWS`` requests in all: a commit
+is due then); the rest is read from the index when needed. The seen-set's bounds are in :mod:`.seen`.
 
 Writes are batched: the caller commits with :meth:`Frontier.maybe_commit` (``commit_interval``
 or ``COMMIT_ROWS``, whichever comes first). Adds, acks and commits are timed through the
@@ -69,23 +69,19 @@ Row = tuple[int, int, bytes, int]
 
 
 class _Partition:
-    __slots__ = ("buf", "returned", "bound", "db_more", "count", "avail", "zero", "prio")
+    __slots__ = ("buf", "returned", "bound", "db_more", "count", "avail", "blocks", "tail")
 
     def __init__(self) -> None:
-        self.buf: deque[Row] = deque()  # next stored requests in key order, all with key <= bound
+        self.buf: deque[Row] = deque()  # next requests in key order, all with key <= bound
         self.returned: deque[Row] = deque()  # released/expired leases: served first
-        self.bound: tuple[int, int] | None = None  # unleased stored keys <= bound are in memory
-        self.db_more = False  # stored requests with key > bound may exist
+        self.bound: tuple[int, int] | None = None  # unleased, unacked keys <= bound are in memory
+        self.db_more = False  # requests with key > bound may exist (stored, or in open blocks)
         self.count = 0  # unacked requests (leased or not, written or not)
         self.avail = 0  # unacked requests not leased: what can be served
-        self.zero: list[dict[str, Any]] = []  # requests of priority 0 not written yet
-        self.prio: dict[int, list[dict[str, Any]]] = {}  # npr -> other ones not written yet
-
-    def pending_first(self) -> int | None:
-        """The smallest npr of the requests not written yet (None: there are none)."""
-        if self.prio:
-            return min(self.prio) if not self.zero else min(0, min(self.prio))
-        return 0 if self.zero else None
+        # Requests added since the last commit, not written yet: blocks of ROW_MAX reserved ids,
+        # (npr, first id, requests) in the order opened; tail: npr -> the block being filled.
+        self.blocks: list[tuple[int, int, list[dict[str, Any]]]] = []
+        self.tail: dict[int, tuple[int, int, list[dict[str, Any]]]] = {}
 
 
 class Frontier:
@@ -111,6 +107,7 @@ class Frontier:
         self.readahead = max(1, readahead)
         self.commit_interval = commit_interval
         self._packer = RowPacker()
+        self._pack_one = self._packer.pack_one
         self._in_txn = False
         self._txn_started = 0.0
         self._txn_rows = 0
@@ -171,7 +168,6 @@ class Frontier:
         self.resumed = self.epoch > 1
         c.execute("UPDATE meta SET value=? WHERE key='epoch'", (self.epoch,))
         self.parts = [_Partition() for _ in range(partitions)]
-        self._zeros = [st.zero for st in self.parts]
         self.size = 0
         for p, n in c.execute("SELECT p, sum(n) FROM frontier_rows GROUP BY p"):
             st = self.parts[p]
@@ -280,20 +276,22 @@ class Frontier:
             return self._store(requests)
 
     def _store(self, requests: list[dict[str, Any]]) -> tuple[int, list[int]]:
-        """Queue requests in memory, per partition and priority, until they are written."""
+        """Give requests their ids in their partition's open blocks (written at the commit)."""
         parts = self.parts
         ps = [r["p"] for r in requests]
-        if any("pr" in r for r in requests):
-            for r, p in zip(requests, ps):
-                npr = -r["pr"] if "pr" in r else 0
-                if npr:
-                    parts[p].prio.setdefault(npr, []).append(r)
-                else:
-                    parts[p].zero.append(r)
-        else:  # the common case, one C-level pass for the partition counts
-            zeros = self._zeros
-            for r, p in zip(requests, ps):
-                zeros[p].append(r)
+        place = self._place
+        for r, p in zip(requests, ps):
+            st = parts[p]
+            npr = -r["pr"] if "pr" in r else 0
+            block = st.tail.get(npr)
+            if block is None or len(block[2]) >= ROW_MAX:
+                block = self._open_block(p, st, npr)
+            reqs = block[2]
+            rid = block[1] + len(reqs)
+            reqs.append(r)
+            # In memory now if it fits the read-ahead, or if its priority puts it before the bound.
+            if not st.db_more or (st.bound is not None and npr < st.bound[0]):
+                place(st, (npr, rid, self._pack_one(r), block[1]))
         touched: list[int] = []
         for p, n in Counter(ps).items():
             st = parts[p]
@@ -301,64 +299,54 @@ class Frontier:
                 touched.append(p)
             st.count += n
             st.avail += n
-        self._unwritten.update(ps)
         n = len(requests)
         self.size += n
         self._txn_rows += n
         return n, touched
 
-    def _write(self, p: int, st: _Partition) -> Iterator[tuple[int, int, int, int, bytes]]:
-        """The rows of partition ``p``'s pending requests, placed in memory as the bound says."""
-        pack = self._packer.pack
-        groups = sorted(st.prio.items())
-        if st.zero:
-            groups.append((0, st.zero))
-            groups.sort(key=lambda item: item[0])
-        for npr, group in groups:
-            for start in range(0, len(group), ROW_MAX):
-                chunk = group[start:start + ROW_MAX]
-                n = len(chunk)
-                rid = self._next_id
-                self._next_id = rid + n
-                blob = pack(chunk)
-                self._place(p, st, npr, rid, n, blob)
-                yield rid, p, npr, n, blob
-        st.prio.clear()
-        st.zero.clear()  # the same list object: self._zeros holds it
+    def _open_block(self, p: int, st: _Partition, npr: int) -> tuple[int, int, list[dict[str, Any]]]:
+        block: tuple[int, int, list[dict[str, Any]]] = (npr, self._next_id, [])
+        self._next_id += ROW_MAX  # ids are reserved: a row's ids are consecutive, rows apart
+        st.blocks.append(block)
+        st.tail[npr] = block
+        state = self._rows[block[1]] = RowState(p, 0)
+        state.open = True
+        self._unwritten.add(p)
+        return block
 
-    def _place(self, p: int, st: _Partition, npr: int, rid: int, n: int, blob: bytes) -> None:
-        bound, buf, limit = st.bound, st.buf, self.readahead
-        # The row's ids are above every stored id: its keys are above the bound unless its
-        # priority is higher than the bound's.
-        if bound is None or npr >= bound[0]:
-            if st.db_more or len(buf) >= limit:
+    def _place(self, st: _Partition, entry: Row) -> None:
+        """A new request into the read-ahead if the bound says so (else it waits beyond it)."""
+        bound, buf = st.bound, st.buf
+        if bound is None or entry[:2] > bound:
+            if st.db_more or len(buf) >= self.readahead:
                 st.db_more = True
                 return
-            fit = min(n, limit - len(buf))
-            self._rows[rid] = RowState(p, n)
-            for i, part in enumerate(split(blob, n)[:fit]):
-                buf.append((npr, rid + i, part, rid))
-            st.bound = (npr, rid + fit - 1)
-            if fit < n:
-                st.db_more = True
+            buf.append(entry)
+            st.bound = entry[:2]
             return
-        self._rows[rid] = RowState(p, n)
-        for i, part in enumerate(split(blob, n)):
-            insort(buf, (npr, rid + i, part, rid))
-            if len(buf) > limit:
-                buf.pop()  # stays stored, after the new bound
-                st.bound = buf[-1][:2]
-                st.db_more = True
-
-    def _write_partition(self, p: int) -> None:
-        self._begin()
-        self.conn.executemany("INSERT INTO frontier_rows (id, p, npr, n, reqs) VALUES (?, ?, ?, ?, ?)",
-                              list(self._write(p, self.parts[p])))
-        self._unwritten.discard(p)
+        insort(buf, entry)  # a higher priority than the bound's
+        if len(buf) > self.readahead:
+            buf.pop()  # waits beyond the new bound
+            st.bound = buf[-1][:2]
+            st.db_more = True
 
     def _write_all(self) -> None:
-        parts = self.parts
-        rows = [row for p in sorted(self._unwritten) for row in self._write(p, parts[p])]
+        """Write every open block as a row (one not acked yet, that is)."""
+        parts, opened, pack = self.parts, self._rows, self._packer.pack
+        rows = []
+        for p in sorted(self._unwritten):
+            st = parts[p]
+            for npr, rid, reqs in st.blocks:
+                state = opened[rid]
+                state.open = False
+                state.n = n = len(reqs)
+                state.left = n - state.acked.bit_count()
+                if state.left:
+                    rows.append((rid, p, npr, n, pack(reqs)))
+                else:
+                    del opened[rid]
+            st.blocks = []
+            st.tail = {}
         self._unwritten.clear()
         if rows:
             self.conn.executemany("INSERT INTO frontier_rows (id, p, npr, n, reqs) VALUES (?, ?, ?, ?, ?)",
@@ -402,9 +390,6 @@ class Frontier:
         else:
             if not st.buf and st.db_more:
                 self._refill(p, st)
-            first = st.pending_first()
-            if first is not None and (not st.buf or first < st.buf[0][0]):
-                self._write_partition(p)  # a pending request comes next: it needs its id now
             if not st.buf:
                 logger.error("partition %d counts %d available requests but has none; resyncing",
                              p, st.avail)
@@ -416,39 +401,58 @@ class Frontier:
         return row
 
     def _refill(self, p: int, st: _Partition) -> None:
+        """The next requests beyond the bound, from the stored rows and the open blocks."""
         started = time.monotonic()
-        leased, returned, opened, limit = self._leased, self._returned_ids, self._rows, self.readahead
+        leased, returned, opened = self._leased, self._returned_ids, self._rows
+        limit = max(self.readahead, ROW_MAX) + 1  # rows are ROW_MAX ids apart: one may hold the bound
         while not st.buf and st.db_more:
-            if st.bound is None:
+            bound = st.bound
+            if bound is None:
                 cur = self.conn.execute("SELECT id, npr, n, reqs FROM frontier_rows WHERE p=? "
                                         "ORDER BY npr, id LIMIT ?", (p, limit))
             else:  # from the row that may hold the bound on
                 cur = self.conn.execute("SELECT id, npr, n, reqs FROM frontier_rows WHERE p=? "
                                         "AND (npr, id) > (?, ?) ORDER BY npr, id LIMIT ?",
-                                        (p, st.bound[0], st.bound[1] - ROW_MAX, limit))
-            got = 0
+                                        (p, bound[0], bound[1] - ROW_MAX, limit))
+            entries: list[Row] = []
+            got, last = 0, bound
             for rid, npr, n, blob in cur:
                 got += 1
                 state = opened.get(rid)
                 if state is None:
                     state = opened[rid] = RowState(p, n)
                 acked = state.acked
-                bound = st.bound
                 for i, part in enumerate(split(blob, n)):
                     key = (npr, rid + i)
                     if bound is not None and key <= bound:
                         continue
-                    st.bound = key
+                    last = key
                     # The bound moves back when a high-priority insert overflows the read-ahead,
                     # so requests already leased or given back can come round again: skip them.
-                    if acked >> i & 1 or rid + i in leased or rid + i in returned:
-                        continue
-                    st.buf.append((npr, rid + i, part, rid))
-                if len(st.buf) >= limit:
+                    if not (acked >> i & 1 or rid + i in leased or rid + i in returned):
+                        entries.append((npr, rid + i, part, rid))
+                if len(entries) >= self.readahead:
                     break
             else:
                 if got < limit:
-                    st.db_more = False
+                    last = None  # every stored request beyond the bound is read
+            # The open blocks' requests beyond the bound, up to what the stored rows covered.
+            for npr, rid, reqs in st.blocks:
+                acked = opened[rid].acked
+                for i, r in enumerate(reqs):
+                    key = (npr, rid + i)
+                    if (bound is not None and key <= bound) or (last is not None and key > last):
+                        continue
+                    if not (acked >> i & 1 or rid + i in leased or rid + i in returned):
+                        entries.append((npr, rid + i, self._pack_one(r), rid))
+            entries.sort()
+            st.buf.extend(entries)
+            if last is None:  # everything beyond the old bound is in memory now
+                st.db_more = False
+                if entries:
+                    st.bound = entries[-1][:2]
+            else:
+                st.bound = last
         self.timings["refill_seconds"] = self.timings.get("refill_seconds", 0.0) + (
             time.monotonic() - started)
 
@@ -526,7 +530,7 @@ class Frontier:
         state.left -= 1
         self.parts[state.p].count -= 1
         self.size -= 1
-        if state.left:
+        if state.left or state.open:  # an open block's is settled when it is written
             return True
         del self._rows[row]
         self.conn.execute("DELETE FROM frontier_rows WHERE id=?", (row,))
@@ -621,8 +625,7 @@ class Frontier:
 
     def pending_rows(self) -> int:
         """Requests not written yet (at most COMMIT_ROWS: a commit writes them)."""
-        return sum(len(self.parts[p].zero) + sum(len(group) for group in self.parts[p].prio.values())
-                   for p in self._unwritten)
+        return sum(len(reqs) for p in self._unwritten for _, _, reqs in self.parts[p].blocks)
 
     def hot_seen_size(self) -> int:
         return self.seen.hot_size()

@@ -1,10 +1,9 @@
 """How the frontier stores requests: rows of up to ROW_MAX requests, and the log of partial acks.
 
 A row holds requests of one partition and one priority with consecutive ids ``id, id + 1, ...,
-id + n - 1`` (``id`` is the row's key): their msgpack wire requests end to end, each exactly the
-bytes a "batch" frame splices in. One row per partition and priority is written per commit (or
-when the partition must serve it sooner), so a push of a thousand new URLs costs tens of rows,
-not a thousand. A store of schema 1 (one request per row) reads as rows with ``n = 1``.
+id + n - 1`` (``id`` is the row's key; rows are ROW_MAX ids apart, ids being reserved by block):
+their msgpack wire requests end to end, each exactly the bytes a "batch" frame splices in. A
+store of schema 1 (one request per row) reads as rows with ``n = 1``.
 
 A row is deleted when its last request is acked. Acks of a row not yet done are appended to
 ``acked``, one row per ack message (msgpack ``[row id, offset, row id, offset, ...]``), and held
@@ -24,13 +23,14 @@ ROW_MAX = 64  # requests in one row at most (a row is read whole when a partitio
 class RowState:
     """A row some of whose requests are in memory or acked: its partition, size and acks."""
 
-    __slots__ = ("p", "n", "left", "acked")
+    __slots__ = ("p", "n", "left", "acked", "open")
 
     def __init__(self, p: int, n: int) -> None:
         self.p = p
         self.n = n
         self.left = n  # requests not acked
         self.acked = 0  # bit i set: request id + i is acked
+        self.open = False  # a block still filling: not written, n and left set when it is
 
 
 class RowPacker:

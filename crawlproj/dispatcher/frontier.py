@@ -323,7 +323,9 @@ class Frontier:
                 return
             buf.append(entry)
             st.bound = entry[:2]
+            self._rows[entry[3]].loaded = True
             return
+        self._rows[entry[3]].loaded = True
         insort(buf, entry)  # a higher priority than the bound's
         if len(buf) > self.readahead:
             buf.pop()  # waits beyond the new bound
@@ -343,8 +345,8 @@ class Frontier:
                 state.left = n - state.acked.bit_count()
                 if state.left:
                     rows.append((rid, p, npr, n, pack(reqs)))
-                else:
-                    del opened[rid]
+                if not state.left or not (state.acked or state.loaded):
+                    del opened[rid]  # done, or nothing of it in memory: read again when needed
             st.blocks = []
             st.tail = {}
         self._unwritten.clear()
@@ -421,6 +423,7 @@ class Frontier:
                 state = opened.get(rid)
                 if state is None:
                     state = opened[rid] = RowState(p, n)
+                state.loaded = True
                 acked = state.acked
                 for i, part in enumerate(split(blob, n)):
                     key = (npr, rid + i)

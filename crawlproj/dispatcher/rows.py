@@ -21,9 +21,10 @@ ROW_MAX = 64  # requests in one row at most (a row is read whole when a partitio
 
 
 class RowState:
-    """A row some of whose requests are in memory or acked: its partition, size and acks."""
+    """A row some of whose requests are in memory or acked, or a block not written yet: its
+    partition, size and acks. Held until the row is done, so bounded by what was in memory."""
 
-    __slots__ = ("p", "n", "left", "acked", "open")
+    __slots__ = ("p", "n", "left", "acked", "open", "loaded")
 
     def __init__(self, p: int, n: int) -> None:
         self.p = p
@@ -31,6 +32,7 @@ class RowState:
         self.left = n  # requests not acked
         self.acked = 0  # bit i set: request id + i is acked
         self.open = False  # a block still filling: not written, n and left set when it is
+        self.loaded = False  # some of its requests went into memory (kept until it is done)
 
 
 class RowPacker:

@@ -217,6 +217,22 @@ def test_a_request_not_written_yet_is_served_in_key_order(tmp_path: Path) -> Non
     fr.close()
 
 
+def test_requests_served_from_a_block_not_written_yet_are_acked_after_its_commit(tmp_path: Path) -> None:
+    fr = Frontier(tmp_path / "s", 1, readahead=2)
+    fr.add([_wire(i) for i in range(2)])  # the read-ahead is full: the next wait beyond it
+    fr.commit()
+    fr.add([_wire(i) for i in range(2, 6)])  # a new block, none of it in the read-ahead
+    rows = [fr.take(0) for _ in range(4)]  # two from the read-ahead, two read from the open block
+    assert [_url(row) for row in rows] == [f"http://x.test/{i}" for i in range(4)]
+    fr.commit()  # writes the block while four of its requests are leased
+    fr.ack_leased([(row[1], 0) for row in rows])
+    rows += [fr.take(0) for _ in range(2)]
+    fr.ack_leased([(row[1], 0) for row in rows[4:]])
+    fr.commit()
+    assert fr.size == 0 and fr.conn.execute("SELECT count(*) FROM frontier_rows").fetchone() == (0,)
+    fr.close()
+
+
 def test_a_schema_1_store_is_read_as_rows_of_one(tmp_path: Path) -> None:
     import sqlite3
 

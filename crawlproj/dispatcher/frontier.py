@@ -441,13 +441,15 @@ class Frontier:
                     last = None  # every stored request beyond the bound is read
             # The open blocks' requests beyond the bound, up to what the stored rows covered.
             for npr, rid, reqs in st.blocks:
-                acked = opened[rid].acked
+                state = opened[rid]
+                acked = state.acked
                 for i, r in enumerate(reqs):
                     key = (npr, rid + i)
                     if (bound is not None and key <= bound) or (last is not None and key > last):
                         continue
                     if not (acked >> i & 1 or rid + i in leased or rid + i in returned):
                         entries.append((npr, rid + i, self._pack_one(r), rid))
+                        state.loaded = True
             entries.sort()
             st.buf.extend(entries)
             if last is None:  # everything beyond the old bound is in memory now
@@ -464,7 +466,13 @@ class Frontier:
         rid = row[1]
         self._leased.pop(rid, None)
         state = self._rows.get(row[3])
-        if state is None or state.acked >> (rid - row[3]) & 1:
+        if state is None:  # not expected (a leased request's row keeps its state): ask the store
+            found = self._find(rid)
+            if found is None:
+                return  # acked meanwhile
+            state = self._rows[row[3]] = RowState(found[1], found[2])
+            state.loaded = True
+        if state.acked >> (rid - row[3]) & 1:
             return  # acked meanwhile (a late ack of an earlier lease of it)
         st = self.parts[p]
         st.returned.append(row)
@@ -483,11 +491,14 @@ class Frontier:
             logged: list[tuple[int, int]] = []
             for rid, _ in acked:
                 row = leased.pop(rid, None)
-                if row is None:
+                state = opened.get(row) if row is not None else None
+                if state is None:  # not leased here (or its row's state is gone): find it stored
+                    if row is not None:
+                        leased[rid] = row  # still leased: _ack_unknown ends the lease
                     row = self._ack_unknown(rid)
                     if row is not None:
                         logged.append((row, rid))
-                elif self._mark(row, opened[row], rid):
+                elif self._mark(row, state, rid):
                     logged.append((row, rid))
             self._log_acks(logged)
             self._txn_rows += len(acked)

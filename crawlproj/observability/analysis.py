@@ -51,6 +51,10 @@ class Source:
 
     name: str
     pages: list[tuple[float, float]] = field(default_factory=list)  # (epoch, cumulative pages)
+    # LogStats' counts: their times are whole seconds (Scrapy's log format), up to a second
+    # early; mixed with the TIMINGS records' counts they would go back and forth, so one of the
+    # two is kept: the exact ones unless LogStats has more than twice as many
+    logstats: list[tuple[float, float]] = field(default_factory=list)
     windows: list[dict[str, Any]] = field(default_factory=list)  # TIMINGS records
     samples: list[tuple[float, str, float]] = field(default_factory=list)  # (epoch, op, ms)
     final_stats: dict[str, Any] = field(default_factory=dict)
@@ -90,7 +94,9 @@ class Observations:
     def finish(self) -> None:
         """Sort, and drop records seen twice (a log and its JSON-lines twin)."""
         for src in self.sources.values():
-            src.pages = sorted(set(src.pages))
+            exact = len(src.pages) >= 2 and 2 * len(src.pages) >= len(src.logstats)
+            src.pages = sorted(set(src.pages if exact else src.logstats or src.pages))
+            src.logstats = []
             seen: set[float] = set()
             windows = []
             for w in sorted(src.windows, key=lambda w: w["t"]):
@@ -191,7 +197,7 @@ def _read_file(obs: Observations, path: Path) -> None:
     if stats_block is not None:
         obs.source(node or name).final_stats.update(_stats(stats_block))
     if pending_pages:
-        obs.source(node or name).pages.extend(pending_pages)
+        obs.source(node or name).logstats.extend(pending_pages)
     if closing:
         obs.source(node or name).closing.extend(closing)
 

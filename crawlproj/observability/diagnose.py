@@ -20,7 +20,8 @@ come first, and before them a crawl that ended by dropping its requests:
 - node CPU-bound: callbacks (parse and link handling) take most of a node's time (a busy
   interpreter slows every timing in the process, so this goes before the stores);
 - item store: item write latency grew while the other operations did not as much;
-- politeness store (robots.txt cache, last-fetch state): its lookups or writes grew, or are slow;
+- politeness store (robots.txt cache, last-fetch state): its lookups block the reactor, or its
+  lookups or writes grew (or are slow) and take a larger share of their thread's time;
 - item store falling behind while the rate holds: its buffer and spill grow, its oldest item
   ages (with the time left before the spill budget is full);
 - the account's grown shares: remote sites, the dispatcher's stalls, robots.txt, the engine
@@ -28,7 +29,9 @@ come first, and before them a crawl that ended by dropping its requests:
 - politeness-bound: one politeness key takes most fetches, or only a few keys are left; or
   draining: the keys and the frontier run out. Neither is a fault of the crawler.
 
-A crawl rate that fell with none of these is reported as unexplained. A crawl without any of
+Growth alone, while the rate holds, is no fault: a grown latency is a cause when the rate fell
+and it costs (its thread's time, for the stores), or when a backlog grows (the item store). A
+crawl rate that fell with none of these is reported as unexplained. A crawl without any of
 this is healthy: no finding.
 """
 
@@ -57,6 +60,7 @@ SLOW_RTT_MS = 250.0  # node -> dispatcher round trip that means the dispatcher l
 NODE_IDLE_CPU = 0.8
 SLOW_LOOKUP_MS = 50.0  # a primary-key read of the politeness store should take well under 1 ms
 REACTOR_SHARE = 0.25  # store lookups taking this share of a node's time block its reactor
+STORE_COST = 0.05  # a store operation taking this much more of its thread's time costs the crawl
 PARSE_SHARE = 0.5  # share of a node's wall time in callbacks that makes it CPU-bound
 HOT_KEY_SHARE = 0.5  # one key with this share of fetches ...
 FEW_KEYS = 3  # ... or this few keys fetched: politeness-bound
@@ -271,17 +275,28 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
             "(crawlproj profile PID --no-idle), make the callback cheaper or run more nodes",
             evidence)
     # politeness store; its lookups run on the reactor thread: when they take much of it, they
-    # stall everything else there (item completions, downloads, heartbeats) and come first
-    store = [g for g in grown if g.op in STORE_OPS]
+    # stall everything else there (item completions, downloads, heartbeats) and come first.
+    # Otherwise a grown or slow store operation is a cause only when the rate fell and it costs:
+    # it took STORE_COST more of its thread's time (a few ms more on a write every half second
+    # costs nothing)
+    cost = {op: (_time_share(early, op), _time_share(late, op)) for op in STORE_OPS}
+    costly = {op for op, (e, l_) in cost.items() if fell and l_ - e >= STORE_COST}
+    store = [g for g in grown if g.op in costly]
     lookup_late = _op(late, "robots_lookup", "p99")
-    blocked = _time_share(late, "robots_lookup")
+    blocked = cost["robots_lookup"][1]
+    slow = lookup_late is not None and lookup_late >= SLOW_LOOKUP_MS and "robots_lookup" in costly
     store_finding = None
-    if store or (lookup_late is not None and lookup_late >= SLOW_LOOKUP_MS) or blocked >= REACTOR_SHARE:
+    if store or slow or blocked >= REACTOR_SHARE:
         evidence = [g.describe() for g in store]
         if not store and lookup_late is not None:
             evidence.append(f"robots_lookup p99 {lookup_late:.1f} ms (a primary-key read takes < 1 ms)")
         if blocked:
-            evidence.append(f"store lookups take {100 * blocked:.0f}% of the node's time (reactor thread)")
+            evidence.append(f"store lookups take {100 * cost['robots_lookup'][0]:.0f}% -> "
+                            f"{100 * blocked:.0f}% of the node's time (reactor thread)")
+        if "robots_store_write" in costly:
+            writes = cost["robots_store_write"]
+            evidence.append(f"store writes take {100 * writes[0]:.0f}% -> {100 * writes[1]:.0f}% "
+                            "of the writer thread's time")
         knock_on = [g for g in grown if g.op not in STORE_OPS]
         if knock_on and blocked >= REACTOR_SHARE:
             evidence.append("knock-on (the reactor waits for the lookups): "
@@ -301,10 +316,13 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
     parse_growth = growths["parse"].ratio if "parse" in growths else 0.0
     write = next((g for g in grown if g.op in ITEM_OPS
                   and (behind is not None or g.ratio > parse_growth)), None)
-    if write is not None and environment and fell and behind is None:
-        # a starved machine or a stalled dispatcher slows the item pipelines too
-        _lead(diag).evidence.append(f"grown with it, likely knock-on: {write.describe()}")
-    elif write is not None and (fell or behind is None):
+    # lookups that block the reactor thread delay everything else on it (said in their evidence)
+    reactor_blocked = blocked >= REACTOR_SHARE
+    if write is not None and behind is None and (reactor_blocked or environment and fell):
+        # so do a starved machine and a stalled dispatcher, the item pipelines' too
+        if not reactor_blocked:  # (the lookups' knock-on line has it)
+            _lead(diag).evidence.append(f"grown with it, likely knock-on: {write.describe()}")
+    elif write is not None and fell:  # while the rate holds, only a backlog growing is a fault
         add("item_store", f"item write latency grew {write.ratio:.0f}x while "
             f"{others(ITEM_OPS + ('download', 'dispatcher_rtt', 'download_total'))}: the item "
             "store is the bottleneck, check its indexes (an upsert that scans), its disk and "
@@ -326,9 +344,11 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
         for s_ in direct + empty:
             if s_.resource in named or (s_.resource == "held" and "item_store" in named):
                 continue
-            if environment or (diag.faults and s_.resource in ("politeness", "lack_of_work", "held")):
+            if environment or reactor_blocked or (
+                    diag.faults and s_.resource in ("politeness", "lack_of_work", "held")):
                 # slowed by the cause named first: the starved machine, the stalled dispatcher,
-                # or (empty slots) a store that holds the leases and the engine back
+                # the reactor blocked in store lookups (transfers end late), or (empty slots) a
+                # store that holds the leases and the engine back
                 knock_on.append(f"{s_.resource} {100 * s_.early:.0f}% -> {100 * s_.late:.0f}%")
                 continue
             if s_.resource in ("politeness", "lack_of_work") and (

@@ -77,19 +77,21 @@ class Observations:
         return [s for name, s in sorted(self.sources.items()) if name != DISPATCHER]
 
     def span(self) -> tuple[float, float] | None:
-        """From the first record to the last growth of any node's page count: once every
-        count has stopped growing the crawl has ended (or stalled, which the page counts of a
-        live crawl show as zero rates), and the quiet tail is not a slowdown. Page counts a
-        node logged while shutting down are already left out (see Source.closing)."""
+        """From the first growth of any node's page count (its count just before: the nodes
+        starting up, or waiting for their first leases, are no slow crawl) to the last: once
+        every count has stopped growing the crawl has ended (or stalled, which the page counts
+        of a live crawl show as zero rates), and the quiet tail is not a slowdown. Page counts
+        a node logged while shutting down are already left out (see Source.closing)."""
         times = [t for s in self.sources.values() for t, _ in s.pages]
         times += [w["t"] for s in self.sources.values() for w in s.windows]
         if not times:
             return None
-        end = max(times)
-        growth = [b[0] for s in self.nodes() for a, b in zip(s.pages, s.pages[1:]) if b[1] > a[1]]
+        start, end = min(times), max(times)
+        growth = [(a[0], b[0]) for s in self.nodes() for a, b in zip(s.pages, s.pages[1:]) if b[1] > a[1]]
         if growth:
-            end = min(end, max(growth))
-        return min(times), end
+            start = max(start, min(before for before, _ in growth))
+            end = min(end, max(grown for _, grown in growth))
+        return start, end
 
     def finish(self) -> None:
         """Sort, and drop records seen twice (a log and its JSON-lines twin)."""

@@ -19,7 +19,8 @@ come first, and before them a crawl that ended by dropping its requests:
   to it long and growing while the nodes are idle);
 - node CPU-bound: callbacks (parse and link handling) take most of a node's time (a busy
   interpreter slows every timing in the process, so this goes before the stores);
-- item store: item write latency grew while the other operations did not as much;
+- item store: item write latency grew more than parse's, and the rate fell or the items in
+  the pipelines (Little's law on their write times) grew;
 - politeness store (robots.txt cache, last-fetch state): its lookups block the reactor, or its
   lookups or writes grew (or are slow) and take a larger share of their thread's time;
 - item store falling behind while the rate holds: its buffer and spill grow, its oldest item
@@ -61,6 +62,7 @@ NODE_IDLE_CPU = 0.8
 SLOW_LOOKUP_MS = 50.0  # a primary-key read of the politeness store should take well under 1 ms
 REACTOR_SHARE = 0.25  # store lookups taking this share of a node's time block its reactor
 STORE_COST = 0.05  # a store operation taking this much more of its thread's time costs the crawl
+ITEMS_WAITING = 5.0  # items in a node's item pipelines, at least, for a grown queue (and 2x)
 PARSE_SHARE = 0.5  # share of a node's wall time in callbacks that makes it CPU-bound
 HOT_KEY_SHARE = 0.5  # one key with this share of fetches ...
 FEW_KEYS = 3  # ... or this few keys fetched: politeness-bound
@@ -149,13 +151,6 @@ def _phases(bins: list[Window]) -> tuple[list[Window], list[Window]]:
         while skip < k and (bins[skip].rate or 0.0) < top / 2:
             skip += 1
     return bins[skip:skip + k], bins[-k:]
-
-
-def _time_share(bins: list[Window], op: str) -> float:
-    """Time spent in ``op`` per node, as a share of the windows' length (0 without figures)."""
-    shares = [b.ops[op]["sum"] / ((b.end - b.start) * 1000.0 * max(1, len(b.node_rates)))
-              for b in bins if "sum" in b.ops.get(op, {})]
-    return sum(shares) / len(shares) if shares else 0.0
 
 
 def _op(bins: list[Window], op: str, q: str) -> float | None:
@@ -279,7 +274,8 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
     # Otherwise a grown or slow store operation is a cause only when the rate fell and it costs:
     # it took STORE_COST more of its thread's time (a few ms more on a write every half second
     # costs nothing)
-    cost = {op: (_time_share(early, op), _time_share(late, op)) for op in STORE_OPS}
+    cost = {op: (causes.in_progress(early, op) or 0.0, causes.in_progress(late, op) or 0.0)
+            for op in STORE_OPS}
     costly = {op for op, (e, l_) in cost.items() if fell and l_ - e >= STORE_COST}
     store = [g for g in grown if g.op in costly]
     lookup_late = _op(late, "robots_lookup", "p99")
@@ -316,17 +312,26 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
     parse_growth = growths["parse"].ratio if "parse" in growths else 0.0
     write = next((g for g in grown if g.op in ITEM_OPS
                   and (behind is not None or g.ratio > parse_growth)), None)
+    # items in the item pipelines per node (Little's law: the writes' time over the wall clock):
+    # the store's queue, which tells a store falling behind from a slower write that costs nothing
+    queue = [causes.in_progress(phase, "item_write") for phase in (early, late)]
+    queue_grew = queue[0] is not None and queue[1] is not None and \
+        queue[1] >= max(ITEMS_WAITING, causes.BACKLOG_GROWTH * queue[0])
     # lookups that block the reactor thread delay everything else on it (said in their evidence)
     reactor_blocked = blocked >= REACTOR_SHARE
     if write is not None and behind is None and (reactor_blocked or environment and fell):
         # so do a starved machine and a stalled dispatcher, the item pipelines' too
         if not reactor_blocked:  # (the lookups' knock-on line has it)
             _lead(diag).evidence.append(f"grown with it, likely knock-on: {write.describe()}")
-    elif write is not None and fell:  # while the rate holds, only a backlog growing is a fault
+    elif write is not None and (fell or queue_grew):  # the rate holds: only a queue growing counts
+        evidence = [write.describe()]
+        if queue_grew:
+            evidence.append(f"items in the item pipelines (Little's law) {queue[0]:.1f} -> {queue[1]:.1f}"
+                            + ("" if fell else " (the crawl rate holds so far)"))
         add("item_store", f"item write latency grew {write.ratio:.0f}x while "
             f"{others(ITEM_OPS + ('download', 'dispatcher_rtt', 'download_total'))}: the item "
             "store is the bottleneck, check its indexes (an upsert that scans), its disk and "
-            "its load", [write.describe()] + (behind or []))
+            "its load", evidence + (behind or []))
     if behind is not None and "item_store" not in named:
         # the rate holds so far (the buffer takes the difference): a warning with the time left
         add("item_store", "the item store falls behind: items wait longer and longer for it "

@@ -172,8 +172,11 @@ def _synthetic_logs(directory: Path) -> None:
                          f"(at {int(per_min)} items/min)")
             if minute % 10 == 0 and minute:
                 grow = 1 + 11 * minute / (HOURS * 60)
-                ops = {"item_write": {"n": 600, "p50": 10 * grow, "p90": 12 * grow, "p99": 14 * grow,
-                                      "max": 20 * grow, "sum": 6000 * grow},
+                # one write per page of the 10 minutes, 60 ms growing to 720: 1-2 then 6 items in
+                # the pipelines at once (Little's law), a store that costs the crawl
+                writes = int(10 * per_min)
+                ops = {"item_write": {"n": writes, "p50": 60 * grow, "p90": 72 * grow, "p99": 84 * grow,
+                                      "max": 120 * grow, "sum": writes * 60 * grow},
                        "download": {"n": 600, "p50": 40 * rng.uniform(0.95, 1.05), "p90": 60, "p99": 80},
                        "robots_lookup": {"n": 900, "p50": 0.05, "p90": 0.1, "p99": 0.3},
                        "parse": {"n": 600, "p50": 3.0, "p90": 5, "p99": 9, "sum": 1800}}
@@ -549,7 +552,9 @@ DRILLS: dict[str, dict[str, Any]] = {
     "healthy": {"expect": None},
     "item_store": {"expect": "item_store", "settings": {
         "ITEM_PIPELINES": {"observability_faults.SlowItemStorePipeline": 300}},
-        "draw": {"FAULT_ITEM_MS_PER_ITEM": (0.04, 0.09)}},
+        # slower with every item: it falls below the crawl's item rate R after 1000 / (ms * R^2)
+        # seconds, early in the crawl even at a loaded machine's R of 30 items/s
+        "draw": {"FAULT_ITEM_MS_PER_ITEM": (0.12, 0.25)}},
     "robots_store": {"expect": "robots_store", "settings": {
         "EXTENSIONS": {**project_settings.EXTENSIONS, "observability_faults.SlowPolitenessStore": 100},
         "ROBOTS_CACHE_MEMORY": 1, "ROBOTS_THROTTLE_MEMORY": 1, "ROBOTS_STORE_FLUSH_INTERVAL": 0.05},

@@ -210,13 +210,13 @@ def test_drill_crawl_ends_by_dropping_urls(tmp_path: Path, drill_env: None) -> N
     assert "[robots/forbidden/unreachable]; to allow them: a longer ROBOTS_POSTPONE_MAX" in text_, text_
 
 
-def _items_per_second(cluster: Cluster, since: float) -> float:
-    """The node's items per second from ``since`` (monotonic) on, by its latest stats report."""
-    items = sum((n.get("stats") or {}).get("item_scraped_count", 0) for n in cluster.status()["nodes"].values())
-    return items / max(time.monotonic() - since, 1e-9)
+def _items(cluster: Cluster) -> int:
+    """The nodes' items so far, by their latest stats reports."""
+    return sum((n.get("stats") or {}).get("item_scraped_count", 0) for n in cluster.status()["nodes"].values())
 
 
 BEHIND_SECONDS = 30
+RATE_SECONDS = 4.0  # the falls-behind fault is sized from the item rate of the seconds before it
 
 
 def test_drill_item_store_falls_behind_while_the_rate_holds(tmp_path: Path, drill_env: None,
@@ -244,11 +244,17 @@ def test_drill_item_store_falls_behind_while_the_rate_holds(tmp_path: Path, dril
     try:
         with _fault_web(tmp_path, WIDE) as web, _cluster(tmp_path, web, settings) as cluster:
             started = _crawling(cluster)
-            cluster.wait(max(0.0, started + params["at"] * BEHIND_SECONDS - time.monotonic()))
-            rate = _items_per_second(cluster, started)
+            at = started + params["at"] * BEHIND_SECONDS
+            cluster.wait(max(0.0, at - RATE_SECONDS - time.monotonic()))
+            since, before = time.monotonic(), _items(cluster)
+            cluster.wait(max(0.0, at - time.monotonic()))
+            rate = (_items(cluster) - before) / max(time.monotonic() - since, 1e-9)
             params["items_per_s"] = round(rate, 1)
             params["answer_ms"] = round(1000.0 * batch / max(params["share"] * rate, 1.0))
             proxy.slow_down(params["answer_ms"], 0.0)
+            # the fault ends with the crawl: the buffer left drains at MongoDB's own pace
+            cluster.wait(max(0.0, started + BEHIND_SECONDS - time.monotonic()))
+            proxy.slow_down(0.0, 0.0)
             result = _diagnosis(tmp_path, cluster, "item store falls behind", params)
     finally:
         proxy.close()
@@ -366,6 +372,44 @@ def test_backlog_warns_with_the_time_left(tmp_path: Path) -> None:
     assert result.cause == "item_store" and abs(result.rate_change or 0) < 0.05, result.text()
     text_ = result.text()
     assert "the crawl rate holds" in text_ and "the buffer (1000 items) is full in" in text_, text_
+
+
+def _steady_log(directory: Path, ops_at: Any) -> None:
+    """A node's TIMINGS records, 12 windows of 10 s at a steady 50 pages/s; ``ops_at(i)``: its ops."""
+    start = time.mktime((2026, 3, 1, 0, 0, 0, 0, 0, -1))
+    lines = [json.dumps({"t": start + 10 * i, "node": "n1", "interval": 10, "pages": 500 * i, "cpu": 0.3,
+                         "keys": {"distinct": 50, "fetches": 500, "top": "a.test", "top_n": 12},
+                         "ops": {"parse": {"n": 500, "p50": 2.0, "p90": 3.0, "p99": 4.0, "sum": 1000},
+                                 **ops_at(i)}})
+             for i in range(1, 13)]
+    (directory / "n1.jl").write_text("\n".join(lines) + "\n")
+
+
+def test_growth_that_costs_nothing_is_no_fault(tmp_path: Path) -> None:
+    """The healthy drill's case: robots_store_write p50 0.5 -> 9.6 ms, one write every half second
+    (2% of the writer's time) while the rate holds; and item writes 3x slower, one item in them."""
+    def ops(i: int) -> dict[str, Any]:
+        write, item = (0.5, 10.0) if i <= 4 else (9.6, 30.0)
+        return {"robots_store_write": {"n": 20, "p50": write, "p90": write, "p99": 2 * write, "sum": 20 * write},
+                "item_write": {"n": 500, "p50": item, "p90": item, "p99": item, "sum": 500 * item}}
+
+    _steady_log(tmp_path, ops)
+    result = diagnose(read_logs([tmp_path]), window=10.0)
+    assert result.healthy, result.text()
+
+
+def test_item_queue_growing_while_the_rate_holds_is_the_item_store(tmp_path: Path) -> None:
+    """Item writes 20x slower, the rate holding: the items queued in the pipelines (Little's law)
+    grow from 1 to 20 per node, the store falls behind."""
+    def ops(i: int) -> dict[str, Any]:
+        item = 20.0 if i <= 4 else 400.0
+        return {"item_write": {"n": 500, "p50": item, "p90": item, "p99": item, "sum": 500 * item}}
+
+    _steady_log(tmp_path, ops)
+    result = diagnose(read_logs([tmp_path]), window=10.0)
+    text_ = result.text()
+    assert result.cause == "item_store", text_
+    assert "items in the item pipelines (Little's law) 1.0 -> 20.0 (the crawl rate holds so far)" in text_, text_
 
 
 def test_backlog_warns_with_the_time_left_in_the_spill_budget(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ NODE_IDLE_CPU = 0.8
 SLOW_LOOKUP_MS = 50.0  # a primary-key read of the politeness store should take well under 1 ms
 REACTOR_SHARE = 0.25  # store lookups taking this share of a node's time block its reactor
 STORE_COST = 0.05  # a store operation taking this much more of its thread's time costs the crawl
-ITEMS_WAITING = 5.0  # items in a node's item pipelines, at least, for a grown queue (and 2x)
+ITEMS_WAITING = 5.0  # items in a node's item pipelines that cost (and 2x early, while the rate holds)
 PARSE_SHARE = 0.5  # share of a node's wall time in callbacks that makes it CPU-bound
 HOT_KEY_SHARE = 0.5  # one key with this share of fetches ...
 FEW_KEYS = 3  # ... or this few keys fetched: politeness-bound
@@ -226,6 +226,11 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
     # this machine's CPU or the dispatcher's stalls, whichever grew more, come first: either
     # slows every timing of the nodes (the knock-ons the rules below would see)
     environment = [s_ for s_ in account_grown if s_.resource in ("machine_cpu", "dispatcher")]
+    lack = found.get("lack_of_work")
+    if lack is not None and lack.grown and "machine_cpu" in found and lack.rise > found["machine_cpu"].rise:
+        # the slots emptied for lack of work more than the node waited for a CPU: it had less to
+        # do (its work held up elsewhere), so its waits for a CPU do not explain the rate
+        environment = [s_ for s_ in environment if s_.resource != "machine_cpu"]
     if fell and environment:
         top = environment[0].resource
         add(top, ACCOUNT_SUMMARIES[top], causes.evidence(top, early, late, found))
@@ -315,19 +320,19 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
     # items in the item pipelines per node (Little's law: the writes' time over the wall clock):
     # the store's queue, which tells a store falling behind from a slower write that costs nothing
     queue = [causes.in_progress(phase, "item_write") for phase in (early, late)]
-    queue_grew = queue[0] is not None and queue[1] is not None and \
-        queue[1] >= max(ITEMS_WAITING, causes.BACKLOG_GROWTH * queue[0])
+    # a few items waiting cost nothing (a slower write at 4 pages/s); while the rate holds, the
+    # queue must grow too
+    queued = queue[0] is not None and queue[1] is not None and queue[1] >= ITEMS_WAITING and (
+        fell or queue[1] >= causes.BACKLOG_GROWTH * queue[0])
     # lookups that block the reactor thread delay everything else on it (said in their evidence)
     reactor_blocked = blocked >= REACTOR_SHARE
     if write is not None and behind is None and (reactor_blocked or environment and fell):
         # so do a starved machine and a stalled dispatcher, the item pipelines' too
         if not reactor_blocked:  # (the lookups' knock-on line has it)
             _lead(diag).evidence.append(f"grown with it, likely knock-on: {write.describe()}")
-    elif write is not None and (fell or queue_grew):  # the rate holds: only a queue growing counts
-        evidence = [write.describe()]
-        if queue_grew:
-            evidence.append(f"items in the item pipelines (Little's law) {queue[0]:.1f} -> {queue[1]:.1f}"
-                            + ("" if fell else " (the crawl rate holds so far)"))
+    elif write is not None and queued:
+        evidence = [write.describe(), f"items in the item pipelines (Little's law) {queue[0]:.1f} -> "
+                    f"{queue[1]:.1f}" + ("" if fell else " (the crawl rate holds so far)")]
         add("item_store", f"item write latency grew {write.ratio:.0f}x while "
             f"{others(ITEM_OPS + ('download', 'dispatcher_rtt', 'download_total'))}: the item "
             "store is the bottleneck, check its indexes (an upsert that scans), its disk and "

@@ -3,6 +3,10 @@
     crawlproj diagnose cluster-dir/                 # node logs, dispatcher log, timing files
     crawlproj diagnose --http http://127.0.0.1:8080  # live: the dispatcher's series
 
+One module of about 450 lines: its rules read one another's findings (what was named first makes
+the rest knock-ons), so they stay in one function; the figures they read are in
+:mod:`crawlproj.observability.causes`.
+
 The first third of the windows (without a ramp-up at the start) is compared with the last
 third, each figure a mean weighted by the windows' length (latencies by their counts). When the
 crawl rate fell, the cause is the resource whose share of the time grew most (the remote sites,
@@ -14,13 +18,15 @@ come first, and before them a crawl that ended by dropping its requests:
   unreachable or forbidding, the trap or SSRF guards), named with the setting that would allow
   them, from their refusal stats (crawlproj.refusals) against the pages fetched;
 - this machine's CPU: the reactor thread waited for a CPU much more than before (another
-  process took it), told apart from a heavy parse by the CPU each page took;
+  process took it), told apart from a heavy parse by the CPU each page took, and from a node
+  left without work (its slots emptied for lack of work more) whose waits do not explain the rate;
 - dispatcher saturated: its loop busy most of the time (or, without its log, nodes' round trips
   to it long and growing while the nodes are idle);
 - node CPU-bound: callbacks (parse and link handling) take most of a node's time (a busy
   interpreter slows every timing in the process, so this goes before the stores);
-- item store: item write latency grew more than parse's, and the rate fell or the items in
-  the pipelines (Little's law on their write times) grew;
+- item store: item write latency grew more than parse's and its writes cost: ITEMS_WAITING
+  items or more in a node's pipelines (Little's law on their write times), growing while the
+  rate holds;
 - politeness store (robots.txt cache, last-fetch state): its lookups block the reactor, or its
   lookups or writes grew (or are slow) and take a larger share of their thread's time;
 - item store falling behind while the rate holds: its buffer and spill grow, its oldest item

@@ -370,6 +370,9 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
             if s_.resource in ("politeness", "lack_of_work") and (
                     named & {"dispatcher", "machine_cpu", "cpu"} or causes.draining(early, late)):
                 continue  # the empty slots are a knock-on, or the crawl drains (below)
+            if s_.resource == "robots" and not any(
+                    g.op in ("robots_wait", "robots_fetch") for g in grown):
+                continue  # slots held a little longer while the waits for robots.txt did not grow
             add(s_.resource, ACCOUNT_SUMMARIES[s_.resource],
                 causes.evidence(s_.resource, early, late, found))
         if knock_on:

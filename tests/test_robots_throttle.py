@@ -358,9 +358,18 @@ def test_bad_setting_names_itself(tmp_path, name, value, expect):
 
 
 def test_bad_setting_stops_the_crawl_at_start(tmp_path):
-    proc = subprocess.run(crawl_argv("broad", {"ROBOTS_HOLD_TIME": -5}, {"seeds": "http://a.test/"}),
-                          env=crawl_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0 and "ROBOTS_HOLD_TIME" in proc.stderr and "-5" in proc.stderr
+    """The middleware refuses it as the crawler builds it (tests/test_hardening_settings.py runs
+    bad ROBOTS_* values as real `scrapy crawl` processes)."""
+    from crawlproj.middlewares.robots_throttle import RobotsThrottleMiddleware
+
+    import crawlproj.settings as module
+
+    project = {k: getattr(module, k) for k in dir(module) if k.isupper()}
+    crawler = get_crawler(settings_dict={**project, "ROBOTS_STATE_FILE": str(tmp_path / "s.sqlite3"),
+                                         "ROBOTS_HOLD_TIME": -5})
+    with pytest.raises(ValueError) as err:
+        RobotsThrottleMiddleware.from_crawler(crawler)
+    assert "ROBOTS_HOLD_TIME" in str(err.value) and "-5" in str(err.value)
 
 
 @pytest.mark.parametrize("enabled", [True, False])

@@ -143,10 +143,7 @@ class ChaosRun:
 
     def state(self) -> dict[str, Any]:
         """The dispatcher's state (the last one seen if it does not answer now)."""
-        try:
-            self._last_state = self.cluster.status()
-        except Exception:  # down or restarting
-            pass
+        self._fresh_state(0.0)
         return self._last_state
 
     def crawl_over(self) -> bool:

@@ -64,6 +64,7 @@ class DispatcherSession(NodeState):
     held: set[int]
     postpone_buffer: list[list[Any]]
     _early: list[Request]
+    inflight: dict[int, tuple[str, int]]
     _welcomed: asyncio.Event
     _ping_sent: float
     _warned_heartbeat: bool
@@ -78,10 +79,12 @@ class DispatcherSession(NodeState):
         def _force_late_handoffs(self) -> None: ...
 
     def _register(self) -> None:
+        """Register, keeping the leases in flight here: a fetch already started ends and is acked
+        (a dispatcher that still knows this process keeps them leased to it)."""
         assert self.link is not None
         self.link.send("register", node=self.node, pid=os.getpid(), host=socket.gethostname(),
                        capacity=self.config.queue_target, fetch_timeout=self._fetch_timeout(),
-                       clock=time.monotonic())
+                       clock=time.monotonic(), keep=list(self.inflight))
 
     def _fetch_timeout(self) -> float:
         """The longest a fetch this node starts may last (the dispatcher waits that long past a
@@ -110,6 +113,7 @@ class DispatcherSession(NodeState):
 
     def _fence_lapsed(self, now: float) -> None:
         assert self.link is not None
+        self._flush()  # what is fetched is fetched: its pushes and acks before the register
         released = self._stop_serving()
         if released:
             self.link.send("release", node=self.node, leases=released)

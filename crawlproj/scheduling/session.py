@@ -79,12 +79,14 @@ class DispatcherSession(NodeState):
         def _force_late_handoffs(self) -> None: ...
 
     def _register(self) -> None:
-        """Register, keeping the leases in flight here: a fetch already started ends and is acked
-        (a dispatcher that still knows this process keeps them leased to it)."""
+        """Register, keeping the leases whose end this process will report: fetches in flight, and
+        acks and postpones still buffered (a dispatcher that still knows this process keeps them
+        leased to it; they are sent after its welcome, as always)."""
         assert self.link is not None
+        keep = [*self.inflight, *self.ack_buffer, *(pair[0] for pair in self.postpone_buffer)]
         self.link.send("register", node=self.node, pid=os.getpid(), host=socket.gethostname(),
                        capacity=self.config.queue_target, fetch_timeout=self._fetch_timeout(),
-                       clock=time.monotonic(), keep=list(self.inflight))
+                       clock=time.monotonic(), keep=keep)
 
     def _fetch_timeout(self) -> float:
         """The longest a fetch this node starts may last (the dispatcher waits that long past a
@@ -113,7 +115,6 @@ class DispatcherSession(NodeState):
 
     def _fence_lapsed(self, now: float) -> None:
         assert self.link is not None
-        self._flush()  # what is fetched is fetched: its pushes and acks before the register
         released = self._stop_serving()
         if released:
             self.link.send("release", node=self.node, leases=released)

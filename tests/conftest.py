@@ -98,15 +98,19 @@ def _turn(alone: bool) -> Iterator[None]:
         yield  # closing the files releases both
 
 
+def _runs_alone(item: pytest.Item) -> bool:
+    return item.nodeid.startswith(ALONE)
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """The tests that run alone go last: under pytest-xdist's ``load`` distribution the others
     share the workers first, and the machine is drained for the lone ones once, not per test."""
-    items.sort(key=lambda item: item.nodeid.startswith(ALONE))
+    items.sort(key=_runs_alone)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    with _turn(item.nodeid.startswith(ALONE)):
+    with _turn(_runs_alone(item)):
         yield
 
 

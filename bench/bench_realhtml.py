@@ -100,9 +100,11 @@ def cached_truth(corpus: Corpus, seeds: list[str], links: Callable[[str, bytes],
     import gzip
     import hashlib
 
+    import crawlproj.pagelinks
     import crawlproj.wire.urls
 
-    source = (HERE / "realhtml_corpus.py").read_bytes() + Path(crawlproj.wire.urls.__file__).read_bytes()
+    source = b"".join(Path(p).read_bytes() for p in (HERE / "realhtml_corpus.py", crawlproj.wire.urls.__file__,
+                                                     crawlproj.pagelinks.__file__))
     ident = json.dumps([packages_versions(), repr(SITES), links.__name__, obey_robots]).encode()
     digest = hashlib.sha256(ident + source).hexdigest()[:16]
     path = RESULTS / f"realhtml-truth-{digest}.json.gz"

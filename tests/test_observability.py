@@ -512,8 +512,10 @@ def test_profile_flame_graph_with_and_without_idle(tmp_path: Path, capsys: pytes
     finally:
         proc.kill()
         proc.wait()
-    assert _share(with_idle, "idle_part") > 40  # sleeping dominates when idle is shown
-    assert _share(without, "busy_part") > 60  # and vanishes when it is not
+    # Sleeping shows when idle is shown, and mostly vanishes when it is not. (Its share with idle
+    # shown is not a constant: on a loaded machine busy_part waits for a core, in its own samples.)
+    assert _share(with_idle, "idle_part") > _share(without, "idle_part") + 15
+    assert _share(without, "busy_part") > 60
     assert _share(without, "idle_part") < 30
 
 

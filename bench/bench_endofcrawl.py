@@ -36,7 +36,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -46,7 +45,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import child_cpu, save  # noqa: E402
+from common import child_cpu, names_arg, run_and_save  # noqa: E402
 
 from crawlproj.wire.urls import registered_domain  # noqa: E402
 
@@ -348,22 +347,9 @@ def main() -> None:
                              "with 0 the crawl is CPU-bound and the per-key bound is ~0)")
     parser.add_argument("--keep", type=Path, help="keep each run's files (access logs, node logs) here")
     args = parser.parse_args()
-    webs = tuple(args.webs.split(","))
-    for name in webs:
-        if name not in WEBS:
-            parser.error(f"--webs: expected names among {', '.join(WEBS)}, got {name!r}")
-    command = shlex.join([sys.executable, *sys.argv])
-    print(f"command: {command}", flush=True)
-    if args.keep:
-        results = endofcrawl(args.keep, webs, args.hosts, args.nodes, args.realhtml_delay)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            results = endofcrawl(Path(tmp), webs, args.hosts, args.nodes, args.realhtml_delay)
-    results["command"] = command
-    path = save("endofcrawl", results)
-    print(markdown(results))
-    print(f"results: {path}")
-
+    webs = names_arg(parser, "--webs", args.webs, WEBS)
+    run_and_save("endofcrawl", lambda d: endofcrawl(d, webs, args.hosts, args.nodes, args.realhtml_delay),
+                 args.keep, markdown)
 
 if __name__ == "__main__":
     main()

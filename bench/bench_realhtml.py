@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
-import tempfile
 import time
 from urllib.parse import urlsplit
 from pathlib import Path
@@ -34,7 +32,7 @@ from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import RESULTS, child_cpu, save  # noqa: E402
+from common import RESULTS, child_cpu, names_arg, run_and_save  # noqa: E402
 from realhtml_corpus import (SITES, Corpus, Nginx, corpus_files, crawled_set, crawlproj_links,  # noqa: E402
                              ensure_installed, free_port, ground_truth, link_extractor_links, packages_versions)
 
@@ -100,9 +98,11 @@ def cached_truth(corpus: Corpus, seeds: list[str], links: Callable[[str, bytes],
     import gzip
     import hashlib
 
+    import crawlproj.pagelinks
     import crawlproj.wire.urls
 
-    source = (HERE / "realhtml_corpus.py").read_bytes() + Path(crawlproj.wire.urls.__file__).read_bytes()
+    source = b"".join(Path(p).read_bytes() for p in (HERE / "realhtml_corpus.py", crawlproj.wire.urls.__file__,
+                                                     crawlproj.pagelinks.__file__))
     ident = json.dumps([packages_versions(), repr(SITES), links.__name__, obey_robots]).encode()
     digest = hashlib.sha256(ident + source).hexdigest()[:16]
     path = RESULTS / f"realhtml-truth-{digest}.json.gz"
@@ -184,23 +184,8 @@ def main() -> None:
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, of {', '.join(RUNS)}")
     parser.add_argument("--keep", type=Path, help="keep each run's files (nginx log, node logs) in this directory")
     args = parser.parse_args()
-    runs = tuple(args.runs.split(","))
-    for name in runs:
-        if name not in RUNS:
-            parser.error(f"--runs: expected names among {', '.join(RUNS)}, got {name!r}")
-    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
-    print(f"command: {command}", flush=True)
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        results = realhtml(args.keep, runs)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            results = realhtml(Path(tmp), runs)
-    results["command"] = command
-    path = save("realhtml", results)
-    print(markdown(results))
-    print(f"results: {path}")
-
+    runs = names_arg(parser, "--runs", args.runs, RUNS)
+    run_and_save("realhtml", lambda d: realhtml(d, runs), args.keep, markdown)
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,8 @@ Sections (``--only`` picks some):
               sets itself up with apt-get): plain Scrapy defaults and with fast link extraction,
               crawlproj 1 and 2 nodes; CPU ms per page, pages/s, the crawl against the ground truth.
   dispatcher  dispatcher capacity with simulated nodes (bench/bench_dispatcher.py).
+  endofcrawl  the end of a crawl (bench/bench_endofcrawl.py): `crawlproj demo --hosts 300` and the
+              real-HTML corpus, wall time against the per-key lower bound, the key that finished last.
   revisit     continuous crawling on the changing web (bench/bench_revisit.py; its own command is
               printed): freshness of adaptive against fixed at the same fetch budget, bytes with
               and without conditional GET. 3 crawls of --revisit-seconds each.
@@ -40,6 +42,8 @@ sys.path.insert(0, str(HERE))
 from bench_foundation import bench_spec, plain_scrapy  # noqa: E402
 from bench_realhtml import markdown as realhtml_markdown  # noqa: E402
 from bench_realhtml import realhtml  # noqa: E402
+from bench_endofcrawl import endofcrawl  # noqa: E402
+from bench_endofcrawl import markdown as endofcrawl_markdown  # noqa: E402
 import bench_revisit  # noqa: E402
 from common import RESULTS, child_cpu, save  # noqa: E402
 
@@ -356,6 +360,9 @@ def markdown(results: dict[str, Any]) -> str:
         out.append("")
     if "realhtml" in results:
         out += ["## Real HTML (Debian documentation on nginx)", "", realhtml_markdown(results["realhtml"])]
+    if "endofcrawl" in results:
+        out += ["## The end of a crawl (wall time against the per-key lower bound)", "",
+                endofcrawl_markdown(results["endofcrawl"])]
     if "long" in results:
         r = results["long"]
         scope = "the whole web" if r.get("to_end") else "then stopped"
@@ -461,6 +468,7 @@ def main() -> None:
             ("long", lambda d: long_crawl(d, args.long_pages, args.long_nodes, args.long_to_end)),
             ("realhtml", realhtml),
             ("revisit", lambda d: revisit(d, args.revisit_seconds)),
+            ("endofcrawl", endofcrawl),
         )
         for name, run in sections:
             if name in only:

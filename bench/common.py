@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +47,30 @@ def save(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=1))
     return path
+
+
+def names_arg(parser: argparse.ArgumentParser, option: str, value: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated choice among ``allowed`` (``--runs a,b``); another name stops with one line."""
+    names = tuple(value.split(","))
+    for name in names:
+        if name not in allowed:
+            parser.error(f"{option}: expected names among {', '.join(allowed)}, got {name!r}")
+    return names
+
+
+def run_and_save(name: str, run: Callable[[Path], dict[str, Any]], keep: Path | None,
+                 markdown: Callable[[dict[str, Any]], str]) -> None:
+    """A benchmark's main: print the command, ``run`` in ``keep`` (or a temp directory), save
+    ``bench/results/NAME.json`` with the command, print the markdown table and the path."""
+    command = shlex.join([sys.executable, *sys.argv])
+    print(f"command: {command}", flush=True)
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
+        results = run(keep)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = run(Path(tmp))
+    results["command"] = command
+    path = save(name, results)
+    print(markdown(results))
+    print(f"results: {path}")

@@ -265,14 +265,16 @@ class Corpus:
 
 
 def crawlproj_links(url: str, body: bytes) -> list[str]:
-    """The links crawlproj's spider follows from a page: every ``a/@href``, joined and canonical."""
+    """The links crawlproj's spider follows from a page: every ``a`` href (crawlproj.pagelinks),
+    joined and canonical."""
     from scrapy.http import HtmlResponse
 
+    from crawlproj.pagelinks import links_and_title
     from crawlproj.wire.urls import BadURL, canonicalize
 
     response = HtmlResponse(url, body=body, headers={"Content-Type": "text/html"})
     out = []
-    for href in response.xpath("//a/@href").getall():
+    for href in links_and_title(response.text)[0]:
         try:
             out.append(canonicalize(response.urljoin(href)))
         except (BadURL, ValueError):
@@ -399,7 +401,46 @@ def link_sample(path: Path, pages: int = 400, odd: int = 20000, seed: int = 16) 
     print(f"{path}: {len(rows)} pages, {sum(len(r[1]) for r in rows)} links")
 
 
+def page_sample(path: Path, per_site: int = 3, max_chars: int = 250_000, seed: int = 16) -> None:
+    """Write real pages for tests/test_pagelinks.py, as gzip'd JSON lines ``[file, text]``: of
+    each site the page of at most ``max_chars`` with the most ``<a>`` elements and ``per_site - 1``
+    drawn at random, and every page whose hrefs crawlproj.pagelinks lists otherwise than lxml's ``//a/@href``."""
+    import gzip
+    import json
+    import random
+
+    from scrapy.http import HtmlResponse
+
+    from crawlproj.pagelinks import links_and_title
+
+    rng = random.Random(seed)
+    chosen: dict[str, str] = {}
+    for site in SITES:
+        pages = []
+        for d, _s, files in sorted(os.walk(site.root)):
+            for f in sorted(files):
+                if f.endswith((".html", ".htm")):
+                    file = os.path.join(d, f)
+                    with open(file, "rb") as fh:
+                        text = HtmlResponse("http://x.test/", body=fh.read()).text
+                    hrefs = HtmlResponse("http://x.test/", body=text.encode("utf-8"),
+                                         encoding="utf-8").xpath("//a/@href").getall()
+                    if len(text) <= max_chars:
+                        pages.append((len(hrefs), file, text))
+                    if links_and_title(text)[0] != hrefs:
+                        chosen[file] = text
+        pages.sort(key=lambda p: (-p[0], p[1]))
+        for _n, file, text in [pages[0], *rng.sample(pages[1:], per_site - 1)]:
+            chosen[file] = text
+    with gzip.open(path, "wt", encoding="utf-8") as out:
+        for file, text in sorted(chosen.items()):
+            out.write(json.dumps([file, text], ensure_ascii=False) + "\n")
+    print(f"{path}: {len(chosen)} pages")
+
+
 if __name__ == "__main__":
     import sys
 
-    link_sample(Path(sys.argv[1]))
+    # python bench/realhtml_corpus.py links tests/data/realhtml_links.jsonl.gz
+    # python bench/realhtml_corpus.py pages tests/data/realhtml_pages.jsonl.gz
+    {"links": link_sample, "pages": page_sample}[sys.argv[1]](Path(sys.argv[2]))

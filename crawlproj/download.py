@@ -8,6 +8,8 @@ passes DOWNLOAD_TIMEOUT although the server sent it in 40 ms, and it is fetched 
 :class:`HTTP11DownloadHandler` reads up to ``DOWNLOAD_READ_SIZE`` bytes per read and gives its
 sockets a receive buffer of that size, so a body the server has sent is read in one turn (the
 reads of a turn run before its expired timers), whatever its size.
+The kernel caps the receive buffer at ``net.core.rmem_max`` (many kernels default to 208 KiB;
+raise it with sysctl where nodes fetch big pages): beyond it a body takes a turn per buffer.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from crawlproj.setting_checks import int_at_least
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
+    from scrapy.settings import BaseSettings
     from twisted.internet.interfaces import IAddress, ITransport
     from twisted.web._newclient import HTTP11ClientProtocol
 
@@ -59,10 +62,17 @@ class _BigReadFactory(_LenientHTTP11ClientFactory):
 class HTTP11DownloadHandler(ScrapyHTTP11DownloadHandler):
     """Scrapy's handler with ``DOWNLOAD_READ_SIZE`` bytes per read on its connections."""
 
+    @staticmethod
+    def check_settings(settings: BaseSettings) -> int:
+        """``DOWNLOAD_READ_SIZE``, or ValueError naming it (checked at start by
+        :class:`crawlproj.setting_checks.ScrapySettingsCheck`: Scrapy builds a handler at the
+        first request of its scheme and turns its failure into failed requests)."""
+        return int_at_least(settings, "DOWNLOAD_READ_SIZE", TWISTED_READ_SIZE,
+                            f"bytes per read, an integer >= {TWISTED_READ_SIZE}")
+
     def __init__(self, crawler: Crawler):
         super().__init__(crawler)
-        read_size = int_at_least(crawler.settings, "DOWNLOAD_READ_SIZE", TWISTED_READ_SIZE,
-                                 f"bytes per read, an integer >= {TWISTED_READ_SIZE}")
+        read_size = self.check_settings(crawler.settings)
         # Scrapy sets the pool's factory the same way (HTTPConnectionPool has no argument for it)
         factory = type("_SizedBigReadFactory", (_BigReadFactory,), {"read_size": read_size})
         self._pool._factory = factory

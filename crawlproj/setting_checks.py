@@ -166,6 +166,18 @@ def check_scrapy_settings(settings: BaseSettings) -> None:
                   "one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     if settings["LOG_FILE"]:
         file_setting(settings, "LOG_FILE", create_dirs=False)
+    _check_download_handlers(settings)
+
+
+def _check_download_handlers(settings: BaseSettings) -> None:
+    """Each configured download handler with a ``check_settings(settings)`` checks its own."""
+    from scrapy.utils.misc import load_object
+
+    for path in settings.getwithbase("DOWNLOAD_HANDLERS").values():
+        handler = load_object(path) if isinstance(path, str) else path
+        check = getattr(handler, "check_settings", None)
+        if callable(check):
+            check(settings)
 
 
 def _importable(name: str, path: Any, expect: str) -> None:

@@ -49,6 +49,7 @@ DEAD_TIMEOUT = 3.0  # the dispatcher's --heartbeat-timeout
 RECOVERY_MS = 30_000
 DATABASE = "chaos"
 POLL = 0.5  # seconds between two looks at the crawl while the driver waits
+FRESH_STATE_WAIT = 10.0  # seconds a fault waits for the dispatcher's state of now (a kill's bound)
 
 
 @dataclass
@@ -142,10 +143,7 @@ class ChaosRun:
 
     def state(self) -> dict[str, Any]:
         """The dispatcher's state (the last one seen if it does not answer now)."""
-        try:
-            self._last_state = self.cluster.status()
-        except Exception:  # down or restarting
-            pass
+        self._fresh_state(0.0)
         return self._last_state
 
     def crawl_over(self) -> bool:
@@ -161,8 +159,25 @@ class ChaosRun:
 
     # -- faults ---------------------------------------------------------------------------------
 
+    def _fresh_state(self, seconds: float = FRESH_STATE_WAIT) -> dict[str, Any] | None:
+        """The dispatcher's state now (None if it does not answer within ``seconds``)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                self._last_state = self.cluster.status()
+                return self._last_state
+            except Exception:  # busy, down or restarting
+                if time.monotonic() >= deadline:
+                    return None
+            time.sleep(POLL)  # the driver's pace, not a synchronisation
+
     def _leases_of(self, name: str) -> int:
-        node = self.state().get("nodes", {}).get(name) or {}
+        """What a kill of ``name`` may make fetched twice: the leases it holds now; when the
+        dispatcher does not say, the most it can hold (its capacity), not a stale count."""
+        state = self._fresh_state()
+        node = (state if state is not None else self._last_state).get("nodes", {}).get(name) or {}
+        if state is None:
+            return int(node.get("capacity") or 0)
         return int(node.get("leases") or 0)
 
     def fault(self, step: Step) -> Event:
@@ -175,7 +190,10 @@ class ChaosRun:
             cluster.start_node(name)
             return Event("kill_node", name, start, _now_ms(), bound)
         if step.kind == "kill_dispatcher":
-            bound = int(self.state().get("leases") or 0)
+            state = self._fresh_state()
+            nodes = self._last_state.get("nodes", {}).values()
+            bound = (int(state.get("leases") or 0) if state is not None
+                     else sum(int(n.get("capacity") or 0) for n in nodes))  # the most they hold
             start = _now_ms()
             cluster.dispatcher.kill()
             cluster.dispatcher.restart()

@@ -4,19 +4,25 @@
 - ``redis_url``: Debian's redis-server, one per session.
 - ``mongo_uri``: ``MONGO_URI`` if set, else the nx-27017 MongoDB-protocol server in memory.
 - ``zmq_context``: linger 0; a socket left open makes ``term()`` hang, which fails the test.
+
+Under pytest-xdist (``./dev test`` runs workers) the tests in ``ALONE`` run with no other test
+beside them: they read the machine's own rates and CPU figures.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,10 @@ from crawlproj_testing.synthweb.model import WebSpec
 from crawlproj_testing.synthweb.process import SynthWebProcess
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: Node id prefixes of the tests that run alone under pytest-xdist: the fault drills diagnose a
+#: crawl from its rates and CPU figures, which the other workers' tests would change.
+ALONE = ("tests/test_observability.py::test_fault_drill_", "tests/test_observability_drills.py::")
 
 
 def free_port() -> int:
@@ -66,6 +76,42 @@ def machine_python(venv: Path, *paths: Path) -> Path:
     lines = [sysconfig.get_paths()["purelib"], *map(str, paths)]
     Path(site, "crawlproj-deps.pth").write_text("\n".join(lines) + "\n")
     return python
+
+
+@contextmanager
+def _turn(alone: bool) -> Iterator[None]:
+    """Under pytest-xdist: a shared lock for a test, an exclusive one for a test that runs alone.
+
+    Whoever waits for the lock holds the gate first, so a test waiting to run alone keeps new
+    tests from starting until the running ones are done.
+    """
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:
+        yield
+        return
+    base = Path(tempfile.gettempdir()) / f"crawlproj-tests-{run}"
+    with open(f"{base}.gate", "a") as gate, open(f"{base}.lock", "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        yield  # closing the files releases both
+
+
+def _runs_alone(item: pytest.Item) -> bool:
+    return item.nodeid.startswith(ALONE)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests that run alone go last: under pytest-xdist's ``load`` distribution the others
+    share the workers first, and the machine is drained for the lone ones once, not per test."""
+    items.sort(key=_runs_alone)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    with _turn(_runs_alone(item)):
+        yield
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import asdict
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from crawlproj_testing.synthweb.model import ROBOTS_PATHS, Web, WebSpec
@@ -113,7 +114,7 @@ class FaultWeb(SynthWebProcess):
     def __init__(self, spec: WebSpec, access_log: str | None = None, startup_timeout: float = 30.0):
         self.spec = spec
         self.web = Web(spec)
-        self.access_log = None
+        self.access_log = Path(access_log) if access_log else None
         args = [sys.executable, "-m", "fault_web", "--spec", json.dumps(asdict(spec))]
         if access_log:
             args += ["--access-log", access_log]

@@ -14,7 +14,8 @@ process loads by dotted path when its settings name them. Test-only; never in cr
 Faults started from the test while a crawl runs (tests/test_observability_drills.py):
 
 - DelayProxy: a TCP proxy in front of a server (MongoDB) whose answers come later and later.
-- CpuThief: processes that spin on every core (another process taking the machine's CPU).
+- CpuThief: processes that spin on the CPU (another process taking the machine's CPU); with
+  confine() and cpu_seconds(), a node confined to one core that the spinners share.
 - Staller: SIGSTOP / SIGCONT of a process on a period (a dispatcher that stalls).
 """
 
@@ -220,16 +221,35 @@ SPIN = "import time\nwhile True:\n    time.process_time()\n"
 
 
 class CpuThief:
-    """``count`` processes spinning on the CPU until :meth:`stop`."""
+    """``count`` processes spinning on the CPU (on ``cpus`` only, when given) until :meth:`stop`."""
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, cpus: set[int] | None = None):
         self.procs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(count)]
+        if cpus:
+            for proc in self.procs:
+                os.sched_setaffinity(proc.pid, cpus)
 
     def stop(self) -> None:
         for proc in self.procs:
             proc.kill()
         for proc in self.procs:
             proc.wait()
+
+
+def confine(pid: int, cpus: set[int]) -> None:
+    """Run every thread of process ``pid`` on ``cpus`` only (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Staller:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from conftest import wait_until
 from fault_web import FaultWeb
-from observability_faults import CpuThief, DelayProxy, Staller
-from test_observability import BASE_SETTINGS, TESTS, WIDE
+from observability_faults import CpuThief, DelayProxy, Staller, confine, cpu_seconds
+from test_observability import BASE_SETTINGS, TESTS, WIDE, drill_rng
 
 from crawlproj.observability.analysis import read_logs, windows
 from crawlproj.observability.diagnose import diagnose
@@ -41,12 +41,6 @@ DRAIN = WebSpec(seed=8, hosts=30, min_pages=5, max_pages=60, pareto_alpha=1.0, b
 # One key holds the whole crawl.
 HUGE = WebSpec(seed=4, hosts=1, min_pages=5000, max_pages=5000, base_latency_ms=5, slow_host_share=0.0,
                page_bytes=3000, robots_variants=False, cross_host_share=0.0, subdomain_share=0.0)
-
-
-def _rng() -> random.Random:
-    seed = int(os.environ.get("DRILL_SEED") or time.time_ns() % 1_000_000)
-    print(f"\nDRILL_SEED={seed}")
-    return random.Random(seed)
 
 
 @contextmanager
@@ -92,7 +86,7 @@ def _fault_web(tmp_path: Path, spec: WebSpec) -> FaultWeb:
 
 
 def test_drill_slower_sites(tmp_path: Path, drill_env: None) -> None:
-    rng = _rng()
+    rng = drill_rng()
     params = {"latency_ms": rng.randint(800, 2000), "ramp_s": round(rng.uniform(1.0, 3.0), 1),
               "at": round(rng.uniform(*FAULT_AT), 2)}
     with _fault_web(tmp_path, WIDE) as web, _cluster(tmp_path, web, {}) as cluster:
@@ -103,25 +97,49 @@ def test_drill_slower_sites(tmp_path: Path, drill_env: None) -> None:
     assert result.cause == "remote_sites", result.text()
 
 
-@pytest.mark.xfail(reason="known flake (issue 18): some draws cut the rate by under 20%, below the "
-                          "diagnosis' rate-fall threshold, and no cause is named", strict=False)
+CPU_CUT = 0.3  # the CPU theft drill's fault cuts the rate at least this much (its own ground truth)
+
+
+def _page_rates(web: FaultWeb, at: float, settle: float = 2.0) -> tuple[float, float]:
+    """Pages per second the web answered before epoch ``at`` and after it (from ``settle``
+    seconds on; the first and the last ``settle`` seconds of the crawl left out)."""
+    pages = sorted(a.end_ms / 1000.0 for a in web.accesses() if not a.is_robots and a.status)
+    first, last = pages[0] + settle, pages[-1] - settle
+    before = [t for t in pages if first <= t < at]
+    after = [t for t in pages if at + settle <= t < last]
+    return len(before) / max(at - first, 1e-9), len(after) / max(last - at - settle, 1e-9)
+
+
 def test_drill_cpu_theft(tmp_path: Path, drill_env: None) -> None:
-    rng = _rng()
-    cores = os.cpu_count() or 1
-    params = {"spinners": rng.randint(2 * cores, 3 * cores), "at": round(rng.uniform(*FAULT_AT), 2)}
+    """Other processes take the node's CPU: at the fault the node is confined to one core and
+    spinners start there, as many as leave it ``keep`` of the CPU it used so far (its share of
+    the core: 1 / (spinners + 1)). The web's access log must show the rate fell."""
+    rng = drill_rng()
+    params: dict[str, Any] = {"keep": round(rng.uniform(0.25, 0.5), 2), "at": round(rng.uniform(*FAULT_AT), 2)}
+    core = {max(os.sched_getaffinity(0))}
     with _fault_web(tmp_path, WIDE) as web, _cluster(tmp_path, web, {}) as cluster:
+        node = cluster.nodes["n1"].pid
         started = _crawling(cluster)
+        used = cpu_seconds(node)
         _at(cluster, started, params["at"])
-        thief = CpuThief(params["spinners"])
+        params["node_cpu"] = need = round((cpu_seconds(node) - used) / (time.monotonic() - started), 2)
+        params["spinners"] = min(16, max(2, math.ceil(1.0 / (params["keep"] * max(need, 0.05))) - 1))
+        at = time.time()
+        thief = CpuThief(params["spinners"], core)
+        confine(node, core)
         try:
             result = _diagnosis(tmp_path, cluster, "CPU theft", params)
         finally:
             thief.stop()
+        before, after = _page_rates(web, at)
+    print(f"web's page rate {before:.1f} -> {after:.1f} pages/s")
+    assert after <= (1.0 - CPU_CUT) * before, \
+        f"the planted fault did not cut the rate: {before:.1f} -> {after:.1f} pages/s"
     assert result.cause == "machine_cpu", result.text()
 
 
 def test_drill_dispatcher_stalls(tmp_path: Path, drill_env: None) -> None:
-    rng = _rng()
+    rng = drill_rng()
     params = {"stall_s": round(rng.uniform(1.2, 1.8), 2), "period_s": round(rng.uniform(2.6, 3.4), 2),
               "at": round(rng.uniform(*FAULT_AT), 2)}
     # a node queue of a second's work or less: a stall leaves it without work
@@ -138,7 +156,7 @@ def test_drill_dispatcher_stalls(tmp_path: Path, drill_env: None) -> None:
 
 
 def test_drill_slow_robots_on_new_hosts(tmp_path: Path, drill_env: None) -> None:
-    rng = _rng()
+    rng = drill_rng()
     params = {"robots_ms": rng.randint(1500, 3000), "at": round(rng.uniform(*FAULT_AT), 2)}
     with _fault_web(tmp_path, MANY) as web:
         seeds = web.seed_urls()[:40]
@@ -151,7 +169,7 @@ def test_drill_slow_robots_on_new_hosts(tmp_path: Path, drill_env: None) -> None
 
 
 def test_drill_item_store_slows_down(tmp_path: Path, drill_env: None, mongo_uri: str) -> None:
-    rng = _rng()
+    rng = drill_rng()
     params = {"answer_ms": rng.randint(1500, 2500), "ramp_s": round(rng.uniform(1.0, 2.0), 1),
               "at": round(rng.uniform(*FAULT_AT), 2)}
     host, port = mongo_uri.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
@@ -175,7 +193,7 @@ def test_drill_crawl_ends_by_dropping_urls(tmp_path: Path, drill_env: None) -> N
     """robots.txt of every host first asked from 20-30% on answers 5xx: the requests of those hosts
     are held, postponed up to ROBOTS_POSTPONE_MAX and dropped. Not a normal end: diagnose says so
     first, with the reason and its setting."""
-    rng = _rng()
+    rng = drill_rng()
     # earlier than the other faults: most of the crawl's requests then come after it (a clear share)
     params = {"status": rng.choice([500, 502, 503]), "postpone_max_s": round(rng.uniform(0.5, 2.0), 1),
               "at": round(rng.uniform(0.2, 0.3), 2)}
@@ -192,13 +210,13 @@ def test_drill_crawl_ends_by_dropping_urls(tmp_path: Path, drill_env: None) -> N
     assert "[robots/forbidden/unreachable]; to allow them: a longer ROBOTS_POSTPONE_MAX" in text_, text_
 
 
-def _items_per_second(cluster: Cluster, since: float) -> float:
-    """The node's items per second from ``since`` (monotonic) on, by its latest stats report."""
-    items = sum((n.get("stats") or {}).get("item_scraped_count", 0) for n in cluster.status()["nodes"].values())
-    return items / max(time.monotonic() - since, 1e-9)
+def _items(cluster: Cluster) -> int:
+    """The nodes' items so far, by their latest stats reports."""
+    return sum((n.get("stats") or {}).get("item_scraped_count", 0) for n in cluster.status()["nodes"].values())
 
 
 BEHIND_SECONDS = 30
+RATE_SECONDS = 4.0  # the falls-behind fault is sized from the item rate of the seconds before it
 
 
 def test_drill_item_store_falls_behind_while_the_rate_holds(tmp_path: Path, drill_env: None,
@@ -207,7 +225,7 @@ def test_drill_item_store_falls_behind_while_the_rate_holds(tmp_path: Path, dril
     the buffer grows (MONGO_BUFFER_MAX_ITEMS raised, leases and scraper room enough for the waiting
     items) while
     the crawl rate holds, and diagnose warns with the time left before the buffer is full."""
-    rng = _rng()
+    rng = drill_rng()
     params = {"share": round(rng.uniform(0.3, 0.5), 2), "at": round(rng.uniform(*FAULT_AT), 2)}
     batch = 10
     host, port = mongo_uri.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
@@ -226,11 +244,17 @@ def test_drill_item_store_falls_behind_while_the_rate_holds(tmp_path: Path, dril
     try:
         with _fault_web(tmp_path, WIDE) as web, _cluster(tmp_path, web, settings) as cluster:
             started = _crawling(cluster)
-            cluster.wait(max(0.0, started + params["at"] * BEHIND_SECONDS - time.monotonic()))
-            rate = _items_per_second(cluster, started)
+            at = started + params["at"] * BEHIND_SECONDS
+            cluster.wait(max(0.0, at - RATE_SECONDS - time.monotonic()))
+            since, before = time.monotonic(), _items(cluster)
+            cluster.wait(max(0.0, at - time.monotonic()))
+            rate = (_items(cluster) - before) / max(time.monotonic() - since, 1e-9)
             params["items_per_s"] = round(rate, 1)
             params["answer_ms"] = round(1000.0 * batch / max(params["share"] * rate, 1.0))
             proxy.slow_down(params["answer_ms"], 0.0)
+            # the fault ends with the crawl: the buffer left drains at MongoDB's own pace
+            cluster.wait(max(0.0, started + BEHIND_SECONDS - time.monotonic()))
+            proxy.slow_down(0.0, 0.0)
             result = _diagnosis(tmp_path, cluster, "item store falls behind", params)
     finally:
         proxy.close()
@@ -348,6 +372,44 @@ def test_backlog_warns_with_the_time_left(tmp_path: Path) -> None:
     assert result.cause == "item_store" and abs(result.rate_change or 0) < 0.05, result.text()
     text_ = result.text()
     assert "the crawl rate holds" in text_ and "the buffer (1000 items) is full in" in text_, text_
+
+
+def _steady_log(directory: Path, ops_at: Any) -> None:
+    """A node's TIMINGS records, 12 windows of 10 s at a steady 50 pages/s; ``ops_at(i)``: its ops."""
+    start = time.mktime((2026, 3, 1, 0, 0, 0, 0, 0, -1))
+    lines = [json.dumps({"t": start + 10 * i, "node": "n1", "interval": 10, "pages": 500 * i, "cpu": 0.3,
+                         "keys": {"distinct": 50, "fetches": 500, "top": "a.test", "top_n": 12},
+                         "ops": {"parse": {"n": 500, "p50": 2.0, "p90": 3.0, "p99": 4.0, "sum": 1000},
+                                 **ops_at(i)}})
+             for i in range(1, 13)]
+    (directory / "n1.jl").write_text("\n".join(lines) + "\n")
+
+
+def test_growth_that_costs_nothing_is_no_fault(tmp_path: Path) -> None:
+    """The healthy drill's case: robots_store_write p50 0.5 -> 9.6 ms, one write every half second
+    (2% of the writer's time) while the rate holds; and item writes 3x slower, one item in them."""
+    def ops(i: int) -> dict[str, Any]:
+        write, item = (0.5, 10.0) if i <= 4 else (9.6, 30.0)
+        return {"robots_store_write": {"n": 20, "p50": write, "p90": write, "p99": 2 * write, "sum": 20 * write},
+                "item_write": {"n": 500, "p50": item, "p90": item, "p99": item, "sum": 500 * item}}
+
+    _steady_log(tmp_path, ops)
+    result = diagnose(read_logs([tmp_path]), window=10.0)
+    assert result.healthy, result.text()
+
+
+def test_item_queue_growing_while_the_rate_holds_is_the_item_store(tmp_path: Path) -> None:
+    """Item writes 20x slower, the rate holding: the items queued in the pipelines (Little's law)
+    grow from 1 to 20 per node, the store falls behind."""
+    def ops(i: int) -> dict[str, Any]:
+        item = 20.0 if i <= 4 else 400.0
+        return {"item_write": {"n": 500, "p50": item, "p90": item, "p99": item, "sum": 500 * item}}
+
+    _steady_log(tmp_path, ops)
+    result = diagnose(read_logs([tmp_path]), window=10.0)
+    text_ = result.text()
+    assert result.cause == "item_store", text_
+    assert "items in the item pipelines (Little's law) 1.0 -> 20.0 (the crawl rate holds so far)" in text_, text_
 
 
 def test_backlog_warns_with_the_time_left_in_the_spill_budget(tmp_path: Path) -> None:

@@ -153,7 +153,7 @@ class Core:
     def _give_back(self, rids: list[int], why: str) -> None:
         raise NotImplementedError  # .leases
 
-    def _return_leases(self, node: Node, why: str) -> None:
+    def _return_leases(self, node: Node, why: str, keep: frozenset[int] | set[int] = frozenset()) -> None:
         raise NotImplementedError  # .leases
 
     def postponed_state(self) -> dict[str, Any]:

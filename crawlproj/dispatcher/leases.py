@@ -132,10 +132,11 @@ class Leasing(Core):
             self._wake(p)
         self.counters[f"returned_{why}"] += len(rids)
 
-    def _return_leases(self, node: Node, why: str) -> None:
-        if node.leases:
-            self._give_back(list(node.leases), why)
-            node.leases.clear()
+    def _return_leases(self, node: Node, why: str, keep: frozenset[int] | set[int] = frozenset()) -> None:
+        """Every lease of ``node`` back to the frontier, but those in ``keep``."""
+        if len(node.leases) > len(keep):
+            self._give_back([rid for rid in node.leases if rid not in keep], why)
+            node.leases.intersection_update(keep)
 
     def _on_renew(self, identity: bytes, envelope: list[bytes], msg: dict[str, Any]) -> None:
         node = self._known(identity, envelope)

@@ -34,6 +34,13 @@ def scalar(value: Any) -> int | float | str | None:
     return None
 
 
+def kept_leases(keep: Any, held: set[int]) -> set[int]:
+    """The lease ids of ``register``'s ``keep`` that the node holds (anything else is ignored)."""
+    if not isinstance(keep, list):
+        return set()
+    return {rid for rid in keep if type(rid) is int and rid in held}
+
+
 class Membership(Core):
     def _on_register(self, identity: bytes, envelope: list[bytes], msg: dict[str, Any]) -> None:
         name = msg["node"]
@@ -46,9 +53,12 @@ class Membership(Core):
         node = self.nodes.get(name)
         if node is not None and node.alive:
             # The same name again: that node restarted (or reconnected without its state).
-            logger.info("Node %s registered again: returning its %d leases", name, len(node.leases))
+            # the same live process after its fence lapsed keeps what it still has in flight
+            keep = kept_leases(msg.get("keep"), node.leases)
+            logger.info("Node %s registered again: returning %d of its leases, %d still in flight "
+                        "there", name, len(node.leases) - len(keep), len(keep))
             self.counters["reregistered"] += 1
-            self._return_leases(node, "restart")
+            self._return_leases(node, "restart", keep=keep)
             for p in [p for p, src in self.pending.items() if src == name]:
                 del self.pending[p]  # its state is gone with the old process...
                 # ... which may still be finishing a fetch there (its fence lapsed, it lives)

@@ -194,9 +194,12 @@ class RobotsThrottleMiddleware:
                 failing_for = now - (verdict.fail_since or now)
                 if LEASE in request.meta and failing_for < self.postpone_max:
                     # RFC 9309: unreachable is a temporary disallow. The dispatcher keeps the
-                    # request and serves it again when the next retry of robots.txt is due.
+                    # request and serves it again when the next retry of robots.txt is due, or
+                    # once robots.txt has failed for ROBOTS_POSTPONE_MAX if that comes first
+                    # (then it ends, not a back-off later).
                     self.stats.inc_value("robots/postponed")
-                    raise Postponed(verdict.retry_at - now, "robots")
+                    until = min(verdict.retry_at, (verdict.fail_since or now) + self.postpone_max)
+                    raise Postponed(until - now, "robots")
                 self._forbid(request, "unreachable", "robots.txt unreachable: disallow all")
             await self._await_fetch(authority, key, verdict.retry_at, deadline)
 

@@ -51,6 +51,10 @@ class Source:
 
     name: str
     pages: list[tuple[float, float]] = field(default_factory=list)  # (epoch, cumulative pages)
+    # LogStats' counts: their times are whole seconds (Scrapy's log format), up to a second
+    # early; mixed with the TIMINGS records' counts they would go back and forth, so one of the
+    # two is kept: the exact ones unless LogStats has more than twice as many
+    logstats: list[tuple[float, float]] = field(default_factory=list)
     windows: list[dict[str, Any]] = field(default_factory=list)  # TIMINGS records
     samples: list[tuple[float, str, float]] = field(default_factory=list)  # (epoch, op, ms)
     final_stats: dict[str, Any] = field(default_factory=dict)
@@ -73,24 +77,28 @@ class Observations:
         return [s for name, s in sorted(self.sources.items()) if name != DISPATCHER]
 
     def span(self) -> tuple[float, float] | None:
-        """From the first record to the last growth of any node's page count: once every
-        count has stopped growing the crawl has ended (or stalled, which the page counts of a
-        live crawl show as zero rates), and the quiet tail is not a slowdown. Page counts a
-        node logged while shutting down are already left out (see Source.closing)."""
+        """From the first growth of any node's page count (its count just before: the nodes
+        starting up, or waiting for their first leases, are no slow crawl) to the last: once
+        every count has stopped growing the crawl has ended (or stalled, which the page counts
+        of a live crawl show as zero rates), and the quiet tail is not a slowdown. Page counts
+        a node logged while shutting down are already left out (see Source.closing)."""
         times = [t for s in self.sources.values() for t, _ in s.pages]
         times += [w["t"] for s in self.sources.values() for w in s.windows]
         if not times:
             return None
-        end = max(times)
-        growth = [b[0] for s in self.nodes() for a, b in zip(s.pages, s.pages[1:]) if b[1] > a[1]]
+        start, end = min(times), max(times)
+        growth = [(a[0], b[0]) for s in self.nodes() for a, b in zip(s.pages, s.pages[1:]) if b[1] > a[1]]
         if growth:
-            end = min(end, max(growth))
-        return min(times), end
+            start = max(start, min(before for before, _ in growth))
+            end = min(end, max(grown for _, grown in growth))
+        return start, end
 
     def finish(self) -> None:
         """Sort, and drop records seen twice (a log and its JSON-lines twin)."""
         for src in self.sources.values():
-            src.pages = sorted(set(src.pages))
+            exact = len(src.pages) >= 2 and 2 * len(src.pages) >= len(src.logstats)
+            src.pages = sorted(set(src.pages if exact else src.logstats or src.pages))
+            src.logstats = []
             seen: set[float] = set()
             windows = []
             for w in sorted(src.windows, key=lambda w: w["t"]):
@@ -191,7 +199,7 @@ def _read_file(obs: Observations, path: Path) -> None:
     if stats_block is not None:
         obs.source(node or name).final_stats.update(_stats(stats_block))
     if pending_pages:
-        obs.source(node or name).pages.extend(pending_pages)
+        obs.source(node or name).logstats.extend(pending_pages)
     if closing:
         obs.source(node or name).closing.extend(closing)
 

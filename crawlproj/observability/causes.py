@@ -68,6 +68,13 @@ def op_mean(bins: list[Window], op: str, q: str) -> float | None:
     return sum(n * v for n, v in pairs) / total if total else None
 
 
+def in_progress(bins: list[Window], op: str) -> float | None:
+    """How many ``op`` were in progress per node, on average (Little's law: the time spent in
+    it over the wall clock); for an operation of one thread, the share of its time it took."""
+    return span_mean(bins, lambda b: b.ops[op]["sum"] / ((b.end - b.start) * 1000.0 * max(1, len(b.node_rates)))
+                     if "sum" in b.ops.get(op, {}) else None)
+
+
 @dataclass
 class Share:
     """One resource's figure, early and late."""

@@ -3,6 +3,10 @@
     crawlproj diagnose cluster-dir/                 # node logs, dispatcher log, timing files
     crawlproj diagnose --http http://127.0.0.1:8080  # live: the dispatcher's series
 
+One module of about 450 lines: its rules read one another's findings (what was named first makes
+the rest knock-ons), so they stay in one function; the figures they read are in
+:mod:`crawlproj.observability.causes`.
+
 The first third of the windows (without a ramp-up at the start) is compared with the last
 third, each figure a mean weighted by the windows' length (latencies by their counts). When the
 crawl rate fell, the cause is the resource whose share of the time grew most (the remote sites,
@@ -14,13 +18,17 @@ come first, and before them a crawl that ended by dropping its requests:
   unreachable or forbidding, the trap or SSRF guards), named with the setting that would allow
   them, from their refusal stats (crawlproj.refusals) against the pages fetched;
 - this machine's CPU: the reactor thread waited for a CPU much more than before (another
-  process took it), told apart from a heavy parse by the CPU each page took;
+  process took it), told apart from a heavy parse by the CPU each page took, and from a node
+  left without work (its slots emptied for lack of work more) whose waits do not explain the rate;
 - dispatcher saturated: its loop busy most of the time (or, without its log, nodes' round trips
   to it long and growing while the nodes are idle);
 - node CPU-bound: callbacks (parse and link handling) take most of a node's time (a busy
   interpreter slows every timing in the process, so this goes before the stores);
-- item store: item write latency grew while the other operations did not as much;
-- politeness store (robots.txt cache, last-fetch state): its lookups or writes grew, or are slow;
+- item store: item write latency grew more than parse's and its writes cost: ITEMS_WAITING
+  items or more in a node's pipelines (Little's law on their write times), growing while the
+  rate holds;
+- politeness store (robots.txt cache, last-fetch state): its lookups block the reactor, or its
+  lookups or writes grew (or are slow) and take a larger share of their thread's time;
 - item store falling behind while the rate holds: its buffer and spill grow, its oldest item
   ages (with the time left before the spill budget is full);
 - the account's grown shares: remote sites, the dispatcher's stalls, robots.txt, the engine
@@ -28,7 +36,9 @@ come first, and before them a crawl that ended by dropping its requests:
 - politeness-bound: one politeness key takes most fetches, or only a few keys are left; or
   draining: the keys and the frontier run out. Neither is a fault of the crawler.
 
-A crawl rate that fell with none of these is reported as unexplained. A crawl without any of
+Growth alone, while the rate holds, is no fault: a grown latency is a cause when the rate fell
+and it costs (its thread's time, for the stores), or when a backlog grows (the item store). A
+crawl rate that fell with none of these is reported as unexplained. A crawl without any of
 this is healthy: no finding.
 """
 
@@ -57,6 +67,8 @@ SLOW_RTT_MS = 250.0  # node -> dispatcher round trip that means the dispatcher l
 NODE_IDLE_CPU = 0.8
 SLOW_LOOKUP_MS = 50.0  # a primary-key read of the politeness store should take well under 1 ms
 REACTOR_SHARE = 0.25  # store lookups taking this share of a node's time block its reactor
+STORE_COST = 0.05  # a store operation taking this much more of its thread's time costs the crawl
+ITEMS_WAITING = 5.0  # items in a node's item pipelines that cost (and 2x early, while the rate holds)
 PARSE_SHARE = 0.5  # share of a node's wall time in callbacks that makes it CPU-bound
 HOT_KEY_SHARE = 0.5  # one key with this share of fetches ...
 FEW_KEYS = 3  # ... or this few keys fetched: politeness-bound
@@ -147,13 +159,6 @@ def _phases(bins: list[Window]) -> tuple[list[Window], list[Window]]:
     return bins[skip:skip + k], bins[-k:]
 
 
-def _time_share(bins: list[Window], op: str) -> float:
-    """Time spent in ``op`` per node, as a share of the windows' length (0 without figures)."""
-    shares = [b.ops[op]["sum"] / ((b.end - b.start) * 1000.0 * max(1, len(b.node_rates)))
-              for b in bins if "sum" in b.ops.get(op, {})]
-    return sum(shares) / len(shares) if shares else 0.0
-
-
 def _op(bins: list[Window], op: str, q: str) -> float | None:
     return causes.op_mean(bins, op, q)
 
@@ -227,6 +232,11 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
     # this machine's CPU or the dispatcher's stalls, whichever grew more, come first: either
     # slows every timing of the nodes (the knock-ons the rules below would see)
     environment = [s_ for s_ in account_grown if s_.resource in ("machine_cpu", "dispatcher")]
+    lack = found.get("lack_of_work")
+    if lack is not None and lack.grown and "machine_cpu" in found and lack.rise > found["machine_cpu"].rise:
+        # the slots emptied for lack of work more than the node waited for a CPU: it had less to
+        # do (its work held up elsewhere), so its waits for a CPU do not explain the rate
+        environment = [s_ for s_ in environment if s_.resource != "machine_cpu"]
     if fell and environment:
         top = environment[0].resource
         add(top, ACCOUNT_SUMMARIES[top], causes.evidence(top, early, late, found))
@@ -271,17 +281,29 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
             "(crawlproj profile PID --no-idle), make the callback cheaper or run more nodes",
             evidence)
     # politeness store; its lookups run on the reactor thread: when they take much of it, they
-    # stall everything else there (item completions, downloads, heartbeats) and come first
-    store = [g for g in grown if g.op in STORE_OPS]
+    # stall everything else there (item completions, downloads, heartbeats) and come first.
+    # Otherwise a grown or slow store operation is a cause only when the rate fell and it costs:
+    # it took STORE_COST more of its thread's time (a few ms more on a write every half second
+    # costs nothing)
+    cost = {op: (causes.in_progress(early, op) or 0.0, causes.in_progress(late, op) or 0.0)
+            for op in STORE_OPS}
+    costly = {op for op, (e, l_) in cost.items() if fell and l_ - e >= STORE_COST}
+    store = [g for g in grown if g.op in costly]
     lookup_late = _op(late, "robots_lookup", "p99")
-    blocked = _time_share(late, "robots_lookup")
+    blocked = cost["robots_lookup"][1]
+    slow = lookup_late is not None and lookup_late >= SLOW_LOOKUP_MS and "robots_lookup" in costly
     store_finding = None
-    if store or (lookup_late is not None and lookup_late >= SLOW_LOOKUP_MS) or blocked >= REACTOR_SHARE:
+    if store or slow or blocked >= REACTOR_SHARE:
         evidence = [g.describe() for g in store]
         if not store and lookup_late is not None:
             evidence.append(f"robots_lookup p99 {lookup_late:.1f} ms (a primary-key read takes < 1 ms)")
         if blocked:
-            evidence.append(f"store lookups take {100 * blocked:.0f}% of the node's time (reactor thread)")
+            evidence.append(f"store lookups take {100 * cost['robots_lookup'][0]:.0f}% -> "
+                            f"{100 * blocked:.0f}% of the node's time (reactor thread)")
+        if "robots_store_write" in costly:
+            writes = cost["robots_store_write"]
+            evidence.append(f"store writes take {100 * writes[0]:.0f}% -> {100 * writes[1]:.0f}% "
+                            "of the writer thread's time")
         knock_on = [g for g in grown if g.op not in STORE_OPS]
         if knock_on and blocked >= REACTOR_SHARE:
             evidence.append("knock-on (the reactor waits for the lookups): "
@@ -301,14 +323,26 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
     parse_growth = growths["parse"].ratio if "parse" in growths else 0.0
     write = next((g for g in grown if g.op in ITEM_OPS
                   and (behind is not None or g.ratio > parse_growth)), None)
-    if write is not None and environment and fell and behind is None:
-        # a starved machine or a stalled dispatcher slows the item pipelines too
-        _lead(diag).evidence.append(f"grown with it, likely knock-on: {write.describe()}")
-    elif write is not None and (fell or behind is None):
+    # items in the item pipelines per node (Little's law: the writes' time over the wall clock):
+    # the store's queue, which tells a store falling behind from a slower write that costs nothing
+    queue = [causes.in_progress(phase, "item_write") for phase in (early, late)]
+    # a few items waiting cost nothing (a slower write at 4 pages/s); while the rate holds, the
+    # queue must grow too
+    queued = queue[0] is not None and queue[1] is not None and queue[1] >= ITEMS_WAITING and (
+        fell or queue[1] >= causes.BACKLOG_GROWTH * queue[0])
+    # lookups that block the reactor thread delay everything else on it (said in their evidence)
+    reactor_blocked = blocked >= REACTOR_SHARE
+    if write is not None and behind is None and (reactor_blocked or environment and fell):
+        # so do a starved machine and a stalled dispatcher, the item pipelines' too
+        if not reactor_blocked:  # (the lookups' knock-on line has it)
+            _lead(diag).evidence.append(f"grown with it, likely knock-on: {write.describe()}")
+    elif write is not None and queued:
+        evidence = [write.describe(), f"items in the item pipelines (Little's law) {queue[0]:.1f} -> "
+                    f"{queue[1]:.1f}" + ("" if fell else " (the crawl rate holds so far)")]
         add("item_store", f"item write latency grew {write.ratio:.0f}x while "
             f"{others(ITEM_OPS + ('download', 'dispatcher_rtt', 'download_total'))}: the item "
             "store is the bottleneck, check its indexes (an upsert that scans), its disk and "
-            "its load", [write.describe()] + (behind or []))
+            "its load", evidence + (behind or []))
     if behind is not None and "item_store" not in named:
         # the rate holds so far (the buffer takes the difference): a warning with the time left
         add("item_store", "the item store falls behind: items wait longer and longer for it "
@@ -326,14 +360,19 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
         for s_ in direct + empty:
             if s_.resource in named or (s_.resource == "held" and "item_store" in named):
                 continue
-            if environment or (diag.faults and s_.resource in ("politeness", "lack_of_work", "held")):
+            if environment or reactor_blocked or (
+                    diag.faults and s_.resource in ("politeness", "lack_of_work", "held")):
                 # slowed by the cause named first: the starved machine, the stalled dispatcher,
-                # or (empty slots) a store that holds the leases and the engine back
+                # the reactor blocked in store lookups (transfers end late), or (empty slots) a
+                # store that holds the leases and the engine back
                 knock_on.append(f"{s_.resource} {100 * s_.early:.0f}% -> {100 * s_.late:.0f}%")
                 continue
             if s_.resource in ("politeness", "lack_of_work") and (
                     named & {"dispatcher", "machine_cpu", "cpu"} or causes.draining(early, late)):
                 continue  # the empty slots are a knock-on, or the crawl drains (below)
+            if s_.resource == "robots" and not any(
+                    g.op in ("robots_wait", "robots_fetch") for g in grown):
+                continue  # slots held a little longer while the waits for robots.txt did not grow
             add(s_.resource, ACCOUNT_SUMMARIES[s_.resource],
                 causes.evidence(s_.resource, early, late, found))
         if knock_on:

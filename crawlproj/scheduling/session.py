@@ -64,6 +64,7 @@ class DispatcherSession(NodeState):
     held: set[int]
     postpone_buffer: list[list[Any]]
     _early: list[Request]
+    inflight: dict[int, tuple[str, int]]
     _welcomed: asyncio.Event
     _ping_sent: float
     _warned_heartbeat: bool
@@ -78,10 +79,14 @@ class DispatcherSession(NodeState):
         def _force_late_handoffs(self) -> None: ...
 
     def _register(self) -> None:
+        """Register, keeping the leases whose end this process will report: fetches in flight, and
+        acks and postpones still buffered (a dispatcher that still knows this process keeps them
+        leased to it; they are sent after its welcome, as always)."""
         assert self.link is not None
+        keep = [*self.inflight, *self.ack_buffer, *(pair[0] for pair in self.postpone_buffer)]
         self.link.send("register", node=self.node, pid=os.getpid(), host=socket.gethostname(),
                        capacity=self.config.queue_target, fetch_timeout=self._fetch_timeout(),
-                       clock=time.monotonic())
+                       clock=time.monotonic(), keep=keep)
 
     def _fetch_timeout(self) -> float:
         """The longest a fetch this node starts may last (the dispatcher waits that long past a

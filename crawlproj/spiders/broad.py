@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import scrapy
-from lxml import etree
 from scrapy.http import Response, TextResponse
 from scrapy.utils.response import get_base_url
 
@@ -29,6 +28,7 @@ from crawlproj.items import PageItem
 from crawlproj.linkfilter import RecentSet, recent_links
 from crawlproj.meta import CANONICAL, DEPTH, REDIRECT_URLS, REVISIT_OUTCOME
 from crawlproj.middlewares.revisit import CURRENT, content_hash, history_item
+from crawlproj.pagelinks import links_and_title
 from crawlproj.refusals import RefusalCheck
 from crawlproj.setting_checks import HEADER_NAME, int_at_least, list_setting, parse_list
 from crawlproj.sitemaps import sitemap_requests
@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SCOPES = ("domain", "allowed", "any")
-# Straight on lxml's tree (the one response.xpath parsed): plain strings, no Selector per link.
-_HREFS = etree.XPath("//a/@href", smart_strings=False)
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -226,11 +224,6 @@ class BroadSpider(scrapy.Spider):
             return False
         return not any(r.search(url) for r in self.config.deny_res)
 
-    def extract_links(self, response: TextResponse) -> list[str]:
-        """Every ``a/@href`` of the page, as ``response.xpath("//a/@href").getall()`` gives them."""
-        root = response.selector.root
-        return _HREFS(root) if root is not None else []
-
     def parse(self, response: Response, **kwargs: Any) -> Iterator[Any]:
         if response.meta.get(REVISIT_OUTCOME) in CURRENT:  # the stored copy is current: no parse
             yield history_item(response)
@@ -238,9 +231,14 @@ class BroadSpider(scrapy.Spider):
         links: list[str] = []
         is_html = isinstance(response, TextResponse) and b"html" in (
             response.headers.get(b"Content-Type") or b"html")
-        if is_html and response.status == 200:
-            links = self.extract_links(response)  # type: ignore[arg-type]
-        yield self.make_item(response, len(links))
+        if is_html and response.status < 600:
+            # One parse for the links and the title (crawlproj.pagelinks), no lxml tree.
+            links, title = links_and_title(response.text)  # type: ignore[union-attr]
+            if response.status != 200:
+                links = []
+            yield self.make_item(response, len(links), title)
+        else:
+            yield self.make_item(response, 0, self.xpath_title(response))
         if self.config.max_depth is not None and response.meta.get(DEPTH, 0) >= self.config.max_depth:
             return
         if not links:
@@ -291,13 +289,17 @@ class BroadSpider(scrapy.Spider):
         """robots.txt or a sitemap (crawlproj.sitemaps): requests for what it lists, in scope."""
         yield from sitemap_requests(self, response)
 
-    def make_item(self, response: Response, outlinks: int) -> PageItem:
-        title = None
+    @staticmethod
+    def xpath_title(response: Response) -> str | None:
+        """The title of a text response that is not HTML (XML, say), through Scrapy's selector."""
         if isinstance(response, TextResponse) and response.status < 600:
             try:
-                title = response.xpath("//title/text()").get()
+                return response.xpath("//title/text()").get()
             except ValueError:  # not markup after all
-                title = None
+                return None
+        return None
+
+    def make_item(self, response: Response, outlinks: int, title: str | None) -> PageItem:
         redirects = response.request.meta.get(REDIRECT_URLS) if response.request else None
         headers = {}
         for name in self.config.item_headers:

@@ -11,6 +11,7 @@ crash.
 Messages (node -> dispatcher)
     register   {node, pid, host, capacity}           join, or rejoin after a restart
                (+ fetch_timeout: longest fetch on a key, seconds; clock: the node's, echoed)
+               (+ keep: lease ids whose end this node will report, kept after a fence lapse)
     heartbeat  {node} (+ clock)                         liveness; answered with "heartbeat"
     renew      {node, leases: [lease id]}            these leases are still held: extend them
     pull       {node, credit}                         "I can take ``credit`` more requests"

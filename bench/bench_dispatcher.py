@@ -37,11 +37,12 @@ from common import save  # noqa: E402
 import zmq  # noqa: E402
 
 from crawlproj.tools.dispatcher_process import DispatcherProcess  # noqa: E402
+from crawlproj.dispatcher.cli import tune_gc  # noqa: E402
 from crawlproj.dispatcher.config import Config  # noqa: E402
 from crawlproj.dispatcher.core import Node  # noqa: E402
 from crawlproj.dispatcher.service import Dispatcher  # noqa: E402
 from crawlproj.observability.dispatcher import DispatcherObserver  # noqa: E402
-from crawlproj.wire.protocol import UNKNOWN_NODE, decode_from_dispatcher, encode  # noqa: E402
+from crawlproj.wire.protocol import UNKNOWN_NODE, decode_from_dispatcher, encode, push_fields  # noqa: E402
 from crawlproj.wire.urls import canonicalize, partition_of, politeness_key  # noqa: E402
 
 P = 1024
@@ -133,7 +134,7 @@ def worker(endpoint: str, first: int, count: int, dup: float, salt: str) -> None
                     lids = [lease[0] for lease in msg["leases"]]
                     links = space.links(len(lids) * LINKS, dup)
                     for i in range(0, len(links), PUSH_CHUNK):
-                        s.send(encode("push", node=name, requests=links[i:i + PUSH_CHUNK]))
+                        s.send(encode("push", node=name, **push_fields(links[i:i + PUSH_CHUNK])))
                     s.send(encode("ack", node=name, leases=lids))
                     s.send(encode("pull", node=name, credit=len(lids)))
                 elif t == "revoke":
@@ -210,8 +211,9 @@ def micro(workdir: Path, urls: int = MICRO_URLS) -> dict[str, Any]:
     """The push path on one core, in-process: handle() of push frames, then commit."""
     space = UrlSpace("micro")
     reqs = [space.new() for _ in range(urls)]
-    frames = [encode("push", node="n", requests=reqs[i:i + PUSH_CHUNK])
+    frames = [encode("push", node="n", **push_fields(reqs[i:i + PUSH_CHUNK]))
               for i in range(0, len(reqs), PUSH_CHUNK)]
+    tune_gc()  # as the service process does
     # with the instrument the service runs with (crawlproj dispatcher): its timings are in the path
     disp = Dispatcher(Config(store=str(workdir / "micro-store"), partitions=P),
                       instrument=DispatcherObserver())
@@ -232,7 +234,7 @@ def micro(workdir: Path, urls: int = MICRO_URLS) -> dict[str, Any]:
     out["all_dup_sqlite_per_cpu_s"] = round(run())
     # Where the time of the all-new path goes.
     reqs = [space.new() for _ in range(urls)]
-    frames = [encode("push", node="n", requests=reqs[i:i + PUSH_CHUNK])
+    frames = [encode("push", node="n", **push_fields(reqs[i:i + PUSH_CHUNK]))
               for i in range(0, len(reqs), PUSH_CHUNK)]
     prof = cProfile.Profile()
     prof.enable()

@@ -27,6 +27,10 @@ from crawlproj.dispatcher.partitions import Rendezvous, rendezvous_owner
 from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj_testing.simnode import SimNode, drive, web_links, web_reachable
 from crawlproj.wire.protocol import (
+    decode_from_node,
+    push_fields,
+    split_push,
+    wire_request,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     UNKNOWN_NODE,
@@ -465,6 +469,85 @@ def test_bad_frames_are_counted_dropped_and_the_service_keeps_serving(
     drive(crew, lambda: crew[0].finished, CRAWL_TIMEOUT, links_of=web_links(web),
           heartbeat_interval=HEARTBEAT)
     assert set(crew[0].acked) == truth | {good_url}
+
+
+def test_push_fields_split_back_into_the_same_requests():
+    reqs = []
+    for i in range(40):
+        url = canonicalize(f"http://site{i % 7:04d}.test/p{i}")
+        key = f"site{i % 7:04d}.test"
+        reqs.append(wire_request(url, fingerprint(url), key, partition_of(key, P_SMALL),
+                                 priority=(i % 3) - 1, dont_filter=i % 5 == 0, depth=i,
+                                 meta={"n": i, "b": b"\x00\xff"}))
+    frame = encode("push", node="n", **push_fields(reqs))
+    push = split_push(decode_from_node(frame), P_SMALL)
+    assert [msgpack.unpackb(b, raw=False) for b in push.blobs] == reqs
+    assert push.fps == [r["f"] for r in reqs] and push.keys == [r["k"] for r in reqs]
+    assert push.parts == [r["p"] for r in reqs] and push.prs == [(i % 3) - 1 for i in range(40)]
+    assert push.forced == [i for i in range(40) if i % 5 == 0]
+    plain = push_fields([reqs[1], reqs[4]])  # no priority, no dont_filter: no columns for them
+    assert "pr" not in plain and "df" not in plain
+    assert split_push(decode_from_node(encode("push", node="n", **plain)), P_SMALL).prs is None
+
+
+def test_columnar_push_checks_columns_framing_and_first_request(dispatcher, zmq_context):
+    """A push whose columns or framing are wrong is refused whole with one clear reason; a key in
+    the wrong partition drops that request only; a request whose content is bad but framed (not
+    the first) is stored and reaches the leasing node as its own lease, the batch decodable."""
+    d = dispatcher("--partitions", str(P_SMALL), *FAST_HEARTBEATS)
+
+    def req(i: int) -> dict[str, Any]:
+        url = canonicalize(f"http://site{i:04d}.test/columnar")
+        key = f"site{i:04d}.test"
+        return {"u": url, "f": fingerprint(url), "k": key, "p": partition_of(key, P_SMALL)}
+
+    good = push_fields([req(1), req(2)])
+    wrong_part = req(3)
+    wrong_part["p"] = (wrong_part["p"] + 1) % P_SMALL
+    refused = {
+        "not msgpack": {**good, "requests": b"\xc1\xc1"},
+        "trailing bytes": {**good, "requests": good["requests"] + b"\x01"},
+        "short f": {**good, "f": good["f"][:-1]},
+        "k not strings": {**good, "k": [1, 2]},
+        "p out of range": {**good, "p": [0, P_SMALL]},
+        "pr not integers": {**good, "pr": ["high", 0]},
+        "df out of range": {**good, "df": [5]},
+        "first does not match": {**good, "k": [good["k"][1], good["k"][1]]},
+    }
+    mixed = push_fields([req(4), wrong_part, req(5)])
+    mixed["requests"] = msgpack.packb([req(4), wrong_part, 7], use_bin_type=True)  # 7: framed, not a map
+    rogue = zmq_context.socket(zmq.DEALER)
+    try:
+        rogue.setsockopt(zmq.ROUTING_ID, b"rogue")
+        rogue.connect(d.endpoint)
+        rogue.send(encode("register", node="rogue", pid=1, host="test", capacity=10))
+        assert rogue.poll(5000) and decode_from_dispatcher(rogue.recv())["t"] == "welcome"
+        for fields in refused.values():
+            rogue.send(encode("push", node="rogue", **fields))
+        rogue.send(encode("push", node="rogue", **mixed))
+        reasons = []
+        while len(reasons) < len(refused) + 1:  # + the mixed push's dropped request
+            assert rogue.poll(5000), f"only {len(reasons)} replies: {reasons}"
+            msg = decode_from_dispatcher(rogue.recv())
+            if msg["t"] == "error":
+                reasons.append(msg["reason"])
+        state = d.status()
+        assert state["bad_frames"]["push"] == len(refused), reasons
+        assert sum("bad frame (push)" in r for r in reasons) == len(refused), reasons
+        assert any("1 of 3 pushed requests invalid" in r and "is not the partition" in r for r in reasons)
+        assert state["counters"]["new"] == 2 and state["counters"]["bad_requests"] == 1
+        # Leased: the framed non-map comes as its own lease in a batch that decodes.
+        rogue.send(encode("pull", node="rogue", credit=10))
+        leases = []
+        deadline = time.monotonic() + 10
+        while len(leases) < 2 and time.monotonic() < deadline:
+            if rogue.poll(500):
+                msg = decode_from_dispatcher(rogue.recv())
+                if msg["t"] == "batch":
+                    leases += [request for _, request in msg["leases"]]
+        assert sorted(map(repr, leases)) == sorted([repr(req(4)), "7"])
+    finally:
+        rogue.close(0)
 
 
 def test_partition_count_is_fixed_per_store(dispatcher):

@@ -13,6 +13,7 @@ It exits (0) once the crawl has finished and every node that registered has left
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -200,6 +201,18 @@ def _refuse(exc: Exception) -> int:
     return 2
 
 
+GC_THRESHOLDS = (100_000, 50, 100)  # young-generation allocations between collections, then 1 : 50 : 100
+
+
+def tune_gc() -> None:
+    """What start-up built lives as long as the process: freeze it out of the collector's scans,
+    and collect the young generation every GC_THRESHOLDS[0] allocations rather than 700 (a push
+    allocates a few containers per link, nearly all freed by reference counting; measured with
+    bench/bench_dispatcher.py)."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def main(argv: list[str] | None = None, service: Service = Dispatcher) -> int:
     """Run the dispatcher until SIGTERM/SIGINT; 2 on a bad option or a failed store.
 
@@ -247,6 +260,7 @@ def main(argv: list[str] | None = None, service: Service = Dispatcher) -> int:
         else:
             logger.info("Exits when the crawl has finished and every node has left "
                         "(--stay or --keep-alive to keep it running)")
+        tune_gc()
         dispatcher.run(until=None if args.stay or config.keep_alive else lambda: done(dispatcher))
         if done(dispatcher):
             logger.info("Crawl finished and every node left: exiting")

@@ -38,7 +38,7 @@ import sqlite3
 import time
 from bisect import insort
 from collections import Counter, deque
-from collections.abc import Iterator
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from crawlproj import diskfull
 
 from .errors import StoreError
 from .instrument import NO_INSTRUMENT, Instrument
-from .rows import ROW_MAX, RowPacker, RowState, decode_acks, encode_acks, split
+from .rows import ROW_MAX, Packed, RowState, decode_acks, encode_acks, packed, split
 from .seen import DEFAULT_FILTER_MIB, DEFAULT_HOT_SEEN, DEFAULT_MERGE_ROWS, SQL_IN_CHUNK, SeenSet
 
 logger = logging.getLogger(__name__)
@@ -79,9 +79,9 @@ class _Partition:
         self.count = 0  # unacked requests (leased or not, written or not)
         self.avail = 0  # unacked requests not leased: what can be served
         # Requests added since the last commit, not written yet: blocks of ROW_MAX reserved ids,
-        # (npr, first id, requests) in the order opened; tail: npr -> the block being filled.
-        self.blocks: list[tuple[int, int, list[dict[str, Any]]]] = []
-        self.tail: dict[int, tuple[int, int, list[dict[str, Any]]]] = {}
+        # (npr, first id, msgpack requests) in the order opened; tail: npr -> the block filling.
+        self.blocks: list[tuple[int, int, list[bytes]]] = []
+        self.tail: dict[int, tuple[int, int, list[bytes]]] = {}
 
 
 class Frontier:
@@ -106,8 +106,6 @@ class Frontier:
         self.instrument = instrument
         self.readahead = max(1, readahead)
         self.commit_interval = commit_interval
-        self._packer = RowPacker()
-        self._pack_one = self._packer.pack_one
         self._in_txn = False
         self._txn_started = 0.0
         self._txn_rows = 0
@@ -240,58 +238,64 @@ class Frontier:
             self._txn_started = time.monotonic()
 
     def add(self, requests: list[dict[str, Any]]) -> tuple[int, list[int]]:
+        """Store the wire requests (maps: seeds, tests) not seen before; as :meth:`add_packed`."""
+        return self.add_packed(packed(requests))
+
+    def add_packed(self, requests: Packed) -> tuple[int, list[int]]:
         """Store the requests not seen before; returns (how many were new, partitions touched).
 
-        ``requests`` are validated wire requests (``f`` 20 bytes, ``p`` in range, ``pr`` int).
+        ``requests`` are checked already (fingerprints of 20 bytes, partitions in range).
         """
         with self.instrument.timed("frontier_add"):
             return self._add(requests)
 
-    def _add(self, requests: list[dict[str, Any]]) -> tuple[int, list[int]]:
-        by_fp = {r["f"]: r for r in requests}
+    def _add(self, requests: Packed) -> tuple[int, list[int]]:
+        fps = requests.fps
+        by_fp = dict(zip(fps, range(len(fps))))  # the last of equal fingerprints, in first order
         unknown = self.seen.unknown(by_fp.keys())
         if not unknown:
             return 0, []
         self._begin()
         # In push order, so that a partition stays first-in first-out.
-        if len(unknown) == len(by_fp):
-            fresh = list(by_fp.values())
-            self.seen.record(list(by_fp))
+        if len(unknown) == len(fps):
+            self.seen.record(fps)
         else:
-            fresh = [r for f, r in by_fp.items() if f in unknown]
-            self.seen.record([r["f"] for r in fresh])
-        self._txn_rows += len(fresh)
-        return self._store(fresh)
+            keep = [i for f, i in by_fp.items() if f in unknown]
+            self.seen.record([fps[i] for i in keep])
+            requests = requests.take(keep)
+        self._txn_rows += len(requests.fps)
+        return self._store(requests)
 
-    def add_forced(self, requests: list[dict[str, Any]]) -> tuple[int, list[int]]:
+    def add_forced(self, requests: Packed | list[dict[str, Any]]) -> tuple[int, list[int]]:
         """Store requests even if seen before (Scrapy's ``dont_filter``); same return as add()."""
+        if not isinstance(requests, Packed):
+            requests = packed(requests)
         with self.instrument.timed("frontier_add"):
-            if not requests:
+            if not requests.fps:
                 return 0, []
             self._begin()
-            fresh = list({r["f"]: None for r in requests if not self.seen.known(r["f"])})
+            known = self.seen.known
+            fresh = list({f: None for f in requests.fps if not known(f)})
             if fresh:
                 self.seen.record(fresh)
                 self._txn_rows += len(fresh)
             return self._store(requests)
 
-    def _store(self, requests: list[dict[str, Any]]) -> tuple[int, list[int]]:
+    def _store(self, requests: Packed) -> tuple[int, list[int]]:
         """Give requests their ids in their partition's open blocks (written at the commit)."""
-        parts = self.parts
-        ps = [r["p"] for r in requests]
-        place = self._place
-        for r, p in zip(requests, ps):
+        parts, place, open_block = self.parts, self._place, self._open_block
+        ps, nprs = requests.parts, requests.nprs
+        for blob, p, npr in zip(requests.blobs, ps, nprs or repeat(0)):
             st = parts[p]
-            npr = -r["pr"] if "pr" in r else 0
             block = st.tail.get(npr)
             if block is None or len(block[2]) >= ROW_MAX:
-                block = self._open_block(p, st, npr)
+                block = open_block(p, st, npr)
             reqs = block[2]
             rid = block[1] + len(reqs)
-            reqs.append(r)
+            reqs.append(blob)
             # In memory now if it fits the read-ahead, or if its priority puts it before the bound.
             if not st.db_more or (st.bound is not None and npr < st.bound[0]):
-                place(st, (npr, rid, self._pack_one(r), block[1]))
+                place(st, (npr, rid, blob, block[1]))
         touched: list[int] = []
         for p, n in Counter(ps).items():
             st = parts[p]
@@ -299,13 +303,13 @@ class Frontier:
                 touched.append(p)
             st.count += n
             st.avail += n
-        n = len(requests)
+        n = len(ps)
         self.size += n
         self._txn_rows += n
         return n, touched
 
-    def _open_block(self, p: int, st: _Partition, npr: int) -> tuple[int, int, list[dict[str, Any]]]:
-        block: tuple[int, int, list[dict[str, Any]]] = (npr, self._next_id, [])
+    def _open_block(self, p: int, st: _Partition, npr: int) -> tuple[int, int, list[bytes]]:
+        block: tuple[int, int, list[bytes]] = (npr, self._next_id, [])
         self._next_id += ROW_MAX  # ids are reserved: a row's ids are consecutive, rows apart
         st.blocks.append(block)
         st.tail[npr] = block
@@ -334,7 +338,7 @@ class Frontier:
 
     def _write_all(self) -> None:
         """Write every open block as a row (one not acked yet, that is)."""
-        parts, opened, pack = self.parts, self._rows, self._packer.pack
+        parts, opened, join = self.parts, self._rows, b"".join
         rows = []
         for p in sorted(self._unwritten):
             st = parts[p]
@@ -344,7 +348,7 @@ class Frontier:
                 state.n = n = len(reqs)
                 state.left = n - state.acked.bit_count()
                 if state.left:
-                    rows.append((rid, p, npr, n, pack(reqs)))
+                    rows.append((rid, p, npr, n, join(reqs)))
                 if not state.left or not (state.acked or state.loaded):
                     del opened[rid]  # done, or nothing of it in memory: read again when needed
             st.blocks = []
@@ -366,7 +370,7 @@ class Frontier:
             if not requests:
                 return 0, []
             self._begin()
-            return self._store(requests)
+            return self._store(packed(requests))
 
     def stored(self, rid: int) -> tuple[int, bytes] | None:
         """(partition, wire request) of the unacked stored request ``rid``, or None."""
@@ -448,7 +452,7 @@ class Frontier:
                     if (bound is not None and key <= bound) or (last is not None and key > last):
                         continue
                     if not (acked >> i & 1 or rid + i in leased or rid + i in returned):
-                        entries.append((npr, rid + i, self._pack_one(r), rid))
+                        entries.append((npr, rid + i, r, rid))
                         state.loaded = True
             entries.sort()
             st.buf.extend(entries)

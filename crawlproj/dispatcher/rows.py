@@ -13,7 +13,7 @@ grew well past what is still live.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -35,19 +35,28 @@ class RowState:
         self.loaded = False  # some of its requests went into memory (kept until it is done)
 
 
-class RowPacker:
-    """Requests end to end for a row (one msgpack call for the lot) and back into requests."""
+class Packed(NamedTuple):
+    """Requests as the frontier stores them: request i is ``blobs[i]`` (one msgpack wire
+    request), of fingerprint ``fps[i]`` and partition ``parts[i]``; ``nprs``: negated
+    priorities (None: all 0)."""
+    fps: list[bytes]
+    blobs: list[bytes]
+    parts: list[int]
+    nprs: list[int] | None
 
-    def __init__(self) -> None:
-        self._pack = msgpack.Packer(use_bin_type=True).pack
+    def take(self, keep: list[int]) -> Packed:
+        """The requests at positions ``keep``, in that order."""
+        nprs = self.nprs
+        return Packed([self.fps[i] for i in keep], [self.blobs[i] for i in keep],
+                      [self.parts[i] for i in keep], None if nprs is None else [nprs[i] for i in keep])
 
-    def pack(self, requests: list[dict[str, Any]]) -> bytes:
-        n = len(requests)
-        blob = self._pack(requests)
-        return blob[1 if n < 16 else 3 if n < 65536 else 5:]  # without the array header
 
-    def pack_one(self, request: dict[str, Any]) -> bytes:
-        return self._pack(request)
+def packed(requests: list[dict[str, Any]]) -> Packed:
+    """Wire request maps (checked already), packed one by one."""
+    pack = msgpack.Packer(use_bin_type=True).pack
+    nprs = [-r.get("pr", 0) for r in requests]
+    return Packed([r["f"] for r in requests], [pack(r) for r in requests],
+                  [r["p"] for r in requests], nprs if any(nprs) else None)
 
 
 def split(blob: bytes, n: int) -> list[bytes]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy import Request
 
 from crawlproj.extensions.drain import drain_stats
-from crawlproj.wire.protocol import UNKNOWN_NODE
+from crawlproj.wire.protocol import UNKNOWN_NODE, push_fields
 from crawlproj.wire.request import WireCodec
 from crawlproj.scheduling.state import NodeState
 
@@ -163,7 +163,7 @@ class DispatcherSession(NodeState):
             return
         while self.push_buffer:
             batch, self.push_buffer = self.push_buffer[: self.config.push_batch], self.push_buffer[self.config.push_batch:]
-            self.link.send("push", node=self.node, requests=batch)
+            self.link.send("push", node=self.node, **push_fields(batch))
             self._sent("push", batch)
             self.stats.inc_value("dispatcher/pushed", len(batch))
         if self.ack_buffer:
@@ -199,7 +199,7 @@ class DispatcherSession(NodeState):
         pushes = acks = 0
         for _, kind, payload in self.replay_log:
             if kind == "push":
-                self.link.send("push", node=self.node, requests=payload)
+                self.link.send("push", node=self.node, **push_fields(payload))
                 pushes += len(payload)
             else:
                 leases, fields = payload

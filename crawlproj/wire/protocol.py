@@ -15,7 +15,13 @@ Messages (node -> dispatcher)
     heartbeat  {node} (+ clock)                         liveness; answered with "heartbeat"
     renew      {node, leases: [lease id]}            these leases are still held: extend them
     pull       {node, credit}                         "I can take ``credit`` more requests"
-    push       {node, requests: [wire request]}      discovered links (not yet deduplicated)
+    push       {node, requests, f, k, p}              discovered links (not yet deduplicated):
+               requests: one msgpack array of wire requests, as bytes (spliced into "batch"
+               frames as they are); f, k, p: their fingerprints end to end and their keys and
+               partitions, in order (+ pr: their priorities, when any is not 0; + df: the
+               positions of the dont_filter ones). Built by :func:`push_fields`, read by
+               :func:`split_push`. A list of wire request maps as ``requests`` (no columns) is
+               read too.
     ack        {node, leases: [lease id]}            these leased requests reached a final fate
                (+ outcomes: [[lease id, outcome map]], for the revisit schedule; docs/protocol.md)
     release    {node, leases: [lease id]}            give these back unfetched (revoke, shutdown)
@@ -70,6 +76,10 @@ Semantics, as the dispatcher (crawlproj.dispatcher.service) implements them
       to the frontier at once. A handoff of partitions that were not revoked means the node is
       leaving (bye follows).
     - Lease ids are frontier row ids, stable across dispatcher restarts.
+    - A push is checked in its columns (what the dispatcher acts on: fingerprint, partition of
+      the key, priority), in the framing of each request, and in full for its first request,
+      which must match the columns; the content of every other request is checked by the node
+      that leases it (an invalid one is acked as final there, with one error line).
 
 A *wire request* is a map, built by :func:`wire_request` (or :func:`routed_request` from a URL)
 and checked by :func:`check_wire_request`:
@@ -97,7 +107,7 @@ deduplicates without parsing URLs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -133,6 +143,7 @@ DISPATCHER_TYPES = {
 }
 WIRE_REQUEST_FIELDS = ("u", "f", "k", "p")
 FINGERPRINT_BYTES = 20  # SHA-1, crawlproj.wire.urls.fingerprint
+MAX_PRIORITY = 2 ** 62  # |pr| beyond this does not fit SQLite's integer once negated
 
 # -- reason codes ------------------------------------------------------------------------------------
 
@@ -201,6 +212,97 @@ def encode_batch(items: list[tuple[int, bytes]]) -> bytes:
         parts.append(packb(rid))
         parts.append(blob)
     return b"".join(parts)
+
+
+def push_fields(requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fields of a "push" of these (valid) wire requests: the requests packed once, and the
+    columns the dispatcher routes and deduplicates by without decoding them."""
+    fields: dict[str, Any] = {
+        "requests": msgpack.packb(requests, use_bin_type=True),
+        "f": b"".join([r["f"] for r in requests]),
+        "k": [r["k"] for r in requests],
+        "p": [r["p"] for r in requests],
+    }
+    prs = [r.get("pr", 0) for r in requests]
+    if any(prs):
+        fields["pr"] = prs
+    forced = [i for i, r in enumerate(requests) if r.get("df")]
+    if forced:
+        fields["df"] = forced
+    return fields
+
+
+class Push(NamedTuple):
+    """A push, split (:func:`split_push`): request i is ``blobs[i]`` (msgpack), its fingerprint
+    ``fps[i]``, key ``keys[i]``, partition ``parts[i]``; ``prs``: priorities (None: all 0);
+    ``forced``: positions of the dont_filter requests (None: none)."""
+    blobs: list[bytes]
+    fps: list[bytes]
+    keys: list[str]
+    parts: list[int]
+    prs: list[int] | None
+    forced: list[int] | None
+
+
+def _all_of(values: Any, kind: type, n: int) -> bool:
+    return type(values) is list and len(values) == n and (not values or set(map(type, values)) == {kind})
+
+
+def split_push(msg: dict[str, Any], partitions: int) -> Push:
+    """The columns of a columnar push (:func:`push_fields`) and each request's bytes, checked as
+    the module docstring says (the partitions of the keys excepted: that is the caller's cache);
+    raises ProtocolError naming the fault."""
+    blob = msg["requests"]
+    if type(blob) is not bytes:
+        raise ProtocolError("push requests must be a msgpack array (bytes) or a list of maps")
+    unpacker = msgpack.Unpacker(max_buffer_size=max(len(blob), 1))
+    unpacker.feed(blob)
+    try:
+        n = unpacker.read_array_header()
+        skip, tell = unpacker.skip, unpacker.tell
+        start = tell()
+        blobs = []
+        for _ in range(n):
+            skip()
+            end = tell()
+            blobs.append(blob[start:end])
+            start = end
+    except Exception as exc:  # OutOfData, FormatError, StackError, ValueError...
+        raise ProtocolError(f"push requests are not a msgpack array: {type(exc).__name__}") from exc
+    if start != len(blob):
+        raise ProtocolError(f"push requests: {len(blob) - start} bytes after the array")
+    fps, keys, parts = msg.get("f"), msg.get("k"), msg.get("p")
+    if type(fps) is not bytes or len(fps) != n * FINGERPRINT_BYTES:
+        raise ProtocolError(f"push f must be the {n} fingerprints end to end ({n * FINGERPRINT_BYTES} bytes)")
+    if not _all_of(keys, str, n):
+        raise ProtocolError(f"push k must be a list of {n} key strings")
+    if not _all_of(parts, int, n) or (n and not 0 <= min(parts) <= max(parts) < partitions):
+        raise ProtocolError(f"push p must be a list of {n} partitions in 0..{partitions - 1}")
+    prs = msg.get("pr")
+    if prs is not None and (not _all_of(prs, int, n) or (n and not -MAX_PRIORITY < min(prs) <= max(prs) < MAX_PRIORITY)):
+        raise ProtocolError(f"push pr must be a list of {n} integer priorities")
+    forced = msg.get("df")
+    if forced is not None and (not _all_of(forced, int, len(forced)) or (forced and not 0 <= min(forced) <= max(forced) < n)):
+        raise ProtocolError(f"push df must be a list of positions in 0..{n - 1}")
+    split = Push(blobs, [fps[i:i + FINGERPRINT_BYTES] for i in range(0, len(fps), FINGERPRINT_BYTES)],
+                 keys, parts, prs, forced)
+    if n:
+        _check_first(split, partitions)
+    return split
+
+
+def _check_first(push: Push, partitions: int) -> None:
+    """The first request of a push in full, against the columns (a node that builds its columns
+    from other requests than it packs is refused at once)."""
+    try:
+        first = msgpack.unpackb(push.blobs[0], raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise ProtocolError(f"push request 0 does not decode: {type(exc).__name__}") from exc
+    check_wire_request(first, partitions)
+    if (first["f"], first["k"], first["p"], first.get("pr", 0), bool(first.get("df"))) != (
+            push.fps[0], push.keys[0], push.parts[0], push.prs[0] if push.prs else 0,
+            bool(push.forced) and push.forced[0] == 0):
+        raise ProtocolError("push request 0 does not match its f, k, p, pr or df columns")
 
 
 def wire_request(url: str, fp: bytes, key: str, partition: int, *, method: str = "GET",
@@ -331,9 +433,10 @@ def _check_heartbeat(m: dict[str, Any]) -> str:
 def _check_batch(m: dict[str, Any]) -> str:
     leases = m["leases"]
     if not isinstance(leases, list) or not all(
-            isinstance(pair, list) and len(pair) == 2 and _is_int(pair[0]) and isinstance(pair[1], dict)
-            for pair in leases):
-        return "leases that are not a list of [lease id, map] pairs"
+            isinstance(pair, list) and len(pair) == 2 and _is_int(pair[0]) for pair in leases):
+        # each request is checked on its own (check_wire_request): one bad request is acked as
+        # final by the node, the rest of the batch is served
+        return "leases that are not a list of [lease id, request] pairs"
     return ""
 
 

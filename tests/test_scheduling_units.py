@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from scrapy import Request, Spider
 
 from crawlproj.wire.protocol import check_wire_request
 from crawlproj.scheduling.keyqueue import KeyQueues
+from crawlproj.scheduling.scheduler import DispatcherScheduler
 from crawlproj.linkfilter import RecentSet
 from crawlproj.wire.request import Unserializable, WireCodec
 
@@ -123,3 +127,36 @@ def test_a_node_without_a_download_timeout_refuses_to_start():
     settings.set("DOWNLOAD_TIMEOUT", 0)
     with pytest.raises(ValueError, match=r"^DOWNLOAD_TIMEOUT: .*fence.*got 0"):
         NodeConfig.from_settings(settings)
+
+
+def test_a_pending_wake_due_later_is_moved_up_never_put_off():
+    """The engine is woken when the earliest key is ready: a key ready sooner than the armed
+    timer (another key's delay) moves it up; a later one leaves it; "now" wins over both."""
+    async def run() -> list[float]:
+        s = DispatcherScheduler.__new__(DispatcherScheduler)  # only the wake timer is used
+        s.engine_ready, s._wake_handle, s._wake_at = True, None, 0.0
+        fired: list[float] = []
+
+        def wake() -> None:
+            s._wake_handle = None
+            fired.append(time.monotonic())
+
+        s._wake = wake  # type: ignore[method-assign]
+        t0 = time.monotonic()
+        s._wake_by(t0 + 30.0)  # another key's delay
+        s._wake_by(t0 + 0.05)  # a key ready sooner: moved up
+        s._wake_by(t0 + 20.0)  # later than the pending one: it stands
+        deadline = time.monotonic() + 10
+        while not fired and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the poll interval of a deadline-bound wait
+        assert fired and fired[0] - t0 >= 0.05 - 0.005
+        s._wake_by(t0 + 30.0)
+        s._wake_soon()  # a lease for an idle key: at once
+        while len(fired) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if s._wake_handle is not None:
+            s._wake_handle.cancel()
+        return [t - t0 for t in fired]
+
+    fired = asyncio.run(run())
+    assert len(fired) == 2 and fired[0] < 10 and fired[1] < 10, fired  # neither at 20 nor 30 s

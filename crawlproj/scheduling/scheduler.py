@@ -90,6 +90,7 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
         self.spider: Spider | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wake_handle: asyncio.Handle | None = None
+        self._wake_at = 0.0  # monotonic time the pending wake is due (0: as soon as possible)
         self._welcomed = asyncio.Event()
         # when a key may be fetched: the node's one politeness gate (None: Scrapy's slots decide)
         self.gate = gate
@@ -324,14 +325,27 @@ class DispatcherScheduler(DispatcherSession, PartitionHandoff, BaseScheduler):
     def _arm_wake(self) -> None:
         """Wake the engine when the earliest delayed key becomes ready."""
         when = self.queues.next_ready_time()
-        if when is None or self._wake_handle is not None or not self.engine_ready:
-            return
-        loop = asyncio.get_event_loop()
-        self._wake_handle = loop.call_later(max(0.0, when - time.monotonic()), self._wake)
+        if when is not None:
+            self._wake_by(when)
 
     def _wake_soon(self) -> None:
-        if self._wake_handle is None and self.engine_ready:
-            self._wake_handle = asyncio.get_event_loop().call_soon(self._wake)
+        self._wake_by(0.0)
+
+    def _wake_by(self, when: float) -> None:
+        """Have a wake due at ``when`` (monotonic; 0: now) at the latest. A pending wake due later
+        is moved up: a key that became ready, or a lease that came for an idle key, never waits
+        for a timer armed for another key's delay."""
+        if not self.engine_ready:
+            return
+        handle = self._wake_handle
+        if handle is not None:
+            if self._wake_at <= when:
+                return
+            handle.cancel()
+        loop = asyncio.get_event_loop()
+        delay = when - time.monotonic()
+        self._wake_at = max(0.0, when)
+        self._wake_handle = loop.call_later(delay, self._wake) if delay > 0 else loop.call_soon(self._wake)
 
     def _wake(self) -> None:
         """Re-inject one ready request through the public engine.crawl(), which makes the engine

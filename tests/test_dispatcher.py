@@ -550,6 +550,74 @@ def test_columnar_push_checks_columns_framing_and_first_request(dispatcher, zmq_
         rogue.close(0)
 
 
+def test_backlog_balance_moves_a_partition_from_the_loaded_node_to_the_idle_one(
+        dispatcher, zmq_context):
+    """Two nodes, all backlog in two partitions of one of them: the larger partition that
+    lowers the larger backlog moves (revoke, handoff, assign), once; the smaller one stays."""
+    d = dispatcher("--partitions", str(P_SMALL), *FAST_HEARTBEATS, "--balance-interval", "0.2")
+    owned: dict[str, set[int]] = {"a": set(), "b": set()}
+    seen: dict[str, list[tuple[str, list[int]]]] = {"a": [], "b": []}
+    socks = {}
+    for name in ("a", "b"):
+        sock = socks[name] = zmq_context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, name.encode())
+        sock.connect(d.endpoint)
+
+    def pump(until: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 15
+        while not until():
+            assert time.monotonic() < deadline, f"{what}: {seen}"
+            for name, sock in socks.items():
+                while sock.poll(20):
+                    msg = decode_from_dispatcher(sock.recv())
+                    if msg["t"] == "welcome":
+                        owned[name] |= set(msg["assigned"])
+                    elif msg["t"] == "assign":
+                        owned[name] |= set(msg["partitions"])
+                        seen[name].append(("assign", msg["partitions"]))
+                    elif msg["t"] == "revoke":
+                        owned[name] -= set(msg["partitions"])
+                        seen[name].append(("revoke", msg["partitions"]))
+                        sock.send(encode("handoff", node=name, partitions=msg["partitions"], state={}))
+                    elif msg["t"] == "heartbeat":
+                        pass
+            for name, sock in socks.items():
+                sock.send(encode("heartbeat", node=name))
+
+    try:
+        socks["a"].send(encode("register", node="a", pid=1, host="test", capacity=1))
+        pump(lambda: len(owned["a"]) == P_SMALL, "a owns every partition")
+        socks["b"].send(encode("register", node="b", pid=2, host="test", capacity=1))
+        pump(lambda: owned["b"] and len(owned["a"]) + len(owned["b"]) == P_SMALL, "b got its share")
+        seen["a"].clear()
+        seen["b"].clear()
+        # two keys of two partitions of a: 250 and 150 requests (nobody pulls: they stay)
+        keys = []
+        for i in range(10_000):
+            key = f"site{i}.test"
+            p = partition_of(key, P_SMALL)
+            if p in owned["a"] and p not in [q for _, q in keys]:
+                keys.append((key, p))
+            if len(keys) == 2:
+                break
+        (big, p_big), (small, p_small) = keys
+        reqs = []
+        for key, n in ((big, 250), (small, 150)):
+            for j in range(n):
+                url = canonicalize(f"http://{key}/page{j}")
+                reqs.append({"u": url, "f": fingerprint(url), "k": key, "p": partition_of(key, P_SMALL)})
+        socks["a"].send(encode("push", node="a", **push_fields(reqs)))
+        pump(lambda: p_big in owned["b"], "the larger partition moved to b")
+        pump(lambda: d.status()["counters"].get("balance_moves") == 1, "one move counted")
+        time.sleep(1.0)  # five balance checks: a second move would show (not synchronisation)
+        pump(lambda: True, "")
+        assert seen["a"] == [("revoke", [p_big])] and seen["b"] == [("assign", [p_big])]
+        assert p_small in owned["a"] and d.status()["counters"]["balance_moves"] == 1
+    finally:
+        for sock in socks.values():
+            sock.close(0)
+
+
 def test_partition_count_is_fixed_per_store(dispatcher):
     d = dispatcher("--partitions", "64")
     assert d.terminate() == 0

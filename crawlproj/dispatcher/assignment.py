@@ -19,6 +19,10 @@ from .core import Core, Node
 
 logger = logging.getLogger("crawlproj.dispatcher")
 
+BALANCE_MIN_GAP = 200  # requests of backlog between two nodes below which nothing moves
+BALANCE_RATIO = 1.5  # ... nor while the larger backlog is under this many times the smaller
+BALANCE_HOLD = 30.0  # seconds a partition moved for balance stays where it went
+
 
 class Assignment(Core):
     def _rebalance(self, welcome: Node | None = None) -> set[int]:
@@ -34,6 +38,11 @@ class Assignment(Core):
             return welcome_fenced
         live = [n.name for n in self.nodes.values() if n.alive and not n.leaving]
         table = self.rdv.table(live)
+        if self.balanced:
+            if self.balanced_for != frozenset(live):  # nodes came or went: rendezvous again
+                self.balanced.clear()
+            for p, name in self.balanced.items():
+                table[p] = name
         revokes: dict[str, list[int]] = {}
         assigns: dict[tuple[str, int, bool], tuple[dict[Any, Any], list[int]]] = {}
         now = time.monotonic()
@@ -72,6 +81,45 @@ class Assignment(Core):
             self._reply([self.nodes[name].identity], "assign", partitions=parts, state=state,
                         **({"fenced": True} if fenced else {}))
         return welcome_fenced
+
+    def _balance(self, now: float) -> None:
+        """Move one partition from the node with the largest backlog to the one with the
+        smallest, when that lowers the larger of the two.
+
+        A crawl ends when its slowest key is done, and a node busy with many keys' pages starts
+        each key's next fetch late: with few keys (or few large ones) the hash can leave one node
+        with most of the work and the other idle. The backlog of a partition is its unacked
+        requests; the one moved is the largest smaller than the two nodes' difference, so every
+        move lowers the sum of squared backlogs (moves cannot cycle), and a moved partition stays
+        BALANCE_HOLD seconds. Nothing moves while a handoff is pending or under BALANCE_MIN_GAP.
+        """
+        if self._holding or self.pending:
+            return
+        live = [n for n in self.nodes.values() if n.alive and not n.leaving]
+        if len(live) < 2:
+            return
+        parts = self.frontier.parts
+        load = {n.name: sum(parts[p].count for p in n.owned) for n in live}
+        hi = max(live, key=lambda n: load[n.name])
+        lo = min(live, key=lambda n: load[n.name])
+        gap = load[hi.name] - load[lo.name]
+        if gap < BALANCE_MIN_GAP or load[hi.name] < BALANCE_RATIO * load[lo.name]:
+            return
+        held = self.balanced_at
+        best, best_count = None, 0
+        for p in hi.owned:
+            c = parts[p].count
+            if best_count < c < gap and now - held.get(p, -BALANCE_HOLD) >= BALANCE_HOLD:
+                best, best_count = p, c
+        if best is None:
+            return
+        self.balanced_for = frozenset(n.name for n in live)
+        self.balanced[best] = lo.name
+        held[best] = now
+        self.counters["balance_moves"] += 1
+        logger.info("Balance: moving partition %d (%d requests) from %s (%d) to %s (%d)",
+                    best, best_count, hi.name, load[hi.name], lo.name, load[lo.name])
+        self._rebalance()
 
     def _on_handoff(self, identity: bytes, envelope: list[bytes], msg: dict[str, Any]) -> None:
         node = self._known(identity, envelope)

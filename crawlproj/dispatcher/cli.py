@@ -26,6 +26,7 @@ from typing import Any
 from crawlproj.observability.dispatcher import DispatcherObserver
 
 from .config import (
+    DEFAULT_BALANCE_INTERVAL,
     DEFAULT_BIND,
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_TIMEOUT,
@@ -135,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env("commit_interval", DEFAULT_COMMIT_INTERVAL, float),
                    help="longest time (s) writes stay uncommitted; a crash "
                         "loses nothing either way (at-least-once), only re-crawls more")
+    p.add_argument("--balance-interval", type=float,
+                   default=_env("balance_interval", DEFAULT_BALANCE_INTERVAL, float),
+                   help="seconds between two looks at the nodes' backlogs, moving a partition "
+                        "from the most loaded node to the least when that helps (0: never)")
     p.add_argument("--revisit-share", type=float,
                    default=_env("revisit_share", DEFAULT_REVISIT_SHARE, float),
                    help="most of a partition's waiting requests that may be revisits when new "
@@ -186,7 +191,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         curve_authorized_dir=args.curve_authorized_dir, http_port=args.http_port,
         http_host=args.http_host, series_interval=args.series_interval,
         series_points=args.series_points, timings_interval=args.timings_interval,
-        revisit_share=args.revisit_share,
+        revisit_share=args.revisit_share, balance_interval=args.balance_interval,
     )
 
 

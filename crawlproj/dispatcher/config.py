@@ -41,6 +41,9 @@ def _bad(name: str, value: Any, expected: str) -> ConfigError:
     return ConfigError(f"{option(name)}: expected {expected}, got {value!r}")
 
 
+DEFAULT_BALANCE_INTERVAL = 1.0  # seconds between two looks at the nodes' backlogs (0: never)
+
+
 @dataclass
 class Config:
     bind: str = DEFAULT_BIND
@@ -61,6 +64,7 @@ class Config:
     hot_seen: int = DEFAULT_HOT_SEEN
     seen_filter_mib: int = DEFAULT_FILTER_MIB  # Bloom filter of the seen index (crawlproj.dispatcher.seen)
     commit_interval: float = DEFAULT_COMMIT_INTERVAL
+    balance_interval: float = DEFAULT_BALANCE_INTERVAL  # seconds between backlog balance checks (0: off)
     restart_hold: float | None = None  # None: heartbeat_timeout when resuming a store
     min_nodes: int = 1  # no partition is assigned before this many nodes are alive
     curve_secret_key: str | None = None  # CURVE: this dispatcher's key pair (crawlproj keys)
@@ -119,6 +123,8 @@ class Config:
             raise _bad("seen_filter_mib", self.seen_filter_mib, f"MiB between 1 and {FILTER_MIB_MAX}")
         if self.min_nodes < 1:
             raise _bad("min_nodes", self.min_nodes, "an integer >= 1")
+        if not self.balance_interval >= 0:
+            raise _bad("balance_interval", self.balance_interval, "a number of seconds >= 0 (0: off)")
         if self.series_points < 2:
             raise _bad("series_points", self.series_points, "an integer >= 2")
         if not 0 <= self.revisit_share <= 1:

@@ -83,6 +83,11 @@ class Core:
         self.pending: dict[int, str] = {}  # partition -> node asked to hand it off
         self.parked_state: dict[int, dict[Any, Any]] = {}  # handed-off state awaiting an owner
         self.rdv = Rendezvous(self.P)
+        # partitions moved off their rendezvous node by the backlog balance (crawlproj.dispatcher
+        # .assignment): partition -> node, for the live set they were computed for; when moved
+        self.balanced: dict[int, str] = {}
+        self.balanced_for: frozenset[str] = frozenset()
+        self.balanced_at: dict[int, float] = {}
         self.leases: OrderedDict[int, Lease] = OrderedDict()  # insertion order = deadline order
         # postponed leases (robots.txt unreachable): row id -> (partition, row, key, due), a heap
         # of (due, row id) over them, and how many wait per politeness key

@@ -93,6 +93,7 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
         self.hold_until = self.started_mono + hold
         self._holding = hold > 0 or config.min_nodes > 1
         self._next_dead_check = 0.0
+        self._next_balance = 0.0
         self._next_seed_poll = 0.0
         self._summary_at = self.started_mono
         self._summary_counters: Counter[str] = Counter()
@@ -332,6 +333,9 @@ class Dispatcher(Membership, Assignment, Leasing, PushIntake, StatusReport):
             self._next_dead_check = now + min(self.config.heartbeat_interval / 2,
                                                 DEAD_CHECK_MAX_SECONDS)
             self._check_dead(now)
+        if self.config.balance_interval and now >= self._next_balance:
+            self._next_balance = now + self.config.balance_interval
+            self._balance(now)
         self._expire(now)
         self._release_postponed(now)
         self._unfence(now)

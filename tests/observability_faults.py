@@ -213,7 +213,16 @@ class DelayProxy:
         await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        """Cancel the open connections' pipes (their ``finally`` closes the streams while the loop
+        still runs), then stop the loop."""
+        async def shutdown() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
         self.thread.join(10)
 
 

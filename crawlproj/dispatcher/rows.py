@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from crawlproj.wire.protocol import cut_objects
+
 ROW_MAX = 64  # requests in one row at most (a row is read whole when a partition refills)
 
 
@@ -65,15 +67,7 @@ def split(blob: bytes, n: int) -> list[bytes]:
         return [blob]
     unpacker = msgpack.Unpacker()
     unpacker.feed(blob)
-    skip, tell = unpacker.skip, unpacker.tell
-    out = []
-    start = 0
-    for _ in range(n):
-        skip()
-        end = tell()
-        out.append(blob[start:end])
-        start = end
-    return out
+    return cut_objects(unpacker, blob, n)
 
 
 def encode_acks(pairs: list[int]) -> bytes:

@@ -259,18 +259,11 @@ def split_push(msg: dict[str, Any], partitions: int) -> Push:
     unpacker.feed(blob)
     try:
         n = unpacker.read_array_header()
-        skip, tell = unpacker.skip, unpacker.tell
-        start = tell()
-        blobs = []
-        for _ in range(n):
-            skip()
-            end = tell()
-            blobs.append(blob[start:end])
-            start = end
+        blobs = cut_objects(unpacker, blob, n)
     except Exception as exc:  # OutOfData, FormatError, StackError, ValueError...
         raise ProtocolError(f"push requests are not a msgpack array: {type(exc).__name__}") from exc
-    if start != len(blob):
-        raise ProtocolError(f"push requests: {len(blob) - start} bytes after the array")
+    if unpacker.tell() != len(blob):
+        raise ProtocolError(f"push requests: {len(blob) - unpacker.tell()} bytes after the array")
     fps, keys, parts = msg.get("f"), msg.get("k"), msg.get("p")
     if type(fps) is not bytes or len(fps) != n * FINGERPRINT_BYTES:
         raise ProtocolError(f"push f must be the {n} fingerprints end to end ({n * FINGERPRINT_BYTES} bytes)")
@@ -289,6 +282,20 @@ def split_push(msg: dict[str, Any], partitions: int) -> Push:
     if n:
         _check_first(split, partitions)
     return split
+
+
+def cut_objects(unpacker: msgpack.Unpacker, blob: bytes, n: int) -> list[bytes]:
+    """The next ``n`` msgpack objects of ``blob`` (fed to ``unpacker``), each its own bytes,
+    nothing decoded; raises what ``Unpacker.skip`` raises on bad or missing data."""
+    skip, tell = unpacker.skip, unpacker.tell
+    out = []
+    start = tell()
+    for _ in range(n):
+        skip()
+        end = tell()
+        out.append(blob[start:end])
+        start = end
+    return out
 
 
 def _check_first(push: Push, partitions: int) -> None:

@@ -33,6 +33,7 @@ TRAP_GUARD_ORDER = 60
 ROBOTS_ORDER = 100  # the place of Scrapy's RobotsTxtMiddleware
 DECOMPRESSION_ORDER = 590  # the place of Scrapy's HttpCompressionMiddleware
 SSRF_PEER_CHECK_ORDER = 950  # first to see a response
+FETCH_START_ORDER = 1000  # last before the downloader: a key's delay ends, then straight to its slot
 LEASE_TRACKER_ORDER = 10  # outermost spider middleware: it sees the final output
 PARSE_TIMING_ORDER = 1050  # innermost: one perf_counter pair per response
 POLITENESS_GATE_ORDER = 0
@@ -67,7 +68,8 @@ class Politeness:
         if throttle_enabled(settings):
             _put(settings, "EXTENSIONS", {"crawlproj.politeness.gate.PolitenessGate": POLITENESS_GATE_ORDER})
             _put(settings, "DOWNLOADER_MIDDLEWARES", {
-                "crawlproj.middlewares.robots_throttle.RobotsThrottleMiddleware": ROBOTS_ORDER})
+                "crawlproj.middlewares.robots_throttle.RobotsThrottleMiddleware": ROBOTS_ORDER,
+                "crawlproj.middlewares.robots_throttle.FetchStartMiddleware": FETCH_START_ORDER})
         else:
             _put(settings, "DOWNLOADER_MIDDLEWARES", {
                 "crawlproj.middlewares.robotstxt.FixedRobotsTxtMiddleware": ROBOTS_ORDER})

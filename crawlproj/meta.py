@@ -24,8 +24,10 @@ OWN_ERRBACK = "_eb"
 CANONICAL = "_canon"
 #: A robots.txt request of RobotsThrottleMiddleware (never filtered by traps or robots).
 ROBOTS_FETCH = "robots_throttle_fetch"
-#: Bytes received so far of a robots.txt request (cut at MAX_ROBOTS_BYTES).
-ROBOTS_BYTES = "_robots_throttle_bytes"
+#: (body bytes received so far, monotonic time the last of them arrived) of the request's
+#: download attempt: a robots.txt body is cut at MAX_ROBOTS_BYTES, a key's delay counts from
+#: the last byte of an answer (crawlproj.middlewares.robots_throttle).
+RECEIVED = "_robots_throttle_received"
 #: The request's answer was recorded by the politeness gate (a failure left no answer).
 ANSWERED = "_robots_throttle_answered"
 
@@ -36,7 +38,7 @@ REVISIT_OUTCOME = "_revisit"
 REVISIT_SENT = "_revisit_sent"
 
 CRAWLPROJ_KEYS = frozenset({LEASE, PARENT, KEY, PARTITION, WAKE, OWN_ERRBACK, CANONICAL,
-                            ROBOTS_FETCH, ROBOTS_BYTES, ANSWERED, REVISIT_OUTCOME, REVISIT_SENT})
+                            ROBOTS_FETCH, RECEIVED, ANSWERED, REVISIT_OUTCOME, REVISIT_SENT})
 
 # -- crawlproj's keys that travel: what the frontier knows of a URL, handed out with it ----------
 #: Stored validators and content hash of a page (crawlproj.middlewares.revisit): a request that

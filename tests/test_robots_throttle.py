@@ -582,3 +582,25 @@ def test_politeness_checks_catch_violations():
     assert by_key([acc(0, 1, "blog.a.test"), acc(5, 6)]).keys() == {"a.test"}
     with pytest.raises(AssertionError):
         assert_restart_gap([acc(0, 1)], [acc(100, 101)], 0.2)
+
+
+def test_a_keys_delay_counts_from_the_last_byte_only_of_a_body_known_whole():
+    """The delay may count from the answer's last byte (the server sent it before) only when
+    the body is known whole: exactly its Content-Length received, no Transfer-Encoding. A cut,
+    chunked or close-delimited body counts from when the downloader handed it on."""
+    from scrapy.http import Response
+
+    from crawlproj.middlewares.robots_throttle import answer_end
+
+    def answer(**headers: str) -> Response:
+        return Response("http://a.test/", headers=headers)
+
+    now = 100.0
+    assert answer_end(answer(**{"Content-Length": "5"}), (5, 99.5), now) == 99.5
+    assert answer_end(answer(**{"Content-Length": "0"}), (0, 99.9), now) == 99.9  # headers only
+    assert answer_end(answer(**{"Content-Length": "5"}), (3, 99.5), now) == now  # cut short
+    assert answer_end(answer(**{"Content-Length": "5", "Transfer-Encoding": "chunked"}), (5, 99.5), now) == now
+    assert answer_end(answer(), (5, 99.5), now) == now  # ends with the connection
+    assert answer_end(answer(**{"Content-Length": " 5x"}), (5, 99.5), now) == now
+    assert answer_end(answer(**{"Content-Length": "5"}), None, now) == now  # no bytes seen (a cache)
+    assert answer_end(answer(**{"Content-Length": "5"}), (5, 100.5), now) == now  # never later

@@ -21,9 +21,12 @@ For every http(s) request:
    (:class:`~crawlproj.politeness.gate.Postponed`, stats ``robots/postponed``), until robots.txt
    has failed for ``ROBOTS_POSTPONE_MAX``. A request robots.txt forbids, or whose hold (or
    postponement) runs out, ends with IgnoreRequest (its errback sees it; ``robots/forbidden``).
-4. Under the dispatcher, a leased request waits out its key's delay here and starts only if the
-   node's fence still holds (re-read on the monotonic clock just before it enters its slot);
-   otherwise it is postponed, not fetched. A robots.txt fetch checks the fence too.
+4. Under the dispatcher, a leased request waits out its key's delay in the last downloader
+   middleware, :class:`FetchStartMiddleware`, and starts only if the node's fence still holds
+   (re-read on the monotonic clock just before it enters its slot); otherwise it is postponed,
+   not fetched. A robots.txt fetch checks the fence too. The delay counts from the answer's
+   last byte where the body is known whole (:func:`answer_end`), else from when the
+   downloader handed the answer on.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import ParseResult, urlsplit
 
 from scrapy import Request, signals
@@ -49,7 +52,7 @@ from crawlproj.meta import (
     DOWNLOAD_SLOT,
     KEY,
     LEASE,
-    ROBOTS_BYTES,
+    RECEIVED,
     ROBOTS_FETCH,
 )
 from crawlproj.politeness.config import throttle_enabled
@@ -72,6 +75,62 @@ logger = logging.getLogger(__name__)
 HTTP_DEFAULT_PORTS = {"http": 80, "https": 443}
 #: Like Scrapy's RobotsTxtMiddleware: robots.txt goes first in the slot's politeness order.
 ROBOTS_PRIORITY = 1000
+
+
+def answer_end(response: Response, received: tuple[int, float] | None, now: float) -> float:
+    """Monotonic time an answer ended, from which its key's delay counts: when the last byte of
+    its body arrived (the server sent it before), if the body is known whole, i.e. exactly its
+    Content-Length was received and no Transfer-Encoding ends it otherwise; else ``now``, when
+    the downloader handed the answer on, one reactor turn or more after its last byte."""
+    if received is None:
+        return now
+    headers = response.headers
+    length = headers.get(b"Content-Length")
+    if length is None or length != str(received[0]).encode() or b"Transfer-Encoding" in headers:
+        return now
+    return min(received[1], now)
+
+
+async def start_fenced(gate: PolitenessGate, key: str) -> None:
+    """Wait out ``key``'s delay (not in its slot), then read the fence: the request enters its
+    slot and starts at once, or is postponed (``politeness/fence_stopped``)."""
+    while True:
+        wait = gate.last_fetch(key) + gate.delay_for(key) - time.monotonic()
+        if wait <= 0:
+            break
+        d: Deferred[None] = Deferred()
+        call_later(wait, d.callback, None)
+        await maybe_deferred_to_future(d)
+    if not gate.fence_holds(time.monotonic()):
+        if gate.state.stats is not None:
+            gate.state.stats.inc_value("politeness/fence_stopped")
+        raise Postponed(0.0, "fence")
+
+
+class FetchStartMiddleware:
+    """The last downloader middleware: under the dispatcher a leased request waits out its key's
+    delay here and starts only if the node's fence still holds, with no other middleware left
+    to run between the end of the delay and its slot (the Politeness add-on puts it last)."""
+
+    def __init__(self, gate: PolitenessGate):
+        self.gate = gate
+        gate.starts_last = True
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> FetchStartMiddleware:
+        if not throttle_enabled(crawler.settings):
+            raise NotConfigured("ROBOTS_THROTTLE_ENABLED is off")
+        gate = crawler.get_extension(PolitenessGate)
+        if gate is None:
+            raise NotConfigured("FetchStartMiddleware needs the PolitenessGate extension "
+                                "(the add-on crawlproj.addons.Politeness enables both)")
+        return cls(gate)
+
+    async def process_request(self, request: Request) -> None:
+        meta = request.meta
+        key = meta.get(KEY)
+        if key is not None and LEASE in meta and self.gate.fenced and not meta.get(ROBOTS_FETCH):
+            await start_fenced(self.gate, key)
 
 
 def authority_of(url: ParseResult) -> str:
@@ -129,6 +188,7 @@ class RobotsThrottleMiddleware:
         connect(mw._request_reached_downloader, signal=signals.request_reached_downloader)
         connect(mw._response_downloaded, signal=signals.response_downloaded)
         connect(mw._request_left_downloader, signal=signals.request_left_downloader)
+        connect(mw._headers_received, signal=signals.headers_received)
         connect(mw._bytes_received, signal=signals.bytes_received)
         connect(mw._spider_closed, signal=signals.spider_closed)
         return mw
@@ -148,26 +208,9 @@ class RobotsThrottleMiddleware:
             rules = await self._robots_for(authority_of(url), key, request)
             if not rules.allowed(request.url, self.user_agent):
                 self._forbid(request, "rules", "Forbidden by robots.txt")
-        if self.gate.fenced and LEASE in meta:
-            await self._start_fenced(key)
+        if self.gate.fenced and LEASE in meta and not self.gate.starts_last:
+            await start_fenced(self.gate, key)  # FetchStartMiddleware is not in the chain
         return None
-
-    async def _start_fenced(self, key: str) -> None:
-        """Wait out the key's delay here (not in the slot), then check the fence last: the
-        request enters its slot and starts at once, or is postponed."""
-        while True:
-            wait = self.gate.last_fetch(key) + self.gate.delay_for(key) - time.monotonic()
-            if wait <= 0:
-                break
-            d: Deferred[None] = Deferred()
-            call_later(wait, d.callback, None)
-            await maybe_deferred_to_future(d)
-        self._check_fence()
-
-    def _check_fence(self) -> None:
-        if not self.gate.fence_holds(time.monotonic()):
-            self.stats.inc_value("politeness/fence_stopped")
-            raise Postponed(0.0, "fence")
 
     async def _robots_for(self, authority: str, key: str, request: Request) -> ParsedRobots:
         deadline: float | None = None
@@ -369,7 +412,7 @@ class RobotsThrottleMiddleware:
         key = request.meta.get(KEY)
         if key is None:
             return
-        now = time.monotonic()
+        now = answer_end(response, request.meta.get(RECEIVED), time.monotonic())
         slot = self._slot(key)
         if slot is not None:
             # Space the next fetch from this answer: the delay then holds as the server sees
@@ -393,12 +436,14 @@ class RobotsThrottleMiddleware:
             slot.lastseen = now
         self.gate.ended(key, now, request, robots=bool(request.meta.get(ROBOTS_FETCH)))
 
+    def _headers_received(self, headers: Any, body_length: int, request: Request, spider: Any = None) -> None:
+        request.meta[RECEIVED] = (0, time.monotonic())  # a new attempt: nothing of its body yet
+
     def _bytes_received(self, data: bytes, request: Request) -> None:
-        if not request.meta.get(ROBOTS_FETCH):
-            return
-        received = request.meta.get(ROBOTS_BYTES, 0) + len(data)
-        request.meta[ROBOTS_BYTES] = received
-        if received > MAX_ROBOTS_BYTES:
+        meta = request.meta
+        received = meta.get(RECEIVED, (0, 0.0))[0] + len(data)
+        meta[RECEIVED] = (received, time.monotonic())
+        if received > MAX_ROBOTS_BYTES and meta.get(ROBOTS_FETCH):
             self.stats.inc_value("robots/fetch/cut_at_limit")
             raise StopDownload(fail=False)  # RFC 9309 2.5: the first 500 KiB are enough
 

@@ -85,6 +85,7 @@ class PolitenessGate:
         self.key_by = politeness.config.key_by
         self._crawler = crawler
         self.fence_until = float("inf")  # monotonic; the DispatcherScheduler sets it
+        self.starts_last = False  # FetchStartMiddleware waits out the delays, last in the chain
         self._in_flight: set[str] = set()  # keys with a fetch in the downloader (<= CONCURRENT_REQUESTS)
         self._publisher: Any = None
 

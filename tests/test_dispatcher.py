@@ -23,7 +23,6 @@ import zmq
 
 from crawlproj.dispatcher.errors import StartError
 from crawlproj.dispatcher.frontier import Frontier
-from crawlproj.dispatcher.leases import MAX_PARTITION_LEASES
 from crawlproj.dispatcher.partitions import Rendezvous, rendezvous_owner
 from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj_testing.simnode import SimNode, drive, web_links, web_reachable
@@ -298,33 +297,6 @@ def test_simulated_nodes_crawl_to_completion_exactly_once(dispatcher, nodes, web
     assert state["counters"]["acked"] == len(truth)
     assert state["counters"]["new"] + state["counters"]["seeds_new"] == len(truth)
     assert sum(n["owned"] for n in state["nodes"].values()) == P_SMALL
-
-
-def test_a_partition_never_holds_more_than_its_share_of_a_nodes_credit(dispatcher, nodes):
-    """A key with a long backlog takes at most MAX_PARTITION_LEASES of a node's credit; a key
-    whose URLs come later is served from the rest at once, not after the backlog's fetches."""
-    d = dispatcher("--partitions", str(P_SMALL), *FAST_HEARTBEATS)
-    node = nodes(d.endpoint, "solo", capacity=0)
-    register([node])
-    long_key, late_key = "backlog.test", next(
-        f"late{i}.test" for i in range(1000)
-        if partition_of(f"late{i}.test", P_SMALL) != partition_of("backlog.test", P_SMALL))
-    node.push([node.wire(f"http://{long_key}/p{i}") for i in range(3 * MAX_PARTITION_LEASES)])
-    node.pull(512)
-    drive([node], lambda: len(node.leased) >= MAX_PARTITION_LEASES, 10, crawl=False,
-          heartbeat_interval=HEARTBEAT)
-    node.push([node.wire(f"http://{late_key}/p{i}") for i in range(5)])
-    drive([node], lambda: len(node.leased) >= MAX_PARTITION_LEASES + 5, 10, crawl=False,
-          heartbeat_interval=HEARTBEAT)
-    by_key = Counter(req["k"] for req in node.leases.values())
-    assert by_key == {long_key: MAX_PARTITION_LEASES, late_key: 5}
-    assert d.status()["nodes"]["solo"]["credit"] == 512 - MAX_PARTITION_LEASES - 5
-    # acks open the partition again, one lease for one
-    done = [lid for lid, req in node.leases.items() if req["k"] == long_key][:10]
-    node.ack(done)
-    drive([node], lambda: len(node.leased) >= MAX_PARTITION_LEASES + 15, 10, crawl=False,
-          heartbeat_interval=HEARTBEAT)
-    assert Counter(req["k"] for req in node.leases.values())[long_key] == MAX_PARTITION_LEASES
 
 
 def test_credit_is_never_exceeded(dispatcher, nodes, seeds):

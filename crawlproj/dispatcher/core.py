@@ -89,7 +89,6 @@ class Core:
         self.balanced_for: frozenset[str] = frozenset()
         self.balanced_at: dict[int, float] = {}
         self.leases: OrderedDict[int, Lease] = OrderedDict()  # insertion order = deadline order
-        self.out_by_part: list[int] = [0] * self.P  # open leases per partition (<= MAX_PARTITION_LEASES)
         # postponed leases (robots.txt unreachable): row id -> (partition, row, key, due), a heap
         # of (due, row id) over them, and how many wait per politeness key
         self.postponed: dict[int, tuple[int, Row, str, float]] = {}

@@ -6,10 +6,7 @@ A lease is a frontier row sent to a node in a "batch"; it stays open until the n
 robots.txt unreachable for now) waits here, outside the frontier, until its retry time; the
 row stays in the store, so after a restart it is simply served again. A node is served
 round-robin over its owned partitions that have requests, never beyond the credit it asked
-for, in frames under MAX_FRAME_BYTES, and never more than MAX_PARTITION_LEASES open leases per
-partition: a node's credit is shared by its keys, and the few keys with the longest backlogs
-would otherwise fill its whole queue (hundreds of requests each, seconds of work behind their
-delays) while another key's new URLs wait for credit and the key idles.
+for, in frames under MAX_FRAME_BYTES.
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ from .frontier import Row
 logger = logging.getLogger("crawlproj.dispatcher")
 
 MAX_BATCH_LEASES = 1000  # leases per "batch" frame
-MAX_PARTITION_LEASES = 128  # open leases per partition: a quarter of a node's default queue target
 MAX_CREDIT = 1_000_000  # outstanding credit a node may hold
 MAX_ROW_ID = 2 ** 63 - 1  # SQLite's largest integer
 MAX_POSTPONE_SECONDS = 7 * 86400.0  # a node's retry time beyond this is cut to it
@@ -42,8 +38,7 @@ class Leasing(Core):
         if name is None:
             return
         node = self.nodes[name]
-        if (p not in node.ready_set and self.frontier.available(p) > 0
-                and self.out_by_part[p] < MAX_PARTITION_LEASES):
+        if p not in node.ready_set and self.frontier.available(p) > 0:
             node.ready.append(p)
             node.ready_set.add(p)
             if node.credit > 0:
@@ -76,7 +71,7 @@ class Leasing(Core):
             self._serve_node(node)
 
     def _serve_node(self, node: Node) -> None:
-        ready, ready_set, owner, out = node.ready, node.ready_set, self.owner, self.out_by_part
+        ready, ready_set, owner = node.ready, node.ready_set, self.owner
         take, available = self.frontier.take, self.frontier.available
         name = node.name
         batch: list[tuple[int, int, Row]] = []
@@ -90,14 +85,12 @@ class Leasing(Core):
             row = take(p)
             if row is None:
                 continue
-            out[p] += 1
-            if available(p) > 0 and out[p] < MAX_PARTITION_LEASES:
-                ready.append(p)  # else _wake(p) when one of its leases ends
+            if available(p) > 0:
+                ready.append(p)
                 ready_set.add(p)
             blob_size = len(row[2]) + BATCH_FRAME_SLACK
             if batch and (len(batch) >= MAX_BATCH_LEASES or size + blob_size > limit):
                 if not self._send_batch(node, batch):
-                    out[p] -= 1
                     self.frontier.give_back(p, row)  # taken, in no batch: back with the others
                     self._wake(p)
                     return
@@ -127,13 +120,6 @@ class Leasing(Core):
         node.credit = 0
         return False
 
-    def _closed(self, p: int) -> None:
-        """A lease of partition ``p`` ended (acked, given back or postponed)."""
-        out = self.out_by_part
-        out[p] -= 1
-        if out[p] == MAX_PARTITION_LEASES - 1:
-            self._wake(p)  # it was held back at the cap
-
     def _give_back(self, rids: list[int], why: str) -> None:
         leases, give_back = self.leases, self.frontier.give_back
         for rid in rids:
@@ -144,7 +130,6 @@ class Leasing(Core):
             node = self.nodes.get(name)
             if node is not None:
                 node.leases.discard(rid)
-            self.out_by_part[p] -= 1
             give_back(p, row)
             self._wake(p)
         self.counters[f"returned_{why}"] += len(rids)
@@ -204,7 +189,6 @@ class Leasing(Core):
                 continue
             known.append((rid, lease[1]))
             rows.append((rid, lease[1], lease[2][2]))
-            self._closed(lease[1])
             holder = nodes.get(lease[0])
             if holder is not None:
                 holder.leases.discard(rid)
@@ -262,7 +246,6 @@ class Leasing(Core):
                 continue
             _, p, row, _ = leases.pop(rid)
             node.leases.discard(rid)
-            self._closed(p)
             due = now + min(max(0.0, float(seconds)), MAX_POSTPONE_SECONDS)
             key = _key_of(row[2])
             postponed[rid] = (p, row, key, due)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import ParseResult, urlsplit
 
 from scrapy import Request, signals
@@ -436,7 +436,7 @@ class RobotsThrottleMiddleware:
             slot.lastseen = now
         self.gate.ended(key, now, request, robots=bool(request.meta.get(ROBOTS_FETCH)))
 
-    def _headers_received(self, headers: Any, body_length: int, request: Request, spider: Any = None) -> None:
+    def _headers_received(self, request: Request) -> None:
         request.meta[RECEIVED] = (0, time.monotonic())  # a new attempt: nothing of its body yet
 
     def _bytes_received(self, data: bytes, request: Request) -> None:

@@ -23,6 +23,7 @@ import zmq
 
 from crawlproj.dispatcher.errors import StartError
 from crawlproj.dispatcher.frontier import Frontier
+from crawlproj.dispatcher.rows import packed
 from crawlproj.dispatcher.partitions import Rendezvous, rendezvous_owner
 from crawlproj.tools.dispatcher_process import DispatcherProcess
 from crawlproj_testing.simnode import SimNode, drive, web_links, web_reachable
@@ -155,7 +156,7 @@ def test_frontier_priority_fifo_bounded_readahead_and_dedup(tmp_path: Path) -> N
     assert order[3:] == [f"http://x.test/{i}" for i in range(1, 10)]
     assert fr.size == 11 and fr.available(1) == 0
     assert fr.merges == 1  # the first ten went through seen_log into the seen buckets
-    assert fr.add_forced([wire(0)])[0] == 1 and fr.seen_count == 11  # dont_filter: stored again
+    assert fr.add_forced(packed([wire(0)]))[0] == 1 and fr.seen_count == 11  # dont_filter: stored again
     fr.close()
     again = Frontier(tmp_path / "s", 4)
     assert again.epoch == 2 and again.size == 12 and again.seen_count == 11
@@ -240,7 +241,7 @@ def test_requests_served_from_a_block_not_written_yet_are_acked_after_its_commit
 def test_a_schema_1_store_is_read_as_rows_of_one(tmp_path: Path) -> None:
     import sqlite3
 
-    from crawlproj.dispatcher.frontier import STORE_FILENAME
+    from crawlproj.dispatcher.store import STORE_FILENAME
 
     (tmp_path / "s").mkdir()
     conn = sqlite3.connect(tmp_path / "s" / STORE_FILENAME)

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from crawlproj.dispatcher.frontier import STORE_FILENAME, Frontier
+from crawlproj.dispatcher.frontier import Frontier
+from crawlproj.dispatcher.store import STORE_FILENAME
 from crawlproj.dispatcher.seen import SeenFilter
 from crawlproj.wire.urls import fingerprint
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from crawlproj.dispatcher import frontier as frontier_module
-from crawlproj.dispatcher.frontier import COMMIT_ROWS, PAGE_SIZE, WAL_AUTOCHECKPOINT_BYTES, Frontier
+from crawlproj.dispatcher import store
+from crawlproj.dispatcher.frontier import COMMIT_ROWS, Frontier
+from crawlproj.dispatcher.store import PAGE_SIZE, WAL_AUTOCHECKPOINT_BYTES
 from crawlproj.wire.urls import fingerprint
 
 
@@ -28,7 +29,7 @@ def test_a_new_store_has_large_pages_and_an_older_store_keeps_its_own(tmp_path: 
     assert pragma(fr, "wal_autocheckpoint") == WAL_AUTOCHECKPOINT_BYTES // PAGE_SIZE
     fr.close()
 
-    monkeypatch.setattr(frontier_module, "PAGE_SIZE", 4096)  # a store made before 64 KiB pages
+    monkeypatch.setattr(store, "PAGE_SIZE", 4096)  # a store made before 64 KiB pages
     old = Frontier(tmp_path / "old", 2)
     old.add([wire(i, i % 2) for i in range(300)])
     old.close()

@@ -20,7 +20,8 @@ from conftest import wait_until
 from politeness_checks import assert_polite
 
 from crawlproj.dispatcher.config import Config
-from crawlproj.dispatcher.frontier import STORE_FILENAME, Frontier
+from crawlproj.dispatcher.frontier import Frontier
+from crawlproj.dispatcher.store import STORE_FILENAME
 from crawlproj.dispatcher.revisits import RevisitSchedule
 from crawlproj.meta import REVISIT, REVISIT_CONTENT_HASH, REVISIT_ETAG
 from crawlproj.revisit.policy import Outcome

@@ -4,11 +4,10 @@
 SQLite rows share one invariant, "every unleased, unacked request with a key <= bound is in
 memory", which every method below keeps.)
 
-Tables: ``frontier_rows`` (every request not yet acked, in rows of up to
-:data:`~.rows.ROW_MAX` requests of one partition and priority, :mod:`.rows`), ``acked`` (acks
-of rows not yet done), ``seen_log`` + ``seen_buckets`` (the exact dedup set, :mod:`.seen`) and ``meta``
-(schema, partition count, run epoch, seen count). A request stays stored until it is acked, so
-leases can live in memory: after a crash every unacked request is simply served again.
+The file and its tables are :mod:`.store`'s: every request not yet acked, in rows of up to
+:data:`~.rows.ROW_MAX` requests of one partition and priority (:mod:`.rows`), the log of partial
+acks, and the exact seen-set (:mod:`.seen`). A request stays stored until it is acked, so leases
+can live in memory: after a crash every unacked request is simply served again.
 
 A request's key is (negated priority, id): ascending keys are "priority, then FIFO". Ids are
 ``epoch << ID_EPOCH_SHIFT | sequence``: a run never reuses an id handed out by an earlier run,
@@ -44,25 +43,21 @@ from typing import Any
 
 from crawlproj import diskfull
 
+from . import store
 from .errors import StoreError
 from .instrument import NO_INSTRUMENT, Instrument
 from .rows import ROW_MAX, Packed, RowState, decode_acks, encode_acks, packed, split
 from .seen import DEFAULT_FILTER_MIB, DEFAULT_HOT_SEEN, DEFAULT_MERGE_ROWS, SQL_IN_CHUNK, SeenSet
+from .store import DEFAULT_CACHE_KIB, STORE_FILENAME
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 1: one request per row in table "frontier" (migrated when opened)
-STORE_FILENAME = "frontier.sqlite"
 #: Ids are epoch << ID_EPOCH_SHIFT | sequence: 2**40 requests per run, 2**23 runs.
 ID_EPOCH_SHIFT = 40
 DEFAULT_READAHEAD = 64  # requests per partition held in memory (whole rows: up to ROW_MAX more)
-DEFAULT_CACHE_KIB = 64 * 1024  # SQLite page cache
 DEFAULT_COMMIT_INTERVAL = 0.1  # seconds an open transaction may stay uncommitted
-PAGE_SIZE = 65536  # bytes per SQLite page of a new store (an existing one keeps its own)
-WAL_AUTOCHECKPOINT_BYTES = 40 << 20  # WAL written between automatic checkpoints
 COMMIT_ROWS = 50_000  # requests written before a commit is due anyway
 ACK_LOG_MIN = 100_000  # acks logged before the ack log is rewritten from memory
-SQLITE_BUSY_TIMEOUT = 30.0
 SLOW_COMMIT_SECONDS = 1.0  # a commit this slow is logged as a warning
 
 # (npr, id, blob, row id): npr is the negated priority; blob one msgpack wire request.
@@ -97,12 +92,7 @@ class Frontier:
         if partitions < 1:
             raise StoreError(f"partitions must be >= 1, got {partitions}")
         self.dir = Path(store_dir)
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.dir / STORE_FILENAME, isolation_level=None,
-                                        timeout=SQLITE_BUSY_TIMEOUT, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the store in {self.dir}: {exc}") from exc
+        self.conn = store.connect(self.dir)
         self.path = self.dir / STORE_FILENAME
         self.instrument = instrument
         self.readahead = max(1, readahead)
@@ -120,6 +110,9 @@ class Frontier:
         self.commits = 0
         try:
             self._open_store(partitions, cache_kib, hot_seen, merge_rows, filter_mib)
+        except StoreError:
+            self.conn.close()
+            raise
         except sqlite3.Error as exc:
             self.conn.close()
             detail = diskfull.describe(self.path, exc) if diskfull.unwritable(exc) else f"{self.path}: {exc}"
@@ -130,43 +123,7 @@ class Frontier:
     def _open_store(self, partitions: int, cache_kib: int, hot_seen: int, merge_rows: int,
                     filter_mib: int) -> None:
         c = self.conn
-        # Large pages: a commit writes far fewer page frames to the WAL (rows and seen buckets
-        # are kilobytes each), measured 1.3-1.5x the new URLs per CPU-second of 4 KiB pages.
-        # Only a new, empty file takes it; it must precede WAL mode.
-        c.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        c.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process kill (what -9 does); only power loss may lose
-        # the last transactions, and those are re-derived (at-least-once).
-        c.execute("PRAGMA synchronous=NORMAL")
-        c.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
-        c.execute("PRAGMA temp_store=MEMORY")
-        # Random fingerprints dirty pages all over the seen index; checkpointing less often
-        # copies each such page back once for many commits instead of once per commit.
-        page = c.execute("PRAGMA page_size").fetchone()[0]
-        c.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_BYTES // page}")
-        c.execute("BEGIN IMMEDIATE")
-        c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
-        SeenSet.create(c)
-        meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
-        if not meta:
-            meta = {"schema": SCHEMA_VERSION, "partitions": partitions, "epoch": 0, "seen": 0}
-            c.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
-        if meta.get("schema") == 1:
-            self._migrate_v1()
-        elif meta.get("schema") != SCHEMA_VERSION:
-            c.execute("ROLLBACK")
-            raise StoreError(f"store {self.path} has schema {meta.get('schema')!r}, "
-                             f"this dispatcher reads {SCHEMA_VERSION}")
-        if meta["partitions"] != partitions:
-            c.execute("ROLLBACK")
-            raise StoreError(
-                f"store {self.path} belongs to a crawl with {meta['partitions']} partitions; "
-                f"--partitions {partitions} differs (P is fixed for the life of a crawl: use "
-                f"--partitions {meta['partitions']} or a new --store)")
-        c.execute("CREATE TABLE IF NOT EXISTS frontier_rows (id INTEGER PRIMARY KEY, p INTEGER NOT NULL,"
-                  " npr INTEGER NOT NULL, n INTEGER NOT NULL, reqs BLOB NOT NULL)")
-        c.execute("CREATE INDEX IF NOT EXISTS frontier_rows_order ON frontier_rows (p, npr, id)")
-        c.execute("CREATE TABLE IF NOT EXISTS acked (x BLOB NOT NULL)")
+        meta = store.prepare(c, self.path, partitions, cache_kib)
         self.partitions = partitions
         self.epoch = int(meta["epoch"]) + 1
         self.resumed = self.epoch > 1
@@ -183,15 +140,6 @@ class Frontier:
         self.seen = SeenSet(c, int(meta["seen"]), hot_seen=hot_seen, merge_rows=merge_rows,
                             filter_mib=filter_mib)
         self._next_id = self.epoch << ID_EPOCH_SHIFT
-
-    def _migrate_v1(self) -> None:
-        c = self.conn
-        c.execute("CREATE TABLE frontier_rows (id INTEGER PRIMARY KEY, p INTEGER NOT NULL,"
-                  " npr INTEGER NOT NULL, n INTEGER NOT NULL, reqs BLOB NOT NULL)")
-        c.execute("INSERT INTO frontier_rows (id, p, npr, n, reqs) SELECT id, p, npr, 1, req FROM frontier")
-        c.execute("DROP TABLE frontier")
-        c.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
-        logger.info("Store %s: schema 1 rows moved to schema %d", self.path, SCHEMA_VERSION)
 
     def _load_acks(self) -> None:
         """Partial acks back into memory, the log rewritten with only what is still live."""
@@ -271,10 +219,8 @@ class Frontier:
             requests = requests.take(keep)
         return self._store(requests)
 
-    def add_forced(self, requests: Packed | list[dict[str, Any]]) -> tuple[int, list[int]]:
-        """Store requests even if seen before (Scrapy's ``dont_filter``); same return as add()."""
-        if not isinstance(requests, Packed):
-            requests = packed(requests)
+    def add_forced(self, requests: Packed) -> tuple[int, list[int]]:
+        """Store requests even if seen before (Scrapy's ``dont_filter``); as :meth:`add_packed`."""
         with self.instrument.timed("frontier_add"):
             if not requests.fps:
                 return 0, []

@@ -87,12 +87,13 @@ class SeenFilter:
     def add(self, joined: bytes) -> None:
         """Add fingerprints given end to end."""
         index, bits = self._positions(joined)
-        # Sorted by word, the bits of each word OR-ed together, then one fancy-indexed OR:
-        # ~3x faster than np.bitwise_or.at (which must allow repeated indices one by one).
-        order = np.argsort(index, kind="stable")
-        index, bits = index[order], bits[order]
-        firsts = np.flatnonzero(np.concatenate(([True], index[1:] != index[:-1])))
-        self.words[index[firsts]] |= np.bitwise_or.reduceat(bits, firsts)
+        words = self.words
+        # One fancy-indexed OR (of repeated words only one OR lands), then the few bits lost
+        # that way set again one by one: measured ~8x faster than np.bitwise_or.at for all.
+        words[index] |= bits
+        lost = (words[index] & bits) != bits
+        if lost.any():
+            np.bitwise_or.at(words, index[lost], bits[lost])
         self.added += len(joined) // FINGERPRINT_BYTES
 
     def may_hold(self, joined: bytes) -> np.ndarray:
@@ -206,6 +207,17 @@ class SeenSet:
             self._old = young
             self._young = set()
 
+    def _absorb(self, merged: set[bytes]) -> None:
+        """The merged log's fingerprints into the hot set, copying the smaller set if any."""
+        young = self._young
+        if len(young) + len(merged) >= self._hot_half:
+            self._old, self._young = young, merged  # a new generation, nothing copied
+        elif len(young) >= len(merged):
+            young |= merged
+        else:
+            merged |= young
+            self._young = merged
+
     def record(self, fps: list[bytes]) -> None:
         """Record fingerprints not seen before (inside the open transaction)."""
         row = b"".join(fps)
@@ -225,7 +237,7 @@ class SeenSet:
         self.conn.execute("DELETE FROM seen_log")
         self.filter.add(joined)
         n = len(self._log)
-        self._remember(self._log)  # a set into a set: 4x faster than a push at a time
+        self._absorb(self._log)
         self._log = set()
         self._log_rows = []
         self._compact(self.merges % COMPACT_EVERY)

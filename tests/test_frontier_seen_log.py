@@ -3,6 +3,7 @@ restarts and merges, and a store written when a row held one fingerprint reads t
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import numpy as np
 
 from crawlproj.dispatcher.frontier import Frontier
 from crawlproj.dispatcher.store import STORE_FILENAME
-from crawlproj.dispatcher.seen import SeenFilter
+from crawlproj.dispatcher.seen import BUCKETS, FANOUT, SeenFilter
 from crawlproj.wire.urls import fingerprint
 
 
@@ -76,3 +77,40 @@ def test_the_filter_never_forgets_and_its_false_positives_cost_lookups_not_urls(
     fr.seen.filter.words[:] = ~np.uint64(0)  # a filter that answers "maybe" to everything
     assert fr.add([wire(i) for i in range(25, 40)])[0] == 10
     fr.close()
+
+
+def test_buckets_are_compacted_by_level_exactly_across_restarts_and_from_the_earlier_layout(
+        tmp_path: Path) -> None:
+    fr = Frontier(tmp_path / "s", 1, hot_seen=2, merge_rows=1)  # every commit merges
+    rounds, per = 40, 2000
+    for r in range(rounds):
+        assert fr.add([wire(i) for i in range(r * per, (r + 1) * per)])[0] == per
+        fr.commit()
+    fr.close()
+    # An earlier version's layout: no levels, an index on b alone.
+    conn = sqlite3.connect(tmp_path / "s" / STORE_FILENAME)
+    conn.executescript("""
+        CREATE TABLE old (b INTEGER NOT NULL, fps BLOB NOT NULL);
+        INSERT INTO old SELECT b, fps FROM seen_buckets;
+        DROP TABLE seen_buckets;
+        ALTER TABLE old RENAME TO seen_buckets;
+        CREATE INDEX seen_buckets_b ON seen_buckets (b);
+    """)
+    conn.close()
+
+    again = Frontier(tmp_path / "s", 1, hot_seen=2, merge_rows=1)
+    for r in range(rounds, 2 * rounds):
+        assert again.add([wire(i) for i in range(r * per, (r + 1) * per)])[0] == per
+        again.commit()
+    assert again.conn.execute("SELECT value FROM meta WHERE key='seen_merges'").fetchone() == (2 * rounds,)
+    per_level = again.conn.execute("SELECT max(n) FROM (SELECT count(*) AS n FROM seen_buckets "
+                                   "GROUP BY b, lvl)").fetchone()[0]
+    assert per_level <= FANOUT  # a level's rows are merged FANOUT at a time
+    rows = again.conn.execute("SELECT count(*) FROM seen_buckets").fetchone()[0]
+    uncompacted = 2 * rounds * BUCKETS * (1 - math.exp(-per / BUCKETS))  # a row a merge, if any
+    assert rows < uncompacted / 2
+    assert again.seen.stored() == 2 * rounds * per
+    again.seen.clear_hot()
+    assert again.add([wire(i) for i in range(0, 2 * rounds * per, 7)]) == (0, [])  # exact
+    assert again.add([wire(2 * rounds * per)])[0] == 1
+    again.close()

@@ -11,8 +11,13 @@ Three layers answer "seen before?", cheapest first; together they are exact:
   each bucket a few rows of fingerprints end to end. When the log holds ``merge_rows``
   fingerprints it is cut by bucket (numpy) into one row per bucket, a few thousand sequential
   rows for many fingerprints: an index entry per fingerprint (measured ~4 us each on the
-  project's machine, the whole budget of a new URL) is never written. Each merge also rewrites
-  one bucket in COMPACT_EVERY into a single row, so a bucket has at most COMPACT_EVERY + 1 rows.
+  project's machine, the whole budget of a new URL) is never written. A merge's rows are of
+  level 0; a bucket's rows are then merged by level, FANOUT at a time, as a counter in base
+  FANOUT carries (rows of levels below L become one row of level L when the bucket's count, the
+  merges so far plus the bucket's number, is a multiple of FANOUT**L). A fingerprint is rewritten
+  about log_FANOUT(merges) times in all, not once per FANOUT merges, and a bucket holds at most
+  FANOUT - 1 rows per level; the bucket number staggers the work (every merge compacts one
+  bucket in FANOUT to level 1, one in FANOUT**2 to level 2...). The count is kept in ``meta``.
   A lookup reads its bucket's rows and searches them (bytes.find, 20-byte aligned).
 - A Bloom filter of the buckets' fingerprints in RAM (fixed size, ``filter_mib``): a fingerprint
   the filter does not hold is surely not in the buckets, so a new URL costs no lookup; one it
@@ -45,7 +50,8 @@ DEFAULT_FILTER_MIB = 32  # Bloom filter of the buckets: ~2% false positives up t
 FILTER_MIB_MAX = 4096  # 2**29 words of 64 bits: addressed by a 32-bit word
 BUCKET_BITS = 12
 BUCKETS = 1 << BUCKET_BITS
-COMPACT_EVERY = 8  # a bucket is rewritten into one row every this many merges
+FANOUT = 8  # a bucket's rows of one level are merged into one of the next this many at a time
+MERGES_KEY = "seen_merges"  # meta: merges so far (the compaction counter)
 SQL_IN_CHUNK = 500  # values per "... IN (...)"
 SCAN_CHUNK = 1000  # bucket rows read at a time while building the filter
 _WORDS = FINGERPRINT_BYTES // 4  # k: 32-bit words per fingerprint, one filter bit each
@@ -110,7 +116,9 @@ class SeenSet:
         self.conn = conn
         self.count = count  # fingerprints ever accepted (the caller persists it)
         self.merge_rows = max(1, merge_rows)
-        self.merges = 0
+        self.merges = 0  # in this process
+        found = conn.execute("SELECT value FROM meta WHERE key=?", (MERGES_KEY,)).fetchone()
+        self._counter = int(found[0]) if found else 0  # merges in this store, ever
         self.timings: dict[str, float] = {}
         self._hot_half = max(1, hot_seen // 2)
         self._young: set[bytes] = set()
@@ -128,8 +136,13 @@ class SeenSet:
         """Create the tables, and move an earlier version's ``seen`` index into buckets (inside
         the caller's transaction)."""
         conn.execute("CREATE TABLE IF NOT EXISTS seen_log (f BLOB NOT NULL)")
-        conn.execute("CREATE TABLE IF NOT EXISTS seen_buckets (b INTEGER NOT NULL, fps BLOB NOT NULL)")
-        conn.execute("CREATE INDEX IF NOT EXISTS seen_buckets_b ON seen_buckets (b)")
+        conn.execute("CREATE TABLE IF NOT EXISTS seen_buckets (b INTEGER NOT NULL, fps BLOB NOT NULL,"
+                     " lvl INTEGER NOT NULL DEFAULT 0)")
+        if "lvl" not in {row[1] for row in conn.execute("PRAGMA table_info(seen_buckets)")}:
+            conn.execute("ALTER TABLE seen_buckets ADD COLUMN lvl INTEGER NOT NULL DEFAULT 0")
+        conn.execute("DROP INDEX IF EXISTS seen_buckets_b")  # (b): earlier versions
+        # (b, lvl): a compaction reads only the rows it merges, not a bucket's large old ones.
+        conn.execute("CREATE INDEX IF NOT EXISTS seen_buckets_lvl ON seen_buckets (b, lvl)")
         old = conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='seen'").fetchone()
         if old:
             fps = [f for (f,) in conn.execute("SELECT f FROM seen")]
@@ -240,27 +253,36 @@ class SeenSet:
         self._absorb(self._log)
         self._log = set()
         self._log_rows = []
-        self._compact(self.merges % COMPACT_EVERY)
+        self._counter += 1
+        self._compact(self._counter)
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                          (MERGES_KEY, self._counter))
         took = time.monotonic() - started
         self.merges += 1
         self.timings["merge_seconds"] = self.timings.get("merge_seconds", 0.0) + took
         self.timings["merge_max_seconds"] = max(self.timings.get("merge_max_seconds", 0.0), took)
         logger.info("Merged %d new fingerprints into the seen buckets in %.3f s", n, took)
 
-    def _compact(self, turn: int) -> None:
-        """Rewrite every COMPACT_EVERY-th bucket (from ``turn``) into one row."""
+    def _compact(self, counter: int) -> None:
+        """Merge the rows of each bucket due (see the module docstring) into one of their level."""
+        due: dict[int, int] = {}  # bucket -> level its lower rows become
+        for b in range(-counter % FANOUT, BUCKETS, FANOUT):
+            c, level = counter + b, 0
+            while c % FANOUT == 0:
+                c //= FANOUT
+                level += 1
+            due[b] = level
         c = self.conn
-        buckets = list(range(turn, BUCKETS, COMPACT_EVERY))
-        rows: dict[int, list[bytes]] = {}
-        for start in range(0, len(buckets), SQL_IN_CHUNK):
-            chunk = buckets[start:start + SQL_IN_CHUNK]
-            for b, blob in c.execute(f"SELECT b, fps FROM seen_buckets WHERE b IN "
-                                     f"({','.join('?' * len(chunk))})", chunk):
-                rows.setdefault(b, []).append(blob)
-        many = [(b, blobs) for b, blobs in rows.items() if len(blobs) > 1]
-        c.executemany("DELETE FROM seen_buckets WHERE b=?", [(b,) for b, _ in many])
-        c.executemany("INSERT INTO seen_buckets (b, fps) VALUES (?, ?)",
-                      [(b, b"".join(blobs)) for b, blobs in many])
+        rows: dict[int, list[tuple[int, bytes]]] = {}
+        for b, level in due.items():
+            for rowid, blob in c.execute("SELECT rowid, fps FROM seen_buckets WHERE b=? AND lvl<?",
+                                         (b, level)):
+                rows.setdefault(b, []).append((rowid, blob))
+        many = [(b, found) for b, found in rows.items() if len(found) > 1]
+        c.executemany("DELETE FROM seen_buckets WHERE rowid=?",
+                      [(rowid,) for _, found in many for rowid, _ in found])
+        c.executemany("INSERT INTO seen_buckets (b, fps, lvl) VALUES (?, ?, ?)",
+                      [(b, b"".join(blob for _, blob in found), due[b]) for b, found in many])
 
 
 def _insert_buckets(conn: sqlite3.Connection, joined: bytes) -> None:

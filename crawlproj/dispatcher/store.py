@@ -4,8 +4,9 @@ One file per crawl, ``STORE_FILENAME`` in the store directory, in WAL mode. Tabl
 ``frontier_rows`` (rows of requests, :mod:`.rows`) with the index ``frontier_rows_order``
 (partition, negated priority, id), ``acked`` (the log of partial acks), ``seen_log`` and
 ``seen_buckets`` (:mod:`.seen`), and ``meta``: ``schema``, ``partitions`` (fixed for the life of
-a crawl), ``epoch`` (runs so far) and ``seen`` (fingerprints accepted). What the rows mean and
-how they are kept is :mod:`.frontier`'s.
+a crawl), ``epoch`` (runs so far), ``seen`` (fingerprints accepted) and ``seen_merges`` (the
+seen-set's compaction counter). What the rows mean and how they are kept is :mod:`.frontier`'s
+and :mod:`.seen`'s.
 """
 
 from __future__ import annotations

@@ -3,15 +3,18 @@ restarts and merges, and a store written when a row held one fingerprint reads t
 
 from __future__ import annotations
 
+import logging
 import math
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from crawlproj.dispatcher.frontier import Frontier
 from crawlproj.dispatcher.store import STORE_FILENAME
+from crawlproj.dispatcher import seen as seen_module
 from crawlproj.dispatcher.seen import BUCKETS, FANOUT, SeenFilter
 from crawlproj.wire.urls import fingerprint
 
@@ -114,3 +117,17 @@ def test_buckets_are_compacted_by_level_exactly_across_restarts_and_from_the_ear
     assert again.add([wire(i) for i in range(0, 2 * rounds * per, 7)]) == (0, [])  # exact
     assert again.add([wire(2 * rounds * per)])[0] == 1
     again.close()
+
+
+def test_a_filter_past_its_size_is_named_once_with_the_setting_to_raise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(seen_module, "FILTER_FPS_PER_MIB", 20)  # a 1 MiB filter "sized" for 20
+    fr = Frontier(tmp_path / "s", 1, merge_rows=10, filter_mib=1)
+    with caplog.at_level(logging.WARNING, logger="crawlproj.dispatcher.seen"):
+        for r in range(4):
+            fr.add([wire(i) for i in range(r * 15, (r + 1) * 15)])
+            fr.commit()
+    warnings = [rec.getMessage() for rec in caplog.records if "seen filter" in rec.getMessage()]
+    assert len(warnings) == 1
+    assert "--seen-filter-mib 1" in warnings[0] and "restart the dispatcher with --seen-filter-mib 4" in warnings[0]
+    fr.close()

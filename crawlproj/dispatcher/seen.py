@@ -16,7 +16,7 @@ Three layers answer "seen before?", cheapest first; together they are exact:
   FANOUT carries (rows of levels below L become one row of level L when the bucket's count, the
   merges so far plus the bucket's number, is a multiple of FANOUT**L). A fingerprint is rewritten
   about log_FANOUT(merges) times in all, not once per FANOUT merges, and a bucket holds at most
-  FANOUT - 1 rows per level; the bucket number staggers the work (every merge compacts one
+  FANOUT rows per level; the bucket number staggers the work (every merge compacts one
   bucket in FANOUT to level 1, one in FANOUT**2 to level 2...). The count is kept in ``meta``.
   A lookup reads its bucket's rows and searches them (bytes.find, 20-byte aligned).
 - A Bloom filter of the buckets' fingerprints in RAM (fixed size, ``filter_mib``): a fingerprint

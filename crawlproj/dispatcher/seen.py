@@ -286,9 +286,9 @@ class SeenSet:
         """Merge the rows of each bucket due (see the module docstring) into one of their level."""
         due: dict[int, int] = {}  # bucket -> level its lower rows become
         for b in range(-counter % FANOUT, BUCKETS, FANOUT):
-            c, level = counter + b, 0
-            while c % FANOUT == 0:
-                c //= FANOUT
+            count, level = counter + b, 0
+            while count % FANOUT == 0:
+                count //= FANOUT
                 level += 1
             due[b] = level
         c = self.conn

@@ -113,6 +113,15 @@ def test_buckets_are_compacted_by_level_exactly_across_restarts_and_from_the_ear
     uncompacted = 2 * rounds * BUCKETS * (1 - math.exp(-per / BUCKETS))  # a row a merge, if any
     assert rows < uncompacted / 2
     assert again.seen.stored() == 2 * rounds * per
+    # A class's rows lie in the order written, the lowest levels last: what a compaction replaces
+    # is its class's tail (a few pages), not rows spread over the table.
+    classes: dict[int, list[int]] = {}
+    for rowid, b, lvl in again.conn.execute("SELECT rowid, b, lvl FROM seen_buckets WHERE rowid >= ? "
+                                            "ORDER BY rowid", (1 << seen_module._CLASS_SHIFT,)):
+        assert rowid >> seen_module._CLASS_SHIFT == b % seen_module.CLASSES + 1
+        classes.setdefault(b % seen_module.CLASSES, []).append(lvl)
+    assert len(classes) == seen_module.CLASSES
+    assert all(levels == sorted(levels, reverse=True) for levels in classes.values())
     again.seen.clear_hot()
     assert again.add([wire(i) for i in range(0, 2 * rounds * per, 7)]) == (0, [])  # exact
     assert again.add([wire(2 * rounds * per)])[0] == 1

@@ -36,7 +36,7 @@ import os
 import sqlite3
 import time
 from bisect import insort
-from collections import Counter, deque
+from collections import deque
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -235,24 +235,21 @@ class Frontier:
         """Give requests their ids in their partition's open blocks (written at the commit)."""
         parts, place, open_block = self.parts, self._place, self._open_block
         ps, nprs = requests.parts, requests.nprs
+        touched: list[int] = []
         for blob, p, npr in zip(requests.blobs, ps, nprs or repeat(0)):
             st = parts[p]
             block = st.tail.get(npr)
-            if block is None or len(block[2]) >= ROW_MAX:
+            if block is None or len(reqs := block[2]) >= ROW_MAX:
                 block = open_block(p, st, npr)
-            reqs = block[2]
-            rid = block[1] + len(reqs)
-            reqs.append(blob)
+                reqs = block[2]
             # In memory now if it fits the read-ahead, or if its priority puts it before the bound.
             if not st.db_more or (st.bound is not None and npr < st.bound[0]):
-                place(st, (npr, rid, blob, block[1]))
-        touched: list[int] = []
-        for p, n in Counter(ps).items():
-            st = parts[p]
+                place(st, (npr, block[1] + len(reqs), blob, block[1]))
+            reqs.append(blob)
             if not st.avail:
                 touched.append(p)
-            st.count += n
-            st.avail += n
+            st.avail += 1
+            st.count += 1
         n = len(ps)
         self.size += n
         self._txn_rows += n

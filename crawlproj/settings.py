@@ -15,6 +15,7 @@ CONCURRENT_REQUESTS = 64
 CONCURRENT_ITEMS = 16  # Scrapy's 100 spawns 100 tasks per response; 16 is faster on broad crawls
 REMOTE_CONTROL_ENABLED = False  # no extra HTTP port, no writes under ~/.local/state
 TELNETCONSOLE_ENABLED = False
+ASYNCIO_EVENT_LOOP = "crawlproj.eventloop.PreciseEventLoop"  # timers on time, not up to 1 ms late (politeness delays)
 LOG_LEVEL = "INFO"
 DOWNLOAD_TIMEOUT = 30
 FEED_EXPORT_ENCODING = "utf-8"

@@ -36,6 +36,7 @@ _EMAIL = re.compile(r"^[^@\s/:]+@[^@\s/:]+\.[^@\s/:]+$")
 _URL = re.compile(r"^https?://[^\s/]+\.[^\s/]+(/\S*)?$")
 #: Names that never reach the public web (RFC 2606, RFC 6761, mDNS).
 LOCAL_SUFFIXES = (".test", ".example", ".invalid", ".localhost", ".local")
+LOCAL_HOSTS_MAX = 10_000  # local hosts ContactCheck remembers (it runs for every request until a public one)
 
 
 def bot_contact(settings: BaseSettings) -> str:
@@ -65,6 +66,7 @@ class ContactCheck:
 
     def __init__(self, crawler: Crawler):
         self.crawler = crawler
+        self._local: set[str] = set()  # hosts found local already (each is checked once)
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> ContactCheck:
@@ -76,7 +78,12 @@ class ContactCheck:
 
     def _request(self, request: Request, **kwargs: Any) -> None:
         host = urlparse_cached(request).hostname or ""
+        if host in self._local:
+            return
         if not host or is_local_host(host):
+            if len(self._local) >= LOCAL_HOSTS_MAX:
+                self._local.clear()
+            self._local.add(host)
             return
         self.crawler.signals.disconnect(self._request, signal=signals.request_reached_downloader)
         logger.warning("BOT_CONTACT is empty: this crawl of public hosts (%s first) does not say who runs it. "

@@ -30,6 +30,7 @@ import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from scrapy.exceptions import IgnoreRequest, NotConfigured
+from twisted.python.failure import Failure
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
 
@@ -167,10 +168,25 @@ class SSRFGuardMiddleware(_Guard):
             from twisted.internet import reactor
 
             # DNSLookupError and time-outs propagate: the download would fail the same way.
-            resolved = await maybe_deferred_to_future(cast(Any, reactor).resolve(host))
-            ip = ipaddress.ip_address(resolved)
+            answer = cast(Any, reactor).resolve(host)
+            got: list[Any] = []
+            answer.addBoth(_kept(got))  # runs at once if Scrapy's DNS cache answered
+            if not got:
+                got.append(await maybe_deferred_to_future(answer))
+            elif isinstance(got[0], Failure):
+                answer.addErrback(lambda _: None)  # raised here, not logged as unhandled
+                got[0].raiseException()
+            ip = ipaddress.ip_address(got[0])
         self._check(request, ip, "before connecting")
         return None
+
+
+def _kept(into: list[Any]) -> Any:
+    """A Deferred callback that keeps the result in ``into`` and passes it on."""
+    def keep(result: Any) -> Any:
+        into.append(result)
+        return result
+    return keep
 
 
 class SSRFPeerCheckMiddleware(_Guard):

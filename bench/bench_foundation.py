@@ -38,9 +38,13 @@ def bench_spec(hosts: int, pages: int) -> WebSpec:
                    slow_host_share=0.0, robots_variants=False, page_bytes=9000)
 
 
-def plain_scrapy(server: SynthWebProcess, workdir: Path, extra: dict[str, str]) -> dict[str, float]:
+def plain_scrapy(server: SynthWebProcess, workdir: Path, extra: dict[str, str],
+                 every_page: bool = False) -> dict[str, float]:
+    """Plain Scrapy from the web's seeds, following links; ``every_page``: every page of the
+    ground truth as a seed and no link followed (what Scrapy itself costs a page)."""
     seeds = workdir / "seeds.txt"
-    seeds.write_text("\n".join(server.seed_urls()) + "\n")
+    urls = server.seed_urls(sorted(server.web.ground_truth()) if every_page else None)
+    seeds.write_text("\n".join(urls) + "\n")
     stats_file = workdir / "stats.json"
     # plain Scrapy (no project settings, so no ADDONS to merge) + the synthetic web's add-on
     settings = {"ADDONS": json.dumps(SYNTHWEB_SETTINGS["ADDONS"]), "CONCURRENT_REQUESTS": "64",
@@ -49,7 +53,7 @@ def plain_scrapy(server: SynthWebProcess, workdir: Path, extra: dict[str, str]) 
                 "EXTENSIONS": json.dumps({"crawlproj.extensions.progress.Progress": 500}),
                 "PROGRESS_STATS_FILE": str(stats_file), **extra}
     argv = [sys.executable, "-m", "scrapy", "runspider", str(HERE / "plain_spider.py"),
-            "-a", f"seeds={seeds}"]
+            "-a", f"seeds={seeds}", *(["-a", "links=none"] if every_page else [])]
     for k, v in settings.items():
         argv += ["-s", f"{k}={v}"]
     env = {k: v for k, v in os.environ.items() if k != "SCRAPY_SETTINGS_MODULE"}

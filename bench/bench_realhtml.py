@@ -12,7 +12,9 @@ host name on one loopback port; the names resolve through crawlproj_testing's re
 
 Runs: plain Scrapy with its defaults (LinkExtractor spider, CONCURRENT_REQUESTS=64, the offsite
 filter set to the corpus's hosts), plain Scrapy with link extraction as fast as Scrapy allows
-(``a/@href`` through ``response.urljoin``), crawlproj with 1 and 2 nodes (its defaults).
+(``a/@href`` through ``response.urljoin``), crawlproj with 1 and 2 nodes (its defaults), and
+Scrapy's floor: its defaults with every page crawlproj fetches as a start URL and no link
+followed (what Scrapy itself costs a page of this corpus).
 Per run: pages, pages/s, CPU ms per page of every crawler process (crawlproj: dispatcher and
 nodes), and the requested set (nginx's access log) against the ground truth walked from the
 files: which URLs are reachable from the seeds by links on the corpus's hosts, allowed by
@@ -40,21 +42,25 @@ from crawlproj.tools.cluster import Cluster  # noqa: E402
 from crawlproj.tools.runner import SYNTHWEB_SETTINGS  # noqa: E402
 
 CRAWL_TIMEOUT = 3600
-RUNS = ("plain_scrapy_defaults", "plain_scrapy_fast_links", "crawlproj_1_node", "crawlproj_2_nodes")
+# Scrapy's own cost a page: its defaults, every page crawlproj fetches as a start URL, no link followed.
+FLOOR_RUN = "scrapy_floor_every_page_no_links"
+RUNS = ("plain_scrapy_defaults", "plain_scrapy_fast_links", "crawlproj_1_node", "crawlproj_2_nodes", FLOOR_RUN)
 #: what each run should request: (link extraction, robots.txt obeyed)
 TRUTH: dict[str, tuple[Callable[[str, bytes], list[str]], bool]] = {
     "plain_scrapy_defaults": (link_extractor_links, False),
     "plain_scrapy_fast_links": (crawlproj_links, False),
     "crawlproj_1_node": (crawlproj_links, True),
     "crawlproj_2_nodes": (crawlproj_links, True),
+    FLOOR_RUN: (crawlproj_links, True),
 }
 
 
-def plain_run(nginx: Nginx, workdir: Path, links: str) -> dict[str, Any]:
+def plain_run(nginx: Nginx, workdir: Path, links: str, urls: list[str] | None = None) -> dict[str, Any]:
+    """Plain Scrapy from the corpus's seeds (or ``urls``), following links as ``links`` says."""
     import subprocess
 
     seeds = workdir / "seeds.txt"
-    seeds.write_text("\n".join(nginx.seeds()) + "\n")
+    seeds.write_text("\n".join(nginx.seeds() if urls is None else urls) + "\n")
     stats_file = workdir / "stats.json"
     settings = {"ADDONS": json.dumps(SYNTHWEB_SETTINGS["ADDONS"]), "CONCURRENT_REQUESTS": "64",
                 "LOG_LEVEL": "INFO", "TELNETCONSOLE_ENABLED": "False", "REMOTE_CONTROL_ENABLED": "False",
@@ -136,22 +142,27 @@ def realhtml(workdir: Path, runs: tuple[str, ...] = RUNS) -> dict[str, Any]:
     truths: dict[tuple[Any, bool], dict[str, int]] = {}
     port = free_port()  # one port for every run: the truth's URLs hold it
     corpus = Corpus(port)
+    def truth_of(name: str, seeds: list[str]) -> dict[str, int]:
+        key = TRUTH[name]
+        if key not in truths:
+            t0 = time.monotonic()
+            truths[key] = cached_truth(corpus, seeds, *key)
+            print(f"  (ground truth for {name}: {len(truths[key])} URLs, {time.monotonic() - t0:.0f} s)",
+                  flush=True)
+        return truths[key]
+
     for name in runs:
         run_dir = workdir / name
         run_dir.mkdir()
         with Nginx(run_dir, port) as nginx:
-            if name.startswith("plain_scrapy"):
+            if name == FLOOR_RUN:
+                r = plain_run(nginx, run_dir, "none", sorted(truth_of(name, nginx.seeds())))
+            elif name.startswith("plain_scrapy"):
                 r = plain_run(nginx, run_dir, "fast" if name.endswith("fast_links") else "extractor")
             else:
                 r = crawlproj_run(nginx, run_dir, int(name.split("_")[1]))
         crawled = crawled_set(nginx)
-        key = TRUTH[name]
-        if key not in truths:
-            t0 = time.monotonic()
-            truths[key] = cached_truth(corpus, nginx.seeds(), *key)
-            print(f"  (ground truth for {name}: {len(truths[key])} URLs, {time.monotonic() - t0:.0f} s)",
-                  flush=True)
-        r.update(check(name, crawled, truths[key]))
+        r.update(check(name, crawled, truth_of(name, nginx.seeds())))
         r["pages_per_s"] = r["pages"] / r["crawl_seconds"]
         r["cpu_ms_per_page"] = 1000 * r["cpu_seconds"] / max(r["pages"], 1)
         results[name] = r

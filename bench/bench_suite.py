@@ -110,6 +110,10 @@ def crawlproj_run(server: SynthWebProcess, workdir: Path, nodes: int) -> dict[st
             "server_cpu_share": (server.stats()["cpu_seconds"] - server_cpu0) / elapsed}
 
 
+# Scrapy's own cost a page: its defaults, every page of the web as a start URL, no link followed.
+FLOOR_RUN = "scrapy_floor_every_page_no_links"
+
+
 def cpu(workdir: Path, hosts: int, pages: int) -> dict[str, Any]:
     spec = bench_spec(hosts, pages)
     results: dict[str, Any] = {}
@@ -129,13 +133,15 @@ def cpu(workdir: Path, hosts: int, pages: int) -> dict[str, Any]:
         ("scrapy_redis_defaults", None, scrapy_redis),
         ("crawlproj_1_node", 1, {}),
         ("crawlproj_2_nodes", 2, {}),
+        (FLOOR_RUN, None, {}),
     ]
     try:
         for name, nodes, extra in runs:
             run_dir = workdir / name
             run_dir.mkdir()
             with SynthWebProcess(spec) as server:
-                r = crawlproj_run(server, run_dir, nodes) if nodes else plain_scrapy(server, run_dir, extra)
+                r = crawlproj_run(server, run_dir, nodes) if nodes else plain_scrapy(
+                    server, run_dir, extra, every_page=name == FLOOR_RUN)
             results[name] = r
             _line(name, r)
     finally:

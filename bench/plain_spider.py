@@ -7,6 +7,8 @@ project settings), so it measures Scrapy itself.
     -a allowed=a.test,b.test  the spider's allowed_domains (Scrapy's offsite filter); default: any
     -a links=fast           link extraction as fast as Scrapy allows: every a/@href through
                             response.urljoin into a Request (no LinkExtractor)
+    -a links=none           no links: one item a page of the seeds (Scrapy's floor per page,
+                            when the seeds are every page)
 """
 
 import scrapy
@@ -25,11 +27,16 @@ class PlainSpider(scrapy.Spider):
         self.links = LinkExtractor()
         if links == "fast":
             self.parse = self.parse_fast
+        elif links == "none":
+            self.parse = self.parse_none
 
     def parse(self, response):
         yield {"url": response.url, "status": response.status}
         for link in self.links.extract_links(response):
             yield response.follow(link, callback=self.parse)
+
+    def parse_none(self, response):
+        yield {"url": response.url, "status": response.status}
 
     def parse_fast(self, response):
         yield {"url": response.url, "status": response.status}

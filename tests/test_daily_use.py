@@ -70,7 +70,8 @@ def test_a_crawl_of_public_hosts_without_contact_warns_once(caplog: pytest.LogCa
     check = ContactCheck.from_crawler(crawler)
     assert check is not None
     caplog.set_level(logging.WARNING, logger="crawlproj.identity")
-    for url in ("http://a.site1.test/", "http://127.0.0.1:8080/", "https://example.com/", "https://example.org/"):
+    for url in ("http://a.site1.test/", "http://127.0.0.1:8080/", "http://a.site1.test/2",  # local twice
+                "https://example.com/", "https://example.org/"):
         crawler.signals.send_catch_log(signals.request_reached_downloader, request=Request(url), spider=None)
     lines = [r.getMessage() for r in caplog.records if "BOT_CONTACT" in r.getMessage()]
     assert len(lines) == 1 and "example.com first" in lines[0], lines

@@ -147,7 +147,9 @@ def main() -> None:
 
     from scrapy.utils.reactor import install_reactor
 
-    install_reactor(REACTOR)
+    import crawlproj.settings as project_settings
+
+    install_reactor(REACTOR, project_settings.ASYNCIO_EVENT_LOOP)  # the loop the project's settings name
     from twisted.internet import defer, reactor
 
     with tempfile.TemporaryDirectory() as tmp:

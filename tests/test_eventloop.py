@@ -41,7 +41,8 @@ def _before_the_millisecond(loop: asyncio.AbstractEventLoop, waits: int) -> int:
 def test_timers_fire_when_due_not_at_the_next_whole_millisecond() -> None:
     plain, precise = asyncio.SelectorEventLoop(), PreciseEventLoop()
     try:
-        assert _before_the_millisecond(plain, 20) == 0  # asyncio's own: always the whole ms later
+        # asyncio's own: the whole ms later (unless the process stalls between start and select)
+        assert _before_the_millisecond(plain, 20) <= 2
         # 0.7 ms of slack each: most land in it unless the machine is starved for CPU
         assert _before_the_millisecond(precise, 40) >= 10
     finally:
@@ -57,9 +58,11 @@ def test_a_fired_timer_never_makes_an_untimed_wait_spin() -> None:
             await asyncio.sleep(0.001)  # arms the timerfd; it fires
             readable = loop.create_future()
             loop.add_reader(r, lambda: readable.done() or readable.set_result(os.read(r, 1)))
-            threading.Timer(0.3, os.write, (w, b"x")).start()  # no timer of the loop's own: untimed
+            writer = threading.Timer(0.3, os.write, (w, b"x"))  # no timer of the loop's own: untimed
+            writer.start()
             cpu = time.process_time()
             assert await readable == b"x"
+            writer.join()
             loop.remove_reader(r)
             return time.process_time() - cpu
 

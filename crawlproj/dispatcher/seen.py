@@ -20,7 +20,11 @@ Three layers answer "seen before?", cheapest first; together they are exact:
   compacts one class in FANOUT to level 1, one in FANOUT**2 to level 2...). The count is kept in
   ``meta``. A row's rowid is (class, merge, slot), so a class's rows lie together in the order
   written, and the rows a compaction replaces, those written since the class's last compaction
-  to that level or above, are its class's tail: a few pages change, not most of the table.
+  to that level or above, are its class's tail: a few pages change, not most of the table
+  (rows of a store written before this layout lie below every class and move when compacted).
+  The work is even across merges up to level 2 (64 = 8**2 classes); from level 3 on, one class,
+  1/64 of the set, compacts at a time (at 200k fingerprints a merge: ~32 MB every 8 merges past
+  ~100M). More classes would spread that, but every merge appends to every class's tail.
   A lookup reads its bucket's rows and searches them (bytes.find, 20-byte aligned).
 - A Bloom filter of the buckets' fingerprints in RAM (fixed size, ``filter_mib``): a fingerprint
   the filter does not hold is surely not in the buckets, so a new URL costs no lookup; one it
@@ -305,16 +309,18 @@ class SeenSet:
             for rowid, blob in c.execute("SELECT rowid, fps FROM seen_buckets WHERE b=? AND lvl<?",
                                          (b, level)):
                 rows.setdefault(b, []).append((rowid, blob))
-        # A single row moves too: its class's tail then holds its lowest levels, always.
-        c.executemany("DELETE FROM seen_buckets WHERE rowid=?",
-                      [(rowid,) for found in rows.values() for rowid, _ in found])
+        # A single row moves too: its class's tail then holds its lowest levels, always. The
+        # merged rows go in before the old ones go out: a failed insert leaves nothing deleted.
         c.executemany("INSERT INTO seen_buckets (rowid, b, fps, lvl) VALUES (?, ?, ?, ?)",
                       [(_rowid(b, counter, BUCKETS + b), b, b"".join(blob for _, blob in found), due[b])
                        for b, found in rows.items()])
+        c.executemany("DELETE FROM seen_buckets WHERE rowid=?",
+                      [(rowid,) for found in rows.values() for rowid, _ in found])
 
 
 def _rowid(b: int, merge: int, slot: int) -> int:
     """Where a row of bucket ``b`` written by merge ``merge`` lies: with its class, in creation order."""
+    assert merge < 1 << (_CLASS_SHIFT - _MERGE_SHIFT), merge
     return (b % CLASSES + 1) << _CLASS_SHIFT | merge << _MERGE_SHIFT | slot
 
 

@@ -30,9 +30,9 @@ import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from scrapy.exceptions import IgnoreRequest, NotConfigured
-from twisted.python.failure import Failure
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.httpobj import urlparse_cached
+from twisted.python.failure import Failure
 
 from crawlproj.setting_checks import bool_setting, list_setting
 
@@ -171,12 +171,14 @@ class SSRFGuardMiddleware(_Guard):
             answer = cast(Any, reactor).resolve(host)
             got: list[Any] = []
             answer.addBoth(_kept(got))  # runs at once if Scrapy's DNS cache answered
-            if not got:
-                got.append(await maybe_deferred_to_future(answer))
+            if not got:  # not yet: wait for the resolver
+                resolved = await maybe_deferred_to_future(answer)
             elif isinstance(got[0], Failure):
                 answer.addErrback(lambda _: None)  # raised here, not logged as unhandled
                 got[0].raiseException()
-            ip = ipaddress.ip_address(got[0])
+            else:  # taken at once: no Future, no turn of the event loop
+                resolved = got[0]
+            ip = ipaddress.ip_address(resolved)
         self._check(request, ip, "before connecting")
         return None
 

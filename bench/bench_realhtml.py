@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import RESULTS, child_cpu, names_arg, run_and_save  # noqa: E402
+from common import FLOOR_RUN, RESULTS, child_cpu, names_arg, run_and_save  # noqa: E402
 from realhtml_corpus import (SITES, Corpus, Nginx, corpus_files, crawled_set, crawlproj_links,  # noqa: E402
                              ensure_installed, free_port, ground_truth, link_extractor_links, packages_versions)
 
@@ -42,8 +42,6 @@ from crawlproj.tools.cluster import Cluster  # noqa: E402
 from crawlproj.tools.runner import SYNTHWEB_SETTINGS  # noqa: E402
 
 CRAWL_TIMEOUT = 3600
-# Scrapy's own cost a page: its defaults, every page crawlproj fetches as a start URL, no link followed.
-FLOOR_RUN = "scrapy_floor_every_page_no_links"
 RUNS = ("plain_scrapy_defaults", "plain_scrapy_fast_links", "crawlproj_1_node", "crawlproj_2_nodes", FLOOR_RUN)
 #: what each run should request: (link extraction, robots.txt obeyed)
 TRUTH: dict[str, tuple[Callable[[str, bytes], list[str]], bool]] = {
@@ -142,6 +140,7 @@ def realhtml(workdir: Path, runs: tuple[str, ...] = RUNS) -> dict[str, Any]:
     truths: dict[tuple[Any, bool], dict[str, int]] = {}
     port = free_port()  # one port for every run: the truth's URLs hold it
     corpus = Corpus(port)
+
     def truth_of(name: str, seeds: list[str]) -> dict[str, int]:
         key = TRUTH[name]
         if key not in truths:

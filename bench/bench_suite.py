@@ -45,7 +45,7 @@ from bench_realhtml import realhtml  # noqa: E402
 from bench_endofcrawl import endofcrawl  # noqa: E402
 from bench_endofcrawl import markdown as endofcrawl_markdown  # noqa: E402
 import bench_revisit  # noqa: E402
-from common import RESULTS, child_cpu, save  # noqa: E402
+from common import FLOOR_RUN, RESULTS, child_cpu, save  # noqa: E402
 
 from crawlproj.tools.cluster import Cluster  # noqa: E402
 from crawlproj.tools.runner import SYNTHWEB_SETTINGS  # noqa: E402
@@ -108,10 +108,6 @@ def crawlproj_run(server: SynthWebProcess, workdir: Path, nodes: int) -> dict[st
             "crawler_cpu_s_per_page": cpu / max(pages, 1),
             "dispatcher_cpu_seconds": state["cpu_seconds"],
             "server_cpu_share": (server.stats()["cpu_seconds"] - server_cpu0) / elapsed}
-
-
-# Scrapy's own cost a page: its defaults, every page of the web as a start URL, no link followed.
-FLOOR_RUN = "scrapy_floor_every_page_no_links"
 
 
 def cpu(workdir: Path, hosts: int, pages: int) -> dict[str, Any]:

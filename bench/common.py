@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Scrapy's own cost a page: its defaults, every page of the web as a start URL, one item a page,
+# no link followed (bench_suite's CPU-bound web, bench_realhtml's corpus).
+FLOOR_RUN = "scrapy_floor_every_page_no_links"
 
 
 def child_cpu() -> float:

@@ -63,20 +63,20 @@ class PreciseEpollSelector(selectors.EpollSelector):
         self._spec = _Itimerspec()
         self._armed = False
 
-    def _arm(self, seconds: float) -> None:
-        whole = int(seconds)
+    def _set(self, sec: int, nsec: int) -> None:
+        """Arm the timer to expire in ``sec`` s + ``nsec`` ns (0 and 0: disarm); also clears a
+        past expiry."""
         value = self._spec.it_value
-        value.tv_sec = whole
-        value.tv_nsec = int((seconds - whole) * 1e9) if whole else max(1, int(seconds * 1e9))
-        self._settime(self._tfd, 0, ctypes.byref(self._spec), None)  # also clears a past expiry
+        value.tv_sec, value.tv_nsec = sec, nsec
+        self._settime(self._tfd, 0, ctypes.byref(self._spec), None)
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         if timeout is not None and timeout > 0:
-            self._arm(timeout)
+            whole = int(timeout)
+            self._set(whole, int((timeout - whole) * 1e9) or (0 if whole else 1))  # never 0 and 0
             self._armed = True
         elif self._armed:  # no timed wait: disarm, so an expiry never wakes this one
-            self._spec.it_value.tv_sec = self._spec.it_value.tv_nsec = 0
-            self._settime(self._tfd, 0, ctypes.byref(self._spec), None)
+            self._set(0, 0)
             self._armed = False
         return super().select(timeout)  # epoll's own (rounded up) timeout stays as a backstop
 

@@ -176,7 +176,7 @@ class SSRFGuardMiddleware(_Guard):
             elif isinstance(got[0], Failure):
                 answer.addErrback(lambda _: None)  # raised here, not logged as unhandled
                 got[0].raiseException()
-            else:  # taken at once: no Future, no turn of the event loop
+            else:  # taken at once: no asyncio Future made for it
                 resolved = got[0]
             ip = ipaddress.ip_address(resolved)
         self._check(request, ip, "before connecting")

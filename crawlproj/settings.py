@@ -153,6 +153,6 @@ REVISIT_SHARE = 0.5  # most of a key's fetches that are revisits while new URLs 
 REVISIT_RETRY_BASE = 60.0  # seconds: a 5xx / no answer is retried after this x 2^(failures-1), at most the interval
 REVISIT_RETIRE_AFTER = 3  # consecutive 404/410 answers after which a URL leaves the schedule (retires)
 
-# -- Downloads (crawlproj.download: Scrapy's HTTP/1.1 handler reading big bodies in big reads) ----
-DOWNLOAD_HANDLERS = {"http": "crawlproj.download.HTTP11DownloadHandler", "https": "crawlproj.download.HTTP11DownloadHandler"}
+# -- Downloads (crawlproj.download: aiohttp's HTTP/1.1 client reading big bodies in big reads) ----
+DOWNLOAD_HANDLERS = {"http": "crawlproj.download.AiohttpDownloadHandler", "https": "crawlproj.download.AiohttpDownloadHandler"}  # crawlproj.download.HTTP11DownloadHandler: Twisted's client
 DOWNLOAD_READ_SIZE = 4 * 1024 * 1024  # bytes per socket read (Twisted's 64 KiB: one loop turn per 64 KiB of a body)

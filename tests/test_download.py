@@ -1,18 +1,23 @@
-"""crawlproj.download: a busy node reads a big body in a few loop turns, and a bad
-DOWNLOAD_READ_SIZE stops the crawl with one line."""
+"""crawlproj.download: a busy node reads a big body in a few loop turns, a bad
+DOWNLOAD_READ_SIZE stops the crawl with one line, names are resolved by the reactor's resolver."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import subprocess
 import sys
 import threading
 from contextlib import suppress
 from collections.abc import Iterator
+from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from scrapy.settings import Settings
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import DNSLookupError
 
 from crawlproj import settings as project_settings
 from crawlproj.setting_checks import check_scrapy_settings
@@ -112,3 +117,37 @@ def test_a_bad_read_size_stops_the_crawl_with_one_line() -> None:
     settings.set("DOWNLOAD_READ_SIZE", 1024)
     with pytest.raises(ValueError, match=r"^DOWNLOAD_READ_SIZE: .*got 1024"):
         check_scrapy_settings(settings)
+
+
+class _Reactor:
+    """The reactor's ``resolve`` as the SSRF guard and the aiohttp handler call it."""
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers = answers
+        self.asked: list[str] = []
+
+    def resolve(self, name: str) -> Deferred[str]:
+        self.asked.append(name)
+        if name in self.answers:
+            return succeed(self.answers[name])
+        return fail(DNSLookupError(name))
+
+
+def test_the_aiohttp_handler_resolves_names_with_the_reactor_s_resolver() -> None:
+    # the address the SSRF guard checked (the same resolver and cache) is the one connected to
+    from crawlproj.download import _ReactorResolver
+
+    reactor = _Reactor({"a.test": "127.0.0.1", "six.test": "::1"})
+    resolver = _ReactorResolver(reactor)
+
+    async def lookups() -> tuple[list[Any], list[Any]]:
+        return await resolver.resolve("a.test", 80), await resolver.resolve("six.test", 443)
+
+    four, six = asyncio.run(lookups())
+    assert [(r["host"], r["port"], r["family"]) for r in four] == [("127.0.0.1", 80, socket.AF_INET)]
+    assert [(r["host"], r["port"], r["family"]) for r in six] == [("::1", 443, socket.AF_INET6)]
+    # a failed lookup is an OSError, which aiohttp turns into a DNS error (Scrapy's
+    # CannotResolveHostError, retried like Twisted's DNSLookupError)
+    with pytest.raises(OSError, match="DNS lookup failed: nowhere.test"):
+        asyncio.run(resolver.resolve("nowhere.test", 80))
+    assert reactor.asked == ["a.test", "six.test", "nowhere.test"]

@@ -205,12 +205,15 @@ def test_state_survives_restart_ttl_and_delay(synthweb, tmp_path):
     assert len(run1) == 2 * len(hosts) and stats1["robots/cache/miss"] == len(hosts)
     # Run 2 (same state file, within the TTL): no robots.txt at all, and the first fetch on
     # each key waits out the delay since run 1's last one. The delay is longer than a process
-    # takes to start (on a loaded machine that can be many seconds), so there is a wait.
-    delay2 = max(restart_delay, 3 * start_up)
+    # takes to start (on a loaded machine that can be many seconds) on top of what has passed
+    # since run 1's last fetch (its shut-down), so there is a wait.
+    last_fetch_ms = {h.name: max(a.start_ms for a in run1 if a.host == h.name) for h in hosts}
+    since_last = time.time() - min(last_fetch_ms.values()) / 1000.0  # the key fetched earliest
+    delay2 = max(restart_delay, since_last + 3 * start_up)
     stats2, run2, _ = run("run2.txt", [allowed_pages(h, 2)[1] for h in hosts], ROBOTS_THROTTLE_DELAY=delay2)
     assert not [a for a in run2 if a.is_robots]
     assert stats2["robots/cache/hit"] == len(hosts) and "robots/cache/miss" not in stats2
-    assert stats2["politeness/waited_for_earlier_fetch"] == len(hosts), (start_up, delay2)
+    assert stats2["politeness/waited_for_earlier_fetch"] == len(hosts), (start_up, since_last, delay2)
     gaps = assert_restart_gap(run1, run2, delay2)
     assert len(gaps) == len(hosts)
     # Run 3, after the TTL: exactly one robots.txt refetch per host, however many requests wait.

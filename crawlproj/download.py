@@ -25,11 +25,11 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from scrapy.core.downloader.handlers._aiohttp import AiohttpDownloadHandler as ScrapyAiohttpDownloadHandler
 from scrapy.core.downloader.handlers._aiohttp import _ClientResponse
 from scrapy.core.downloader.handlers._base_streaming import BaseStreamingDownloadHandler
+from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler as ScrapyHTTP11DownloadHandler
+from scrapy.core.downloader.handlers.http11 import _LenientHTTP11ClientFactory, _LenientHTTP11ClientProtocol
 from scrapy.utils.defer import maybe_deferred_to_future
 from scrapy.utils.ssl import _make_ssl_context
 from twisted.internet.error import DNSLookupError
-from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler as ScrapyHTTP11DownloadHandler
-from scrapy.core.downloader.handlers.http11 import _LenientHTTP11ClientFactory, _LenientHTTP11ClientProtocol
 
 from crawlproj.setting_checks import int_at_least
 
@@ -54,6 +54,13 @@ def read_size_setting(settings: BaseSettings) -> int:
                         f"bytes per read, an integer >= {TWISTED_READ_SIZE}")
 
 
+def _ask_receive_buffer(sock: socket.socket, size: int) -> None:
+    """A fresh connection's receive buffer starts near 128 KiB and grows only as fast as the node
+    reads: ask for room for a whole body (the kernel caps it at rmem_max)."""
+    with suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 class _BigReadProtocol(_LenientHTTP11ClientProtocol):
     read_size = TWISTED_READ_SIZE
 
@@ -64,10 +71,7 @@ class _BigReadProtocol(_LenientHTTP11ClientProtocol):
             tcp = getattr(tcp, "transport", None)
         if tcp is not None:
             tcp.bufferSize = max(tcp.bufferSize, self.read_size)
-            # a fresh connection's receive buffer starts near 128 KiB and grows only as fast as
-            # the node reads: ask for room for a whole body (the kernel caps it at rmem_max)
-            with suppress(OSError):
-                tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.read_size)
+            _ask_receive_buffer(tcp.socket, self.read_size)
         super().makeConnection(transport)
 
 
@@ -123,9 +127,8 @@ class _BigReadResponse(_ClientResponse):
         if transport is not None and not hasattr(transport, "crawlproj_small_read"):
             transport.crawlproj_small_read = transport.max_size  # asyncio's bytes per recv
             sock = transport.get_extra_info("socket")
-            if sock is not None:  # room in the kernel for a whole body (capped at rmem_max)
-                with suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.read_size)
+            if sock is not None:
+                _ask_receive_buffer(sock, self.read_size)
         response = await super().start(connection)  # the status line and the headers
         if transport is not None:
             # the body in big reads when it is big or of unknown length; a recv of read_size

@@ -57,6 +57,7 @@ ODD_BASES = [
     "http://h.test/a/b.html", "http://h.test/a/b/", "http://h.test", "http://h.test/",
     "http://h.test/a/b;p?q=1#f", "https://H.Test:8443/x/y?z", "http://h.test/a/./b/../c.html",
     "http://[::1]:8080/v6/page", "http://h.test/%7Euser/a%20b.html", "http://h.test/ä/ö.html",
+    "http://h.test/a b ", "http://h.test/a?", "http://h.test/a?#", "https://h.test/sec/p.html#f",
 ]
 ODD_HREFS = [
     "", "#", "#top", "?", "?q=2", "?b=2&a=1#x", ".", "..", "./", "../", "../../../../x.html", "/",
@@ -71,6 +72,13 @@ ODD_HREFS = [
     "../x.html#", "x:y.html", "./x:y.html", "\x00x.html", "x\x7f.html", "\u3000x.html",
     "x.html\u00a0", "https://xn--bcher-kva.test/", "http://bücher.test/", "http://h.test/%2e%2e/x",
     "....//x.html", "x//y.html", "./.././x.html", "?#", "#?", ";", ";p", "x?y#z?w",
+    # colons and semicolons after the path, fragments of every kind, absolute links
+    "x.html#a:b", "x.html#a;b", "x.html?a:b=1;c#d:e", "lib/os.html#os.path:join", "x.html#a b",
+    "x.html#a\tb", "x.html# ", "x.html#", "x.html?#a", "x:y.html#a", "x.html;p#a:b", "#a:b", "#a b",
+    "# ", "#\t", "#ä", "#%zz", "#a#b", "https://h.test/a#b", "http://other.test/a?b=1#c:d",
+    "https:///x", "http:///x", "https://[::1]/x#f", "http://h.test:80/x#f", "https://other.test",
+    "http://other.test?q", "http://other.test#f", "https://other.test/a b", "http://other.test/\\x",
+    "https://Other.Test/A%7e?b=2&a=1#f", "http://other.test:/x", "http://a@other.test/x#y",
 ]
 
 
@@ -139,6 +147,15 @@ def test_two_pages_interleaved_keep_their_own_bases():
     assert joiner.join(a, "1.10.html")[0] == "http://h.test/releases/1.10.html"
     assert joiner.join(b, "1.10.html")[0] == "http://h.test/internals/1.10.html"
     assert joiner.join(a, "1.10.html")[0] == "http://h.test/releases/1.10.html"
+
+
+def test_cached_kinds_keep_their_bases_apart():
+    # one href, cached from one page, answered right on a page of another scheme, host or path
+    joiner = LinkJoiner()
+    for href in ("http://other.test/a?", "https://other.test/a#b", "#top", "x.html#a:b", "/r#f", ""):
+        for base in ("http://h.test/a/p.html", "https://h.test/a/p.html", "http://g.test/a/p.html",
+                     "http://h.test/b/q.html?x=1", "http://h.test/a/p.html#here"):
+            assert fast_link(joiner, base, href) == reference_link(base, href), (base, href)
 
 
 def test_canonicalize_raises_bad_url_every_time():

@@ -12,7 +12,7 @@ import ipaddress
 import re
 from functools import lru_cache
 from typing import NamedTuple
-from urllib.parse import urljoin, urlparse, urlsplit
+from urllib.parse import urljoin, urlparse, urlsplit, urlunparse
 
 import tldextract
 from w3lib.url import canonicalize_url as _w3lib_canonicalize
@@ -72,10 +72,15 @@ def canonicalize(url: str) -> str:
     raise BadURL(*result.args)  # a fresh one: the cached instance would pile up tracebacks
 
 
-# A link whose join depends only on its page's scheme, host and directory: no scheme (no ":"),
-# a path (not empty, not starting "?" or "#"), no params (";"), no backslash, no whitespace or
-# control characters (which urllib strips or removes before parsing).
-_DIRECTORY_RELATIVE = re.compile(r"[^\x00-\x20:;\\?#][^\x00-\x20:;\\]*").fullmatch
+# A link whose join depends only on its page's scheme, host and directory: no scheme (no ":"
+# before the query or fragment), a path (not empty, not starting "?" or "#"), no params (";" in
+# the path), no backslash, no whitespace or control characters (which urllib strips or removes
+# before parsing). Its query and fragment may hold ":" and ";": urllib looks for a scheme only
+# before the first character that cannot be in one ("/", "?", "#"), and for params only in the path.
+_DIRECTORY_RELATIVE = re.compile(r"[^\x00-\x20:;\\?#][^\x00-\x20:;\\?#]*(?:[?#][^\x00-\x20\\]*)?").fullmatch
+# An absolute http(s) link with a host: its join depends on the page's scheme only (urljoin keeps
+# it as written when the schemes differ, and rebuilds it from its own parts when they match).
+_ABSOLUTE = re.compile(r"https?://[^\x00-\x20\\/?#][^\x00-\x20\\]*").fullmatch
 
 
 class Base(NamedTuple):
@@ -84,6 +89,8 @@ class Base(NamedTuple):
     url: str
     dir_key: str  # scheme, host and directory: for "x.html", "../y/", "z?q#f"
     root_key: str  # scheme and host: for "/x.html"
+    scheme_key: str  # scheme and ":": for "https://other.test/x"
+    page_key: str  # the URL without its fragment, "" if it ends in whitespace: for "#x"
 
 
 class LinkJoiner:
@@ -93,7 +100,12 @@ class LinkJoiner:
     :class:`BadURL` for a link that cannot be crawled) and gives the canonical URL's host too.
     Most links are relative to the page's directory ("../x.html", "y.html#z") and repeat on the
     pages of that directory, so they are cached under (scheme, host, directory, link): urljoin's
-    result depends on nothing else for them (RFC 3986 5.2.2, as urllib implements it).
+    result depends on nothing else for them (RFC 3986 5.2.2, as urllib implements it). Likewise
+    "/x" under (scheme, host), "https://h/x" under the page's scheme, and every fragment-only link
+    ("#x") of a page under the page: it joins to the page's URL plus that fragment, and canonical
+    forms have no fragment (so the other kinds are cached without theirs too: the part before the
+    "#" has no whitespace, which would keep it). Other links ("//h/x", "?q", odd ones) take the
+    long way each time.
     """
 
     def __init__(self, size: int = JOIN_CACHE):
@@ -104,28 +116,48 @@ class LinkJoiner:
     def base(url: str) -> Base:
         """The :class:`Base` of a page's base URL (its URL, or its ``<base href>``)."""
         try:
-            scheme, netloc, path, _params, _query, _fragment = urlparse(url)
+            scheme, netloc, path, params, query, _fragment = urlparse(url)
         except ValueError:
-            return Base(url, "", "")  # no caching: every link takes the long way
+            return Base(url, "", "", "", "")  # no caching: every link takes the long way
         segments = path.split("/")
         if segments[-1] != "":
             del segments[-1]
         root = f"{scheme}://{netloc}"
-        return Base(url, root + "/".join(segments) + "\x00", root)
+        # "#x" joins to this plus "#x"; canonicalize cuts the fragment unless this ends in whitespace
+        page = urlunparse((scheme, netloc, path, params, query, ""))
+        return Base(url, root + "/".join(segments) + "\x00", root, scheme + ":",
+                    page if page and page[-1] > " " else "")
 
     def join(self, base: Base, href: str) -> tuple[str, str] | BadURL:
         """(canonical URL, host) of ``href`` on ``base``, or the BadURL it raises."""
-        if base.dir_key and _DIRECTORY_RELATIVE(href) is not None and href[:2] != "//":
-            # "/x" depends on the scheme and host only; "//x" names a host: not cached
-            key = (base.root_key if href[0] == "/" else base.dir_key, href)
-            cached = self.cache.get(key)
-            if cached is None:
-                cached = self._resolve(base.url, href)
-                if len(self.cache) >= self.size:
-                    self.cache.clear()
-                self.cache[key] = cached
-            return cached
-        return self._resolve(base.url, href)
+        # Keys of the four kinds cannot meet: a directory key ends in NUL, a root key has no
+        # path, a scheme key has no "//", and a page key pairs with "#" (no other href is "#").
+        if not base.dir_key:
+            return self._resolve(base.url, href)
+        first = href[:1]
+        if first == "#":
+            if not base.page_key:
+                return self._resolve(base.url, href)
+            key = (base.page_key, "#")
+            href = "#x"  # the same page, the same canonical URL
+        else:
+            if _DIRECTORY_RELATIVE(href) is not None and href[:2] != "//":
+                kind = base.root_key if first == "/" else base.dir_key
+            elif _ABSOLUTE(href) is not None:
+                kind = base.scheme_key
+            else:
+                return self._resolve(base.url, href)
+            if "#" in href:  # "x.html#a" and "x.html#b" join to one canonical URL, that of "x.html"
+                href = href[:href.index("#")]
+            key = (kind, href)
+        cache = self.cache
+        cached = cache.get(key)
+        if cached is None:
+            cached = self._resolve(base.url, href)
+            if len(cache) >= self.size:
+                cache.clear()
+            cache[key] = cached
+        return cached
 
     @staticmethod
     def _resolve(base: str, href: str) -> tuple[str, str] | BadURL:

@@ -18,6 +18,7 @@ TELNETCONSOLE_ENABLED = False
 ASYNCIO_EVENT_LOOP = "crawlproj.eventloop.PreciseEventLoop"  # timers on time, not up to 1 ms late (politeness delays)
 LOG_LEVEL = "INFO"
 LOG_FORMATTER = "crawlproj.logformatter.QuietLogFormatter"  # Scrapy's, without building per-page DEBUG lines no handler writes
+STATS_CLASS = "crawlproj.stats.StatsCollector"  # Scrapy's MemoryStatsCollector without its wrapper on every attribute lookup
 DOWNLOAD_TIMEOUT = 30
 FEED_EXPORT_ENCODING = "utf-8"
 COMMANDS_MODULE = "crawlproj.commands"  # crawlproj's `scrapy crawl`: a bad setting in one line, exit 1 when all was refused

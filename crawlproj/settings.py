@@ -12,7 +12,7 @@ NEWSPIDER_MODULE = "crawlproj.spiders"
 # -- Scrapy -------------------------------------------------------------------------------------
 ROBOTSTXT_OBEY = True  # obey robots.txt (crawlproj's RobotsThrottleMiddleware, or Scrapy's with ROBOTS_THROTTLE_ENABLED off)
 CONCURRENT_REQUESTS = 64
-CONCURRENT_ITEMS = 16  # Scrapy's 100 spawns 100 tasks per response; 16 is faster on broad crawls
+CONCURRENT_ITEMS = 4  # outputs of one response in flight at once (one task each); the broad spider yields an item and its new links a page
 REMOTE_CONTROL_ENABLED = False  # no extra HTTP port, no writes under ~/.local/state
 TELNETCONSOLE_ENABLED = False
 ASYNCIO_EVENT_LOOP = "crawlproj.eventloop.PreciseEventLoop"  # timers on time, not up to 1 ms late (politeness delays)

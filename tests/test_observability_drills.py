@@ -412,6 +412,38 @@ def test_item_queue_growing_while_the_rate_holds_is_the_item_store(tmp_path: Pat
     assert "items in the item pipelines (Little's law) 1.0 -> 20.0 (the crawl rate holds so far)" in text_, text_
 
 
+def _slowing_log(directory: Path, reactor_cpu: float) -> None:
+    """A node whose rate falls from 50 to 20 pages/s while its politeness store lookups, on the
+    reactor thread, grow to 90% of its time; its callbacks' wall time (first output to last)
+    holds what ran on the reactor meanwhile: 150% of the wall clock late."""
+    start = time.mktime((2026, 3, 1, 0, 0, 0, 0, 0, -1))
+    lines, pages = [], 0
+    for i in range(1, 13):
+        late = i > 4
+        pages += 200 if late else 500
+        lookup = 30.0 if late else 1.0
+        record = {"t": start + 10 * i, "node": "n1", "interval": 10, "pages": pages, "cpu": reactor_cpu,
+                  "keys": {"distinct": 50, "fetches": 500, "top": "a.test", "top_n": 12},
+                  "ops": {"parse": {"n": 200, "p50": 75.0, "p90": 90.0, "p99": 99.0, "sum": 15000}
+                          if late else {"n": 500, "p50": 2.0, "p90": 3.0, "p99": 4.0, "sum": 1000},
+                          "robots_lookup": {"n": 300, "p50": lookup, "p90": lookup, "p99": 2 * lookup,
+                                            "sum": 300 * lookup}},
+                  "account": {"reactor": {"callbacks": 1.0 if late else 0.1, "cpu": reactor_cpu,
+                                          "starved": 0.01, "idle": 0.99 - reactor_cpu}}}
+        lines.append(json.dumps(record))
+    (directory / "n1.jl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(("reactor_cpu", "cause"), [(0.15, "robots_store"), (0.9, "cpu")])
+def test_callbacks_long_on_a_blocked_reactor_are_not_cpu(tmp_path: Path, reactor_cpu: float, cause: str) -> None:
+    """Long callbacks name a CPU-bound node only when its reactor thread was on a CPU (or waiting
+    for one) as much; blocked in slow store reads, the store is named."""
+    _slowing_log(tmp_path, reactor_cpu)
+    result = diagnose(read_logs([tmp_path]), window=10.0)
+    assert result.cause == cause, result.text()
+    assert "robots_store" in {f.cause for f in result.findings}, result.text()
+
+
 def test_backlog_warns_with_the_time_left_in_the_spill_budget(tmp_path: Path) -> None:
     """MongoDB failing: the buffer stays at its bound and the spill grows; the time left before
     the spill budget is full, at the spill's pace (the buffer, not growing, gets no such line)."""

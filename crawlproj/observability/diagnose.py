@@ -22,8 +22,9 @@ come first, and before them a crawl that ended by dropping its requests:
   left without work (its slots emptied for lack of work more) whose waits do not explain the rate;
 - dispatcher saturated: its loop busy most of the time (or, without its log, nodes' round trips
   to it long and growing while the nodes are idle);
-- node CPU-bound: callbacks (parse and link handling) take most of a node's time (a busy
-  interpreter slows every timing in the process, so this goes before the stores);
+- node CPU-bound: callbacks (parse and link handling) take most of a node's time and its
+  reactor thread was runnable as much (a busy interpreter slows every timing in the process, so
+  this goes before the stores; a reactor blocked in a sleep or a slow read is not CPU-bound);
 - item store: item write latency grew more than parse's and its writes cost: ITEMS_WAITING
   items or more in a node's pipelines (Little's law on their write times), growing while the
   rate holds;
@@ -146,6 +147,13 @@ def _rate(bins: list[Window]) -> float | None:
     return causes.span_mean(bins, lambda b: b.rate)
 
 
+def _runnable(b: Window) -> float | None:
+    """The largest share of a node's wall time its reactor thread was on a CPU or waiting for one."""
+    shares = [a["reactor"]["cpu"] + a["reactor"].get("starved", 0.0)
+              for a in b.account.values() if "cpu" in a.get("reactor", {})]
+    return max(shares) if shares else None
+
+
 def _phases(bins: list[Window]) -> tuple[list[Window], list[Window]]:
     """The first and last third of the windows; the ramp-up (leading windows below half the
     highest rate: the crawl was starting, its frontier growing from the seeds; at most a third
@@ -266,9 +274,16 @@ def diagnose(obs: Observations, window: float | None = None) -> Diagnosis:
             causes.evidence("dispatcher", early, late, found))
     # node CPU-bound
     share = _mean([b.parse_share for b in late if b.parse_share is not None])
-    if share is not None and share >= PARSE_SHARE and "machine_cpu" not in named:
+    # a callback's time runs from its first output to its last, so it also holds whatever ran on
+    # the reactor between them (lookups that block it, a sleep): only a reactor thread that was
+    # runnable (on a CPU or waiting for one) that much of the time is CPU-bound
+    runnable = causes.span_mean(late, _runnable)
+    if share is not None and share >= PARSE_SHARE and "machine_cpu" not in named and (
+            runnable is None or runnable >= PARSE_SHARE):
         parse = _op(late, "parse", "p50")
         evidence = [f"callbacks take {100 * share:.0f}% of the busiest node's wall time"]
+        if runnable is not None:
+            evidence.append(f"its reactor thread on a CPU or waiting for one {100 * runnable:.0f}% of the time")
         if parse is not None:
             evidence.append(f"parse p50 {parse:.1f} ms per response")
         if cpu is not None:
